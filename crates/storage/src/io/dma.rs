@@ -1,0 +1,146 @@
+//! [`StorageDir`] on glommio: O_DIRECT files driven by the core's io_uring.
+
+use super::{IoBuf, StorageDir, StorageFile, PAGE_BYTES};
+use bytes::Bytes;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+fn to_io(error: glommio::GlommioError<()>) -> io::Error {
+    match error {
+        glommio::GlommioError::IoError(e) => e,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl IoBuf for DmaBuffer {
+    fn as_bytes(&self) -> &[u8] {
+        DmaBuffer::as_bytes(self)
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        DmaBuffer::as_bytes_mut(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        self.trim_to_size(len);
+    }
+}
+
+/// An O_DIRECT file of one partition.
+pub struct DmaStorageFile {
+    file: DmaFile,
+}
+
+impl StorageFile for DmaStorageFile {
+    type Buf = DmaBuffer;
+
+    async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<()> {
+        debug_assert_eq!(pos % PAGE_BYTES, 0);
+        let len = buf.len();
+        let written = self.file.write_rc_at(buf, pos).await.map_err(to_io)?;
+        if written != len {
+            // A short O_DIRECT write happens when the disk fills mid-request.
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let read = self.file.read_at(pos, len).await.map_err(to_io)?;
+        Ok(Bytes::copy_from_slice(&read))
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(to_io)
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(to_io)
+    }
+
+    async fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await.map_err(to_io)
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        // keep_size = false: the file size becomes `len`, so later writes inside
+        // it change no size metadata.
+        self.file.pre_allocate(len, false).await.map_err(to_io)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(to_io)
+    }
+}
+
+/// A directory of O_DIRECT files.
+#[derive(Clone)]
+pub struct DmaDir {
+    path: PathBuf,
+}
+
+impl DmaDir {
+    /// Creates the directory (and parents) if needed.
+    pub fn create(path: impl AsRef<Path>) -> io::Result<DmaDir> {
+        std::fs::create_dir_all(path.as_ref())?;
+        Ok(DmaDir { path: path.as_ref().to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl StorageDir for DmaDir {
+    type File = DmaStorageFile;
+
+    fn alloc_buf(&self, len: usize) -> DmaBuffer {
+        assert_eq!(len as u64 % PAGE_BYTES, 0, "buffer length must be page aligned");
+        // From the core's registered io memory when it has room, else the heap.
+        let mut buf = glommio::allocate_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        buf
+    }
+
+    async fn open(&self, name: &str, create: bool) -> io::Result<DmaStorageFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(self.path.join(name))
+            .await
+            .map_err(to_io)?;
+        Ok(DmaStorageFile { file })
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.path.join(name))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(&self.path).await.map_err(to_io)?;
+        let result = dir.sync().await.map_err(to_io);
+        let _ = dir.close().await;
+        result
+    }
+}

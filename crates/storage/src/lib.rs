@@ -1,0 +1,20 @@
+//! The partition log of Sluice: Kafka v2 record batches stored byte for byte in
+//! O_DIRECT segment files, with sparse offset and time indexes, group commit,
+//! crash recovery and retention. See ARCHITECTURE.md for the on-disk format.
+//!
+//! Single-core by design: a [`PartitionLog`] lives on the executor that opened
+//! it and must be used only there.
+
+pub mod config;
+pub mod error;
+mod event;
+pub mod index;
+pub mod io;
+mod log;
+mod recovery;
+pub mod segment;
+
+pub use config::{FlushPolicy, LogConfig};
+pub use error::{LogError, LogResult};
+pub use log::{now_ms, AppendInfo, AppendOptions, LogOffsets, PartitionLog, ReadBatches};
+pub use recovery::CLEAN_SHUTDOWN_FILE;
