@@ -146,6 +146,23 @@ struct SegmentFlight<F: StorageFile> {
     finalize: Option<(SegmentIndexes, u64)>,
 }
 
+/// Which kind of step an I/O error came from: a failed write leaves the log
+/// usable, a failed sync does not.
+#[derive(Debug)]
+pub(crate) enum IoStep {
+    Write(std::io::Error),
+    Sync(std::io::Error),
+}
+
+impl IoStep {
+    pub(crate) fn into_log_error(self) -> LogError {
+        match self {
+            IoStep::Write(e) => LogError::io(e),
+            IoStep::Sync(e) => LogError::SyncFailed(e.into()),
+        }
+    }
+}
+
 enum FlightOutcome {
     Done,
     WriteFailed(LogError),
@@ -315,9 +332,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     }
 
     async fn flush_rounds(self: Rc<Self>) {
-        // Let every append of this tick join the round (group commit).
-        futures_lite::future::yield_now().await;
         loop {
+            // Let every append of this tick join the round (group commit).
+            futures_lite::future::yield_now().await;
             let flights = {
                 let mut state = self.state.borrow_mut();
                 let flights = self.plan_round(&mut state);
@@ -328,7 +345,14 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 flights
             };
             let result = self.execute_round(flights).await;
+            let failed = !matches!(result.outcome, FlightOutcome::Done);
             self.apply_round(result).await;
+            if failed {
+                // No retry loop on a failing device: the next append starts a
+                // new flusher (and retries a pending seal).
+                self.state.borrow_mut().flusher_running = false;
+                break;
+            }
             self.flushed.notify();
         }
         self.flushed.notify();
@@ -447,8 +471,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
         }
         if let Some((indexes, size)) = flight.finalize {
-            if let Err(e) = self.finalize_segment(&file, base, &indexes, size).await {
-                return FlightOutcome::WriteFailed(self.io_failure("seal segment", e));
+            match self.finalize_segment(&file, base, &indexes, size).await {
+                Ok(()) => {}
+                Err(IoStep::Write(e)) => return FlightOutcome::WriteFailed(self.io_failure("seal segment", e)),
+                Err(IoStep::Sync(e)) => {
+                    tracing::error!(log = %self.name, segment = base, error = %e, "fdatasync failed while sealing: log refuses appends until recovered");
+                    return FlightOutcome::SyncFailed(LogError::SyncFailed(e.into()));
+                }
             }
         }
         if sync_now {
@@ -482,24 +511,24 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         base: i64,
         indexes: &SegmentIndexes,
         size: u64,
-    ) -> std::io::Result<()> {
-        file.set_len(size).await?;
+    ) -> Result<(), IoStep> {
+        file.set_len(size).await.map_err(IoStep::Write)?;
         self.write_whole_file(&segment_file_name(base, INDEX_SUFFIX), &indexes.offset_index.encode()).await?;
         self.write_whole_file(&segment_file_name(base, TIME_INDEX_SUFFIX), &indexes.time_index.encode()).await?;
-        file.sync_data().await?;
-        self.dir.sync().await
+        file.sync_data().await.map_err(IoStep::Sync)?;
+        self.dir.sync().await.map_err(IoStep::Sync)
     }
 
     /// Writes a small file whole with O_DIRECT, cut to its exact length, synced.
-    pub(crate) async fn write_whole_file(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let file = self.dir.open(name, true).await?;
+    pub(crate) async fn write_whole_file(&self, name: &str, bytes: &[u8]) -> Result<(), IoStep> {
+        let file = self.dir.open(name, true).await.map_err(IoStep::Write)?;
         let padded = align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
         let mut buf = self.dir.alloc_buf(padded);
         crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        file.write_at(Rc::new(buf), 0).await?;
-        file.set_len(bytes.len() as u64).await?;
-        file.sync_data().await?;
-        file.close().await
+        file.write_at(Rc::new(buf), 0).await.map_err(IoStep::Write)?;
+        file.set_len(bytes.len() as u64).await.map_err(IoStep::Write)?;
+        file.sync_data().await.map_err(IoStep::Sync)?;
+        file.close().await.map_err(IoStep::Write)
     }
 
     async fn apply_round(&self, result: RoundResult<D::File>) {

@@ -211,8 +211,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             (files, if healthy { active } else { None })
         };
         if let Some((file, base, indexes, size, marker)) = active {
-            self.finalize_segment(&file, base, &indexes, size).await.map_err(io_err)?;
-            self.write_whole_file(CLEAN_SHUTDOWN_FILE, &marker.encode()).await.map_err(io_err)?;
+            self.finalize_segment(&file, base, &indexes, size).await.map_err(|e| e.into_log_error())?;
+            self.write_whole_file(CLEAN_SHUTDOWN_FILE, &marker.encode()).await.map_err(|e| e.into_log_error())?;
             self.dir.sync().await.map_err(io_err)?;
         }
         {

@@ -95,6 +95,36 @@ impl DmaDir {
     }
 }
 
+thread_local! {
+    /// Devices whose io_uring poll-ring support this executor thread has probed.
+    static DEVICES_PROBED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl DmaDir {
+    /// glommio decides once per device and thread whether O_DIRECT reads can go
+    /// through its IOPOLL ring, by reading the first block of the first DMA file
+    /// opened there. On an empty file that read succeeds trivially and glommio
+    /// wrongly enables polling, after which every read fails with EOPNOTSUPP on
+    /// devices without poll queues (virtio here). So the first DMA file opened
+    /// on a device is a non-empty probe file, and the probe gives the right answer.
+    async fn probe_device(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::metadata(&self.path)?.dev();
+        if DEVICES_PROBED.with(|d| d.borrow().contains(&device)) {
+            return Ok(());
+        }
+        let probe = self.path.join(".sluice-iopoll-probe");
+        std::fs::write(&probe, vec![0u8; PAGE_BYTES as usize])?;
+        let result = DmaFile::open(&probe).await.map_err(to_io);
+        if let Ok(file) = result {
+            let _ = file.close().await;
+        }
+        let _ = std::fs::remove_file(&probe);
+        DEVICES_PROBED.with(|d| d.borrow_mut().push(device));
+        Ok(())
+    }
+}
+
 impl StorageDir for DmaDir {
     type File = DmaStorageFile;
 
@@ -107,6 +137,7 @@ impl StorageDir for DmaDir {
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<DmaStorageFile> {
+        self.probe_device().await?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -130,7 +161,9 @@ impl StorageDir for DmaDir {
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
             if let Some(name) = entry.file_name().to_str() {
-                names.push(name.to_string());
+                if !name.starts_with(".sluice-") {
+                    names.push(name.to_string());
+                }
             }
         }
         names.sort();

@@ -30,8 +30,9 @@ pub enum CrashMode {
     /// Nothing written since the last `sync_data` survives.
     DropUnsynced,
     /// The first `writes_kept` unsynced writes survive whole, then the next one
-    /// survives only up to `torn_prefix_bytes` (a torn write). Counts are taken
-    /// modulo what is there, so any numbers are valid.
+    /// survives only up to `torn_prefix_bytes` (a torn write); the file keeps
+    /// its current size, with zeros where data did not survive. Counts are
+    /// taken modulo what is there, so any numbers are valid.
     Torn { writes_kept: usize, torn_prefix_bytes: usize },
 }
 
@@ -50,14 +51,19 @@ struct MemFs {
 }
 
 impl MemFs {
-    fn bytes_used(&self) -> u64 {
-        self.files.values().map(|f| f.borrow().current.len() as u64).sum()
+    /// Bytes held by all files but `except` (which the caller has borrowed).
+    fn bytes_used_by_others(&self, except: &Rc<RefCell<FileData>>) -> u64 {
+        self.files
+            .values()
+            .filter(|f| !Rc::ptr_eq(f, except))
+            .map(|f| f.borrow().current.len() as u64)
+            .sum()
     }
 
-    fn check_capacity(&self, file: &FileData, new_len: u64) -> io::Result<()> {
+    fn check_capacity(&self, handle: &Rc<RefCell<FileData>>, file: &FileData, new_len: u64) -> io::Result<()> {
         if let Some(capacity) = self.faults.capacity_bytes {
-            let growth = new_len.saturating_sub(file.current.len() as u64);
-            if self.bytes_used() + growth > capacity {
+            let len = new_len.max(file.current.len() as u64);
+            if self.bytes_used_by_others(handle) + len > capacity {
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
         }
@@ -105,11 +111,21 @@ impl MemDir {
                     };
                     apply_write(&mut survived, *pos, data);
                 }
+                // The size metadata made it (fallocate, an earlier extension)
+                // even where the data did not: the missing bytes read as zeros.
+                if survived.len() < file.current.len() {
+                    survived.resize(file.current.len(), 0);
+                }
             }
             file.current = survived.clone();
             file.synced = survived;
         }
         fs.faults = Faults::default();
+    }
+
+    /// Names of the files that exist now.
+    pub fn list_names(&self) -> Vec<String> {
+        self.fs.borrow().files.keys().cloned().collect()
     }
 
     /// The current bytes of a file, for tests that corrupt or inspect data.
@@ -166,7 +182,7 @@ impl StorageFile for MemFile {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let mut data = self.data.borrow_mut();
-        fs.check_capacity(&data, pos + buf.0.len() as u64)?;
+        fs.check_capacity(&self.data, &data, pos + buf.0.len() as u64)?;
         apply_write(&mut data.current, pos, &buf.0);
         data.unsynced_writes.push((pos, buf.0.clone()));
         Ok(())
@@ -198,7 +214,9 @@ impl StorageFile for MemFile {
     async fn set_len(&self, len: u64) -> io::Result<()> {
         let fs = self.fs.borrow();
         let mut data = self.data.borrow_mut();
-        fs.check_capacity(&data, len)?;
+        if len > data.current.len() as u64 {
+            fs.check_capacity(&self.data, &data, len)?;
+        }
         data.current.resize(len as usize, 0);
         // A size change is metadata: it becomes durable with the next sync. A
         // shrink also cuts any pending write beyond the new end.
