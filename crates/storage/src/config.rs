@@ -48,7 +48,9 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// Space is reserved in the active segment in steps of this size.
     pub preallocate_bytes: u64,
-    /// Initial size of each of the two write buffers of a segment.
+    /// Size of one write chunk: pending data is held in chunks of this size and
+    /// a flush writes them all at once (so one large flush is several writes
+    /// in flight). The first chunk after a flush is sized like that flush.
     pub write_buffer_bytes: u64,
 }
 
@@ -57,14 +59,14 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Positions in the offset index are u32.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 4096;
-pub const PREALLOCATE_BYTES_DEFAULT: u64 = 64 << 20;
-pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 1 << 20;
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 16 << 20;
+pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 512 << 10;
 pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % PAGE_BYTES == 0);
-const _: () = assert!(PREALLOCATE_BYTES_DEFAULT % PAGE_BYTES == 0);
-const _: () = assert!(WRITE_BUFFER_BYTES_DEFAULT % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(WRITE_BUFFER_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 
 impl Default for LogConfig {
@@ -94,11 +96,11 @@ impl LogConfig {
         if self.index_interval_bytes == 0 {
             return Err("index_interval_bytes: must be at least 1".into());
         }
-        if self.preallocate_bytes % PAGE_BYTES != 0 {
+        if !self.preallocate_bytes.is_multiple_of(PAGE_BYTES) {
             return Err(format!("preallocate_bytes: must be a multiple of {PAGE_BYTES}"));
         }
-        if self.write_buffer_bytes == 0 || self.write_buffer_bytes % PAGE_BYTES != 0 {
-            return Err(format!("write_buffer_bytes: must be a non-zero multiple of {PAGE_BYTES}"));
+        if self.write_buffer_bytes < PAGE_BYTES || !self.write_buffer_bytes.is_power_of_two() {
+            return Err(format!("write_buffer_bytes: must be a power of two of at least {PAGE_BYTES}"));
         }
         if self.segment_ms == Some(0) {
             return Err("segment_ms: must be at least 1".into());

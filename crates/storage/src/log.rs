@@ -9,7 +9,7 @@ use crate::error::{LogError, LogResult};
 use crate::event::Event;
 use crate::io::{StorageDir, StorageFile};
 use crate::segment::{
-    align_up, segment_file_name, Segment, SegmentIndexes, TailWriter, INDEX_SUFFIX, LOG_SUFFIX,
+    align_up, segment_file_name, ChunkWrite, Segment, SegmentIndexes, TailWriter, INDEX_SUFFIX, LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
 };
 use bytes::Bytes;
@@ -141,7 +141,7 @@ struct SegmentFlight<F: StorageFile> {
     base_offset: i64,
     file: Option<Rc<F>>,
     allocated_bytes: u64,
-    flight: Option<(u64, Rc<F::Buf>, u64)>,
+    flight: Option<(Vec<ChunkWrite<F::Buf>>, u64)>,
     /// Set when the segment is sealed: its final indexes and size.
     finalize: Option<(SegmentIndexes, u64)>,
 }
@@ -455,7 +455,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 }
             }
         };
-        if let Some((position, buf, end)) = flight.flight {
+        if let Some((writes, end)) = flight.flight {
             let write_end = align_up(end);
             if write_end > flight.allocated_bytes && self.config.preallocate_bytes > 0 {
                 let step = self.config.preallocate_bytes;
@@ -463,10 +463,22 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 let target = target.min(align_up(self.config.segment_bytes)).max(write_end);
                 match file.allocate(target).await {
                     Ok(()) => result.allocated.push((base, target)),
-                    Err(e) => return FlightOutcome::WriteFailed(self.io_failure("preallocate", e)),
+                    // Not fatal: a full disk may still take this write; if not,
+                    // the write itself fails with ENOSPC below.
+                    Err(e) => tracing::debug!(log = %self.name, error = %e, "preallocation failed"),
                 }
             }
-            if let Err(e) = file.write_at(buf, position).await {
+            // All chunks in flight at once; the first error wins.
+            let results = crate::event::join_all(
+                writes.iter().map(|(position, buf)| file.write_at(buf.clone(), *position)).collect(),
+            )
+            .await;
+            for (_, buf) in writes {
+                if let Ok(buf) = Rc::try_unwrap(buf) {
+                    self.dir.recycle_buf(buf);
+                }
+            }
+            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
                 return FlightOutcome::WriteFailed(self.io_failure("write", e));
             }
         }
@@ -525,6 +537,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let padded = align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
         let mut buf = self.dir.alloc_buf(padded);
         crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+        crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
         file.write_at(Rc::new(buf), 0).await.map_err(IoStep::Write)?;
         file.set_len(bytes.len() as u64).await.map_err(IoStep::Write)?;
         file.sync_data().await.map_err(IoStep::Sync)?;

@@ -488,6 +488,7 @@ async fn write_index_files<D: StorageDir>(dir: &D, base: i64, indexes: &SegmentI
         let padded = crate::segment::align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
         let mut buf = dir.alloc_buf(padded);
         crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
+        crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
         file.write_at(Rc::new(buf), 0).await?;
         file.set_len(bytes.len() as u64).await?;
         file.sync_data().await?;

@@ -89,23 +89,30 @@ impl SegmentIndexes {
 
 /// Where a segment's bytes stand. `durable_end ≤ flight_end ≤ pending_end`.
 ///
-/// The write buffer holds file bytes `[buf_start, pending_end)`, `buf_start`
-/// page aligned. A flush writes the buffer padded to whole pages; the partial
-/// last page is copied to the head of a fresh buffer, so the next flush writes
-/// it again together with what follows (one buffer fills while the other is
-/// in flight).
+/// Pending bytes sit in a list of page-aligned buffers ("chunks") covering file
+/// bytes `[buf_start, pending_end)`: every chunk but the last is full. A flush
+/// hands all chunks out to be written at once (several writes in flight, one
+/// fdatasync after them); the last chunk is cut to whole pages, zero padded,
+/// and its partial last page is copied to the head of a fresh chunk, so the
+/// next flush writes that page again together with what follows. New appends
+/// fill the fresh chunk while the previous ones are in flight.
 pub struct TailWriter<B> {
-    /// `None` for a sealed segment opened from disk: it takes no appends.
-    buf: Option<B>,
+    /// Empty for a sealed segment opened from disk: it takes no appends.
+    chunks: Vec<B>,
     buf_start: u64,
-    filled: usize,
+    /// Bytes used in the last chunk.
+    last_filled: usize,
     pub durable_end: u64,
     pub flight_end: u64,
     /// Bytes `[align_down(durable_end), durable_end)`, to rebuild the buffer
     /// after a failed write.
     durable_page: Vec<u8>,
-    buffer_bytes: usize,
+    /// Size of a full chunk.
+    chunk_bytes: usize,
 }
+
+/// One write of a flush: a file position and the whole buffer to write there.
+pub type ChunkWrite<B> = (u64, Rc<B>);
 
 impl<B: IoBuf> TailWriter<B> {
     /// A writer whose file already holds `durable_end` bytes; `durable_page`
@@ -114,122 +121,153 @@ impl<B: IoBuf> TailWriter<B> {
         dir: &D,
         durable_end: u64,
         durable_page: Vec<u8>,
-        buffer_bytes: u64,
+        chunk_bytes: u64,
     ) -> TailWriter<B> {
         assert_eq!(durable_page.len() as u64, durable_end - align_down(durable_end));
-        let buffer_bytes = buffer_bytes as usize;
-        let mut buf = dir.alloc_buf(buffer_bytes);
-        buf.as_bytes_mut()[..durable_page.len()].copy_from_slice(&durable_page);
+        assert!(chunk_bytes >= PAGE_BYTES && chunk_bytes.is_power_of_two());
+        // The first chunk starts at one page and later ones follow the size of
+        // the last flush: a core with a thousand quiet partitions holds a
+        // thousand pages, not a thousand chunks.
+        let mut first = dir.alloc_buf(PAGE_BYTES as usize);
+        first.as_bytes_mut()[..durable_page.len()].copy_from_slice(&durable_page);
         TailWriter {
-            buf: Some(buf),
+            chunks: vec![first],
             buf_start: align_down(durable_end),
-            filled: durable_page.len(),
+            last_filled: durable_page.len(),
             durable_end,
             flight_end: durable_end,
             durable_page,
-            buffer_bytes,
+            chunk_bytes: chunk_bytes as usize,
         }
     }
 
     /// The writer of a sealed segment: everything durable, no buffer.
     pub fn sealed(durable_end: u64) -> TailWriter<B> {
         TailWriter {
-            buf: None,
+            chunks: Vec::new(),
             buf_start: align_down(durable_end),
-            filled: (durable_end - align_down(durable_end)) as usize,
+            last_filled: (durable_end - align_down(durable_end)) as usize,
             durable_end,
             flight_end: durable_end,
             durable_page: Vec::new(),
-            buffer_bytes: 0,
+            chunk_bytes: PAGE_BYTES as usize,
         }
     }
 
-    fn buf_mut(&mut self) -> &mut B {
-        self.buf.as_mut().expect("appending to a sealed segment")
+    fn bytes_before_last(&self) -> usize {
+        let n = self.chunks.len();
+        self.chunks[..n.saturating_sub(1)].iter().map(|c| c.as_bytes().len()).sum()
     }
 
     pub fn pending_end(&self) -> u64 {
-        self.buf_start + self.filled as u64
+        if self.chunks.is_empty() {
+            return self.durable_end;
+        }
+        self.buf_start + (self.bytes_before_last() + self.last_filled) as u64
     }
 
-    /// Copies `bytes` to the end of the buffer; returns their file position.
+    /// Copies `bytes` to the end of the pending data; returns their file position.
     pub fn append<D: StorageDir<File = F>, F: StorageFile<Buf = B>>(
         &mut self,
         dir: &D,
-        bytes: &[u8],
+        mut bytes: &[u8],
     ) -> u64 {
+        assert!(!self.chunks.is_empty(), "appending to a sealed segment");
         let position = self.pending_end();
-        let needed = self.filled + bytes.len();
-        let filled = self.filled;
-        let buf = self.buf.as_mut().expect("appending to a sealed segment");
-        if needed > buf.as_bytes().len() {
-            let capacity = align_up(needed.max(buf.as_bytes().len() * 2) as u64) as usize;
-            let mut grown = dir.alloc_buf(capacity);
-            grown.as_bytes_mut()[..filled].copy_from_slice(&buf.as_bytes()[..filled]);
-            *buf = grown;
+        while !bytes.is_empty() {
+            let last = self.chunks.last_mut().unwrap();
+            let room = last.as_bytes().len() - self.last_filled;
+            if room == 0 {
+                self.chunks.push(dir.alloc_buf(self.chunk_bytes));
+                self.last_filled = 0;
+                continue;
+            }
+            let take = room.min(bytes.len());
+            last.as_bytes_mut()[self.last_filled..self.last_filled + take].copy_from_slice(&bytes[..take]);
+            self.last_filled += take;
+            bytes = &bytes[take..];
         }
-        buf.as_bytes_mut()[filled..needed].copy_from_slice(bytes);
-        self.filled = needed;
         position
     }
 
-    /// Overwrites bytes of a batch already in the buffer (base offset, epoch).
+    /// Overwrites pending bytes at `position + offset_in_batch` (base offset,
+    /// leader epoch of a batch just appended); may straddle two chunks.
     pub fn patch(&mut self, position: u64, offset_in_batch: usize, bytes: &[u8]) {
-        assert!(position >= self.buf_start && position >= self.flight_end, "patching bytes in flight");
-        let at = (position - self.buf_start) as usize + offset_in_batch;
-        assert!(at + bytes.len() <= self.filled);
-        self.buf_mut().as_bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+        let mut at = position + offset_in_batch as u64;
+        assert!(at >= self.flight_end && at + bytes.len() as u64 <= self.pending_end(), "patching bytes not pending");
+        let mut chunk_start = self.buf_start;
+        let mut rest = bytes;
+        for chunk in self.chunks.iter_mut() {
+            let len = chunk.as_bytes().len() as u64;
+            if at < chunk_start + len && !rest.is_empty() {
+                let from = (at - chunk_start) as usize;
+                let take = (len as usize - from).min(rest.len());
+                chunk.as_bytes_mut()[from..from + take].copy_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                at += take as u64;
+            }
+            chunk_start += len;
+        }
+        assert!(rest.is_empty());
     }
 
-    /// Hands out the buffer for writing: `(file position, buffer, end)`. The
-    /// buffer covers `[position, end)` padded with zeros to whole pages.
+    /// Hands out the pending data for writing: the writes (page aligned,
+    /// zero padded) and the end position they cover.
     pub fn take_flight<D: StorageDir<File = F>, F: StorageFile<Buf = B>>(
         &mut self,
         dir: &D,
-    ) -> Option<(u64, Rc<B>, u64)> {
+    ) -> Option<(Vec<ChunkWrite<B>>, u64)> {
         assert_eq!(self.flight_end, self.durable_end, "one flight at a time");
-        if self.pending_end() == self.flight_end {
+        let end = self.pending_end();
+        if end == self.flight_end {
             return None;
         }
-        let end = self.pending_end();
-        let padded = align_up(self.filled as u64) as usize;
-        let keep_from = align_down(self.filled as u64) as usize;
-        let capacity = self.buffer_bytes.max(align_up((self.filled - keep_from) as u64 + 1) as usize);
+        let last_filled = self.last_filled;
+        let padded = align_up(last_filled as u64) as usize;
+        let keep_from = align_down(last_filled as u64) as usize;
+        let flight_bytes = end - self.buf_start;
+        // Sized like this flight, as a power of two (few distinct sizes, so
+        // recycled buffers fit), at most one chunk.
+        let capacity = flight_bytes
+            .next_power_of_two()
+            .clamp(PAGE_BYTES, self.chunk_bytes as u64) as usize;
+        debug_assert!(capacity > last_filled - keep_from);
         let mut next = dir.alloc_buf(capacity);
-        let filled = self.filled;
-        next.as_bytes_mut()[..filled - keep_from]
-            .copy_from_slice(&self.buf_mut().as_bytes()[keep_from..filled]);
-        let mut flight = std::mem::replace(self.buf_mut(), next);
-        flight.as_bytes_mut()[self.filled..padded].fill(0);
-        flight.truncate(padded);
-        let position = self.buf_start;
-        self.buf_start += keep_from as u64;
-        self.filled -= keep_from;
+        let mut chunks = std::mem::take(&mut self.chunks);
+        let mut last = chunks.pop().unwrap();
+        next.as_bytes_mut()[..last_filled - keep_from].copy_from_slice(&last.as_bytes()[keep_from..last_filled]);
+        let mut writes = Vec::with_capacity(chunks.len() + 1);
+        let mut position = self.buf_start;
+        for chunk in chunks {
+            let len = chunk.as_bytes().len() as u64;
+            writes.push((position, Rc::new(chunk)));
+            position += len;
+        }
+        if padded > 0 {
+            last.as_bytes_mut()[last_filled..padded].fill(0);
+            last.truncate(padded);
+            writes.push((position, Rc::new(last)));
+        }
+        self.buf_start = position + keep_from as u64;
+        self.last_filled = last_filled - keep_from;
+        self.chunks = vec![next];
         self.flight_end = end;
-        Some((position, Rc::new(flight), end))
+        Some((writes, end))
     }
 
     /// The flight reached the disk (or, under a relaxed policy, the device).
     pub fn complete_flight(&mut self) {
         self.durable_end = self.flight_end;
         let page_start = align_down(self.durable_end);
-        assert!(page_start >= self.buf_start && self.durable_end <= self.pending_end());
-        let from = (page_start - self.buf_start) as usize;
-        let to = (self.durable_end - self.buf_start) as usize;
-        self.durable_page = self.buf.as_ref().expect("flight of a sealed segment").as_bytes()[from..to].to_vec();
+        assert_eq!(page_start, self.buf_start, "the partial page heads the first chunk");
+        let len = (self.durable_end - page_start) as usize;
+        self.durable_page = self.chunks[0].as_bytes()[..len].to_vec();
     }
 
     /// Drops everything after `durable_end`: the flight failed.
     pub fn roll_back<D: StorageDir<File = F>, F: StorageFile<Buf = B>>(&mut self, dir: &D) {
         let durable_page = std::mem::take(&mut self.durable_page);
-        *self = TailWriter::new(dir, self.durable_end, durable_page, self.buffer_bytes as u64);
-    }
-
-    /// The bytes not yet durable, for reads of the in-memory tail.
-    pub fn bytes_after(&self, position: u64) -> &[u8] {
-        assert!(position >= self.buf_start);
-        let buf = self.buf.as_ref().expect("tail of a sealed segment");
-        &buf.as_bytes()[(position - self.buf_start) as usize..self.filled]
+        *self = TailWriter::new(dir, self.durable_end, durable_page, self.chunk_bytes as u64);
     }
 }
 
@@ -246,7 +284,9 @@ pub struct ScanResult {
 
 /// Reads batches from `position` to `end`, checking length, CRC and offset
 /// continuity (`expected_offset` is the base offset the first batch must have,
-/// if known), and feeds each valid one to `indexes`.
+/// if known), and feeds each valid one to `indexes`. With `stop_before_offset`
+/// it stops (cleanly) at the first batch whose last offset reaches it.
+#[allow(clippy::too_many_arguments)]
 pub async fn scan_batches<F: StorageFile>(
     file: &F,
     base_offset: i64,

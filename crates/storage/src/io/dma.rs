@@ -87,7 +87,9 @@ impl DmaDir {
     /// Creates the directory (and parents) if needed.
     pub fn create(path: impl AsRef<Path>) -> io::Result<DmaDir> {
         std::fs::create_dir_all(path.as_ref())?;
-        Ok(DmaDir { path: path.as_ref().to_path_buf() })
+        // Absolute: glommio opens directories with openat(-1, ..), which
+        // fails with EBADF for a relative path.
+        Ok(DmaDir { path: std::fs::canonicalize(path.as_ref())? })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,7 +97,40 @@ impl DmaDir {
     }
 }
 
+/// Write buffers of this core kept for reuse: fresh large buffers come from
+/// mmap and cost a page fault per page on first touch.
+#[derive(Default)]
+struct BufferPool {
+    by_len: Vec<(usize, Vec<DmaBuffer>)>,
+    bytes: usize,
+}
+
+/// The most a core keeps in its pool.
+const BUFFER_POOL_BYTES_MAX: usize = 64 << 20;
+
+impl BufferPool {
+    fn take(&mut self, len: usize) -> Option<DmaBuffer> {
+        let (_, list) = self.by_len.iter_mut().find(|(l, _)| *l == len)?;
+        let buf = list.pop()?;
+        self.bytes -= len;
+        Some(buf)
+    }
+
+    fn put(&mut self, buf: DmaBuffer) {
+        let len = buf.len();
+        if !len.is_power_of_two() || self.bytes + len > BUFFER_POOL_BYTES_MAX {
+            return;
+        }
+        self.bytes += len;
+        match self.by_len.iter_mut().find(|(l, _)| *l == len) {
+            Some((_, list)) => list.push(buf),
+            None => self.by_len.push((len, vec![buf])),
+        }
+    }
+}
+
 thread_local! {
+    static BUFFER_POOL: std::cell::RefCell<BufferPool> = std::cell::RefCell::new(BufferPool::default());
     /// Devices whose io_uring poll-ring support this executor thread has probed.
     static DEVICES_PROBED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -130,10 +165,15 @@ impl StorageDir for DmaDir {
 
     fn alloc_buf(&self, len: usize) -> DmaBuffer {
         assert_eq!(len as u64 % PAGE_BYTES, 0, "buffer length must be page aligned");
+        if let Some(buf) = BUFFER_POOL.with(|pool| pool.borrow_mut().take(len)) {
+            return buf;
+        }
         // From the core's registered io memory when it has room, else the heap.
-        let mut buf = glommio::allocate_dma_buffer(len);
-        buf.as_bytes_mut().fill(0);
-        buf
+        glommio::allocate_dma_buffer(len)
+    }
+
+    fn recycle_buf(&self, buf: DmaBuffer) {
+        BUFFER_POOL.with(|pool| pool.borrow_mut().put(buf));
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<DmaStorageFile> {

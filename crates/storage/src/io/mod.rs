@@ -26,7 +26,7 @@ pub trait IoBuf {
 
 /// One open file. Single-core: methods take `&self` and are awaited on the
 /// core that opened it.
-#[allow(async_fn_in_trait)]
+#[allow(async_fn_in_trait, clippy::len_without_is_empty)]
 pub trait StorageFile {
     type Buf: IoBuf;
     async fn write_at(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<()>;
@@ -44,9 +44,11 @@ pub trait StorageFile {
 #[allow(async_fn_in_trait)]
 pub trait StorageDir {
     type File: StorageFile;
-    /// A zeroed buffer of `len` bytes (`len` a multiple of [`PAGE_BYTES`]) that
-    /// files of this directory can write without a copy.
+    /// A buffer of `len` bytes (`len` a multiple of [`PAGE_BYTES`]) that files
+    /// of this directory can write without a copy. Its content is unspecified.
     fn alloc_buf(&self, len: usize) -> <Self::File as StorageFile>::Buf;
+    /// Takes back a buffer that is no longer used, for reuse by `alloc_buf`.
+    fn recycle_buf(&self, _buf: <Self::File as StorageFile>::Buf) {}
     async fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
     async fn remove(&self, name: &str) -> io::Result<()>;
     /// Atomically replaces `to` with `from`.

@@ -93,7 +93,7 @@ fn crash_without_close_keeps_every_acknowledged_batch() {
         drop(log);
         // A torn write at the tail: garbage after the last batch.
         let names = file_names(&path);
-        let last = names.iter().filter(|n| n.ends_with(".log")).last().unwrap().clone();
+        let last = names.iter().rfind(|n| n.ends_with(".log")).unwrap().clone();
         let data_len: u64 = {
             let log = open(&path, small_config()).await;
             let read = log.read(0, 1 << 22).await.unwrap();
