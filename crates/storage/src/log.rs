@@ -531,17 +531,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         self.dir.sync().await.map_err(IoStep::Sync)
     }
 
-    /// Writes a small file whole with O_DIRECT, cut to its exact length, synced.
     pub(crate) async fn write_whole_file(&self, name: &str, bytes: &[u8]) -> Result<(), IoStep> {
-        let file = self.dir.open(name, true).await.map_err(IoStep::Write)?;
-        let padded = align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
-        let mut buf = self.dir.alloc_buf(padded);
-        crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
-        file.write_at(Rc::new(buf), 0).await.map_err(IoStep::Write)?;
-        file.set_len(bytes.len() as u64).await.map_err(IoStep::Write)?;
-        file.sync_data().await.map_err(IoStep::Sync)?;
-        file.close().await.map_err(IoStep::Write)
+        write_whole_file(&self.dir, name, bytes).await
     }
 
     async fn apply_round(&self, result: RoundResult<D::File>) {
@@ -942,5 +933,27 @@ struct SegmentRead {
 impl SegmentRead {
     fn empty(offset: i64) -> SegmentRead {
         SegmentRead { records: Bytes::new(), next_offset: offset, segment_next_offset_hint: offset, budget_exhausted: false }
+    }
+}
+
+/// Writes a small file whole with O_DIRECT (padded to pages, then cut to its
+/// exact length) and syncs it.
+pub(crate) async fn write_whole_file<D: StorageDir>(dir: &D, name: &str, bytes: &[u8]) -> Result<(), IoStep> {
+    let file = dir.open(name, true).await.map_err(IoStep::Write)?;
+    let padded = align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
+    let mut buf = dir.alloc_buf(padded);
+    crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+    crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
+    file.write_at(Rc::new(buf), 0).await.map_err(IoStep::Write)?;
+    file.set_len(bytes.len() as u64).await.map_err(IoStep::Write)?;
+    file.sync_data().await.map_err(IoStep::Sync)?;
+    file.close().await.map_err(IoStep::Write)
+}
+
+/// Removes a file; one that is already gone is fine.
+pub(crate) async fn remove_if_exists<D: StorageDir>(dir: &D, name: &str) -> std::io::Result<()> {
+    match dir.remove(name).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }

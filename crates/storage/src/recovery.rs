@@ -5,7 +5,7 @@ use crate::error::{LogError, LogResult};
 use crate::event::Event;
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::io::{StorageDir, StorageFile};
-use crate::log::{now_ms, LogState, PartitionLog};
+use crate::log::{now_ms, remove_if_exists, write_whole_file, LogState, PartitionLog};
 use crate::segment::{
     align_down, parse_segment_name, scan_batches, segment_file_name, Segment, SegmentIndexes,
     TailWriter, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
@@ -277,11 +277,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
     async fn remove_segment_files(&self, base: i64) -> LogResult<()> {
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-            match self.dir.remove(&segment_file_name(base, suffix)).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(e)),
-            }
+            remove_if_exists(&self.dir, &segment_file_name(base, suffix)).await.map_err(io_err)?;
         }
         Ok(())
     }
@@ -418,11 +414,7 @@ async fn recover_tail<D: StorageDir>(
     }
     // Index files of the active segment are rewritten at seal or clean close.
     for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-        match dir.remove(&segment_file_name(base, suffix)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
-        }
+        remove_if_exists(dir, &segment_file_name(base, suffix)).await.map_err(io_err)?;
     }
     let next = scan.next_offset.unwrap_or(base);
     Ok((indexes, scan.valid_end, next))
@@ -474,27 +466,19 @@ async fn load_or_rebuild_indexes<D: StorageDir>(
     }
     if sealed {
         indexes.seal(base);
-        write_index_files(dir, base, &indexes).await.map_err(io_err)?;
+        write_index_files(dir, base, &indexes).await?;
     }
     Ok(indexes)
 }
 
-async fn write_index_files<D: StorageDir>(dir: &D, base: i64, indexes: &SegmentIndexes) -> std::io::Result<()> {
+async fn write_index_files<D: StorageDir>(dir: &D, base: i64, indexes: &SegmentIndexes) -> LogResult<()> {
     for (suffix, bytes) in [
         (INDEX_SUFFIX, indexes.offset_index.encode()),
         (TIME_INDEX_SUFFIX, indexes.time_index.encode()),
     ] {
-        let file = dir.open(&segment_file_name(base, suffix), true).await?;
-        let padded = crate::segment::align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
-        let mut buf = dir.alloc_buf(padded);
-        crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(&bytes);
-        crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
-        file.write_at(Rc::new(buf), 0).await?;
-        file.set_len(bytes.len() as u64).await?;
-        file.sync_data().await?;
-        file.close().await?;
+        write_whole_file(dir, &segment_file_name(base, suffix), &bytes).await.map_err(|e| e.into_log_error())?;
     }
-    dir.sync().await
+    dir.sync().await.map_err(io_err)
 }
 
 /// The last index entry must point at a batch with the offset it claims.
