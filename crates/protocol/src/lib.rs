@@ -1,7 +1,14 @@
 //! Kafka wire formats, without I/O and without a runtime.
 //!
-//! For now this crate holds the view of a Kafka v2 record batch that the storage
-//! engine needs: header parsing, the CRC-32C check, and the in-place rewrites a
-//! broker is allowed to make (base offset, partition leader epoch, log-append time).
+//! - [`record_batch`]: the v2 record batch header view, CRC-32C check, and the
+//!   in-place rewrites a broker may make (base offset, leader epoch, log-append time).
+//! - [`frame`]: request framing and header parsing, response framing.
+//! - [`api`]: the APIs and versions Sluice advertises, and Kafka error codes.
+//!
+//! Request and response bodies are the `kafka-protocol` crate's types.
 
+pub mod api;
+pub mod frame;
 pub mod record_batch;
+
+pub use kafka_protocol;

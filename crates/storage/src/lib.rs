@@ -7,7 +7,7 @@
 
 pub mod config;
 pub mod error;
-mod event;
+pub mod event;
 pub mod index;
 pub mod io;
 mod log;

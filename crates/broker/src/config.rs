@@ -1,0 +1,366 @@
+//! The broker's configuration: built-in defaults, overridden by a TOML file
+//! (`--config`), overridden by `SLUICE_*` environment variables, overridden by
+//! flags. Invalid settings are refused with a message naming the setting.
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use sluice_storage::{FlushPolicy, LogConfig};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Command line; every flag can also come from the environment.
+#[derive(Parser, Debug, Default)]
+#[command(name = "sluice", version, about = "A Kafka-wire-compatible streaming broker: thread-per-core, io_uring, O_DIRECT.")]
+pub struct Cli {
+    /// TOML config file (global settings plus [core.N] overrides).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where topics and metadata are stored [default: ./sluice-data]
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9092]
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<String>,
+    /// Address clients are told to connect to [default: the listen address]
+    #[arg(long, env = "SLUICE_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+    /// Number of shards (one per core), or a CPU list such as 0,2-3 [default: all CPUs]
+    #[arg(long, env = "SLUICE_CORES")]
+    pub cores: Option<String>,
+    /// Segment size in bytes [default: 1073741824]
+    #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Delete segments older than this; -1 keeps them [default: 604800000]
+    #[arg(long, env = "SLUICE_RETENTION_MS", allow_hyphen_values = true)]
+    pub retention_ms: Option<i64>,
+    /// Keep at most about this many bytes per partition; -1 no limit [default: -1]
+    #[arg(long, env = "SLUICE_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub retention_bytes: Option<i64>,
+    /// `always` (acknowledge after fdatasync) or `unsafe_interval_ms=N` [default: always]
+    #[arg(long, env = "SLUICE_FLUSH")]
+    pub flush: Option<String>,
+    /// Create topics on first use (metadata or produce) [default: true]
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic [default: 1]
+    #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Largest request frame in bytes [default: 104857600]
+    #[arg(long, env = "SLUICE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Per-core overrides: `[core.N]` in the TOML file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoreOverride {
+    /// CPU to pin shard N to.
+    pub cpu: Option<usize>,
+    /// io_uring registered buffer memory of this shard.
+    pub io_memory_bytes: Option<usize>,
+    /// io_uring submission queue depth of this shard.
+    pub io_depth: Option<usize>,
+}
+
+/// The TOML file: the same settings as the flags, plus storage and per-core ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub advertised_listener: Option<String>,
+    pub cores: Option<toml::Value>,
+    pub node_id: Option<i32>,
+    pub auto_create_topics: Option<bool>,
+    pub default_partitions: Option<i32>,
+    pub max_frame_bytes: Option<usize>,
+    pub max_in_flight_per_connection: Option<usize>,
+    pub max_message_bytes: Option<i64>,
+    pub retention_check_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<i64>,
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub flush: Option<String>,
+    pub index_interval_bytes: Option<u64>,
+    pub preallocate_bytes: Option<u64>,
+    pub write_buffer_bytes: Option<u64>,
+    pub io_memory_bytes: Option<usize>,
+    pub io_depth: Option<usize>,
+    #[serde(default)]
+    pub core: BTreeMap<String, CoreOverride>,
+}
+
+/// What the broker runs with; printed at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub advertised_listener: String,
+    /// The CPU of each shard.
+    pub cpus: Vec<usize>,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub max_frame_bytes: usize,
+    pub max_in_flight_per_connection: usize,
+    pub max_message_bytes: i64,
+    pub retention_check_ms: u64,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub flush: String,
+    pub index_interval_bytes: u64,
+    pub preallocate_bytes: u64,
+    pub write_buffer_bytes: u64,
+    pub io_memory_bytes: usize,
+    pub io_depth: usize,
+    pub core: BTreeMap<String, CoreOverride>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
+pub const IO_DEPTH_DEFAULT: usize = 128;
+
+fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.parse().map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
+                    b.parse().map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
+                );
+                if a > b {
+                    return Err(format!("cores: range `{part}` is backwards"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| format!("cores: `{part}` is not a CPU number"))?),
+        }
+    }
+    Ok(cpus)
+}
+
+/// `N` (a count: CPUs 0..N) or a CPU list.
+fn parse_cores(text: &str, available: usize) -> Result<Vec<usize>, String> {
+    let text = text.trim();
+    if !text.contains([',', '-']) {
+        let count: usize = text.parse().map_err(|_| format!("cores: `{text}` is neither a count nor a CPU list"))?;
+        if count == 0 {
+            return Err("cores: must be at least 1".into());
+        }
+        if count > available {
+            return Err(format!("cores: {count} shards asked for, this machine has {available} CPUs"));
+        }
+        return Ok((0..count).collect());
+    }
+    let cpus = parse_cpu_list(text)?;
+    if cpus.is_empty() {
+        return Err("cores: the CPU list is empty".into());
+    }
+    if let Some(cpu) = cpus.iter().find(|c| **c >= available) {
+        return Err(format!("cores: CPU {cpu} does not exist (this machine has {available})"));
+    }
+    Ok(cpus)
+}
+
+impl Config {
+    pub fn load(cli: &Cli) -> Result<Config, String> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores_text = match (&cli.cores, &file.cores) {
+            (Some(text), _) => Some(text.clone()),
+            (None, Some(toml::Value::Integer(n))) => Some(n.to_string()),
+            (None, Some(toml::Value::String(s))) => Some(s.clone()),
+            (None, Some(toml::Value::Array(items))) => {
+                Some(items.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","))
+            }
+            (None, Some(other)) => return Err(format!("cores: `{other}` is neither a count nor a CPU list")),
+            (None, None) => None,
+        };
+        let mut cpus = match cores_text {
+            Some(text) => parse_cores(&text, available)?,
+            None => (0..available).collect(),
+        };
+        for (key, core) in &file.core {
+            let index: usize = key.parse().map_err(|_| format!("core.{key}: the core section must be a shard number"))?;
+            if index >= cpus.len() {
+                return Err(format!("core.{key}: there are only {} shards", cpus.len()));
+            }
+            if let Some(cpu) = core.cpu {
+                if cpu >= available {
+                    return Err(format!("core.{key}.cpu: CPU {cpu} does not exist (this machine has {available})"));
+                }
+                cpus[index] = cpu;
+            }
+            if core.io_depth == Some(0) {
+                return Err(format!("core.{key}.io_depth: must be at least 1"));
+            }
+        }
+        let listen = cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let advertised_listener = cli.advertised_listener.clone().or(file.advertised_listener.clone()).unwrap_or_else(|| listen.clone());
+        let config = Config {
+            data_dir: cli.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./sluice-data")),
+            listen,
+            advertised_listener,
+            cpus,
+            node_id: file.node_id.unwrap_or(0),
+            auto_create_topics: cli.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
+            default_partitions: cli.default_partitions.or(file.default_partitions).unwrap_or(1),
+            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(sluice_protocol::frame::FRAME_BYTES_MAX_DEFAULT),
+            max_in_flight_per_connection: file.max_in_flight_per_connection.unwrap_or(64),
+            max_message_bytes: file.max_message_bytes.unwrap_or(1_048_588),
+            retention_check_ms: file.retention_check_ms.unwrap_or(60_000),
+            segment_bytes: cli.segment_bytes.or(file.segment_bytes).unwrap_or(sluice_storage::config::SEGMENT_BYTES_DEFAULT),
+            segment_ms: file.segment_ms.unwrap_or(sluice_storage::config::SEGMENT_MS_DEFAULT as i64),
+            retention_ms: cli.retention_ms.or(file.retention_ms).unwrap_or(sluice_storage::config::RETENTION_MS_DEFAULT as i64),
+            retention_bytes: cli.retention_bytes.or(file.retention_bytes).unwrap_or(-1),
+            flush: cli.flush.clone().or(file.flush.clone()).unwrap_or_else(|| "always".into()),
+            index_interval_bytes: file.index_interval_bytes.unwrap_or(sluice_storage::config::INDEX_INTERVAL_BYTES_DEFAULT),
+            preallocate_bytes: file.preallocate_bytes.unwrap_or(sluice_storage::config::PREALLOCATE_BYTES_DEFAULT),
+            write_buffer_bytes: file.write_buffer_bytes.unwrap_or(sluice_storage::config::WRITE_BUFFER_BYTES_DEFAULT),
+            io_memory_bytes: file.io_memory_bytes.unwrap_or(IO_MEMORY_BYTES_DEFAULT),
+            io_depth: file.io_depth.unwrap_or(IO_DEPTH_DEFAULT),
+            core: file.core.clone(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        resolve(&self.listen).map_err(|e| format!("listen: {e}"))?;
+        let (host, port) = self.advertised()?;
+        if host.is_empty() || port <= 0 {
+            return Err(format!("advertised_listener: `{}` needs a host and a port", self.advertised_listener));
+        }
+        if self.default_partitions < 1 {
+            return Err(format!("default_partitions: must be at least 1, got {}", self.default_partitions));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(format!("max_frame_bytes: {} is too small", self.max_frame_bytes));
+        }
+        if self.max_in_flight_per_connection == 0 {
+            return Err("max_in_flight_per_connection: must be at least 1".into());
+        }
+        if self.max_message_bytes < 1 {
+            return Err("max_message_bytes: must be at least 1".into());
+        }
+        if self.io_depth == 0 {
+            return Err("io_depth: must be at least 1".into());
+        }
+        self.log_config()?.validate()?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        resolve(&self.listen).expect("validated")
+    }
+
+    pub fn advertised(&self) -> Result<(String, i32), String> {
+        let (host, port) = self
+            .advertised_listener
+            .rsplit_once(':')
+            .ok_or_else(|| format!("advertised_listener: `{}` is not HOST:PORT", self.advertised_listener))?;
+        let port: i32 = port.parse().map_err(|_| format!("advertised_listener: `{port}` is not a port"))?;
+        Ok((host.trim_matches(['[', ']']).to_string(), port))
+    }
+
+    pub fn log_config(&self) -> Result<LogConfig, String> {
+        Ok(LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: (self.segment_ms > 0).then_some(self.segment_ms as u64),
+            index_interval_bytes: self.index_interval_bytes,
+            retention_bytes: (self.retention_bytes >= 0).then_some(self.retention_bytes as u64),
+            retention_ms: (self.retention_ms >= 0).then_some(self.retention_ms as u64),
+            flush: FlushPolicy::parse(&self.flush)?,
+            preallocate_bytes: self.preallocate_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+        })
+    }
+
+    pub fn core_override(&self, shard: usize) -> CoreOverride {
+        self.core.get(&shard.to_string()).cloned().unwrap_or_default()
+    }
+}
+
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, cli: Cli) -> Result<Config, String> {
+        let dir = tempfile_dir();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        Config::load(&Cli { config: Some(path), ..cli })
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_ones() {
+        let config = Config::load(&Cli::default()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9092");
+        assert_eq!(config.data_dir, PathBuf::from("./sluice-data"));
+        assert_eq!(config.flush, "always");
+        assert!(!config.cpus.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_core_sections_apply() {
+        let config = load(
+            "listen = \"127.0.0.1:7000\"\nsegment_bytes = 1048576\ncores = 1\n[core.0]\ncpu = 0\nio_memory_bytes = 65536\n",
+            Cli { listen: Some("127.0.0.1:7001".into()), ..Cli::default() },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7001");
+        assert_eq!(config.segment_bytes, 1 << 20);
+        assert_eq!(config.cpus, vec![0]);
+        assert_eq!(config.core_override(0).io_memory_bytes, Some(65536));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        let error = |text: &str| load(text, Cli::default()).unwrap_err();
+        assert!(error("segment_bytes = 10\n").contains("segment_bytes"));
+        assert!(error("flush = \"sometimes\"\n").contains("flush"));
+        assert!(error("no_such_setting = 1\n").contains("no_such_setting"));
+        assert!(error("cores = 999\n").contains("cores"));
+        assert!(error("[core.5]\ncpu = 0\n").contains("core.5"));
+        assert!(error("listen = \"nonsense\"\n").contains("listen"));
+        assert!(error("default_partitions = 0\n").contains("default_partitions"));
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cores("0", 2).is_err());
+        assert_eq!(parse_cores("2", 2).unwrap(), vec![0, 1]);
+    }
+}

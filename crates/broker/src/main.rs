@@ -1,0 +1,245 @@
+//! `sluice`: starts one pinned glommio executor (shard) per configured CPU,
+//! each accepting on the shared port (SO_REUSEPORT), and stops them cleanly on
+//! SIGTERM/SIGINT.
+
+mod config;
+
+use clap::Parser;
+use config::{Cli, Config};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use sluice_shard::connection::accept_loop;
+use sluice_shard::mesh::ShardMsg;
+use sluice_shard::metadata::MetadataStore;
+use sluice_shard::settings::BrokerSettings;
+use sluice_shard::shard::Shard;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bounded inbox of each shard: backpressure between cores.
+const INBOX_CAPACITY: usize = 4096;
+/// How long a stopping shard waits for in-flight requests.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    let effective = toml::to_string(&config).expect("config serializes");
+    if cli.print_config {
+        print!("{effective}");
+        return;
+    }
+    eprintln!("sluice {} effective configuration:\n{effective}", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = run(config) {
+        tracing::error!("{e}");
+        eprintln!("sluice: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn memlock_limit_bytes() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let result = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    (result == 0).then_some(limit.rlim_cur)
+}
+
+fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| format!("data_dir: {e}"))?;
+    let metadata = Arc::new(MetadataStore::load(&data_dir)?);
+    let cluster_id = cluster_id(&data_dir)?;
+    let (advertised_host, advertised_port) = config.advertised()?;
+    let settings = Arc::new(BrokerSettings {
+        node_id: config.node_id,
+        cluster_id,
+        data_dir,
+        advertised_host,
+        advertised_port,
+        auto_create_topics: config.auto_create_topics,
+        default_partitions: config.default_partitions,
+        max_frame_bytes: config.max_frame_bytes,
+        max_in_flight_per_connection: config.max_in_flight_per_connection,
+        max_message_bytes: config.max_message_bytes,
+        log: config.log_config()?,
+        retention_check_ms: config.retention_check_ms.max(100),
+    });
+    let shard_count = config.cpus.len();
+    // glommio registers each shard's io memory with its three io_uring rings;
+    // registered (pinned) memory counts against RLIMIT_MEMLOCK.
+    let registered_bytes: u64 = (0..shard_count)
+        .map(|i| 3 * config.core_override(i).io_memory_bytes.unwrap_or(config.io_memory_bytes) as u64)
+        .sum();
+    match memlock_limit_bytes() {
+        Some(limit) if limit < 512 * 1024 => {
+            return Err(format!(
+                "RLIMIT_MEMLOCK is {limit} bytes; io_uring needs at least 512 KiB (raise `ulimit -l`)"
+            ))
+        }
+        Some(limit) if limit != libc::RLIM_INFINITY && registered_bytes > limit => tracing::warn!(
+            memlock_limit_bytes = limit,
+            registered_bytes,
+            "registered io_uring buffers may not fit RLIMIT_MEMLOCK: shards that cannot register fall back to unregistered buffers"
+        ),
+        _ => {}
+    }
+    let listen = config.listen_addr();
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| flume::bounded::<ShardMsg>(INBOX_CAPACITY)).unzip();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let mut handles = Vec::new();
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let core = config.core_override(id);
+        let cpu = config.cpus[id];
+        let settings = settings.clone();
+        let metadata = metadata.clone();
+        let peers = senders.clone();
+        let ready = ready_tx.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .io_memory(core.io_memory_bytes.unwrap_or(config.io_memory_bytes))
+            .ring_depth(core.io_depth.unwrap_or(config.io_depth))
+            .spawn(move || async move { run_shard(id, settings, metadata, peers, inbox, listen, ready).await })
+            .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shard_count {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                stop_all(&senders);
+                for handle in handles {
+                    let _ = handle.join();
+                }
+                return Err(e);
+            }
+            Err(_) => return Err("a shard died while starting".into()),
+        }
+    }
+    tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
+    let signal_senders = senders.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received == 1 {
+                    tracing::info!(signal, "stopping: finishing in-flight requests, flushing, closing segments");
+                    stop_all(&signal_senders);
+                } else {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let mut failed = false;
+    for handle in handles {
+        if handle.join().is_err() {
+            failed = true;
+        }
+    }
+    if failed {
+        return Err("a shard panicked".into());
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn stop_all(senders: &[flume::Sender<ShardMsg>]) {
+    for sender in senders {
+        let _ = sender.send(ShardMsg::Shutdown);
+    }
+}
+
+/// The cluster id, made once and kept in the data directory.
+fn cluster_id(data_dir: &std::path::Path) -> Result<String, String> {
+    let path = data_dir.join("cluster_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(&path, &id).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    settings: Arc<BrokerSettings>,
+    metadata: Arc<MetadataStore>,
+    peers: Vec<flume::Sender<ShardMsg>>,
+    inbox: flume::Receiver<ShardMsg>,
+    listen: std::net::SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let shard = Rc::new(Shard::new(id, settings.clone(), metadata, peers));
+    // Messages from other shards: each handled in its own task, in arrival order.
+    let inbox_shard = shard.clone();
+    let inbox_task = glommio::spawn_local(async move {
+        while let Ok(message) = inbox.recv_async().await {
+            if let ShardMsg::Shutdown = message {
+                inbox_shard.stopping.set(true);
+                continue;
+            }
+            glommio::spawn_local(inbox_shard.clone().handle_message(message)).detach();
+        }
+    });
+    if let Err(e) = shard.open_owned_partitions().await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
+    let listener = match TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("listen on {listen}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(id));
+    let maintenance_shard = shard.clone();
+    let interval = Duration::from_millis(match settings.log.flush {
+        sluice_storage::FlushPolicy::UnsafeIntervalMs(ms) => ms.min(settings.retention_check_ms),
+        sluice_storage::FlushPolicy::Always => settings.retention_check_ms,
+    });
+    let maintenance = glommio::spawn_local(async move {
+        while !maintenance_shard.stopping.get() {
+            futures_lite_sleep(&maintenance_shard, interval).await;
+            if maintenance_shard.stopping.get() {
+                break;
+            }
+            maintenance_shard.maintain().await;
+        }
+    });
+    accept_loop(shard.clone(), listener).await;
+    shard.drain_requests(DRAIN_LIMIT).await;
+    maintenance.await;
+    shard.close_all().await;
+    tracing::info!(shard = id, "shard stopped");
+    drop(inbox_task);
+}
+
+/// Sleeps `interval`, waking early when the shard is stopping.
+async fn futures_lite_sleep(shard: &Shard, interval: Duration) {
+    let step = Duration::from_millis(50);
+    let mut slept = Duration::ZERO;
+    while slept < interval && !shard.stopping.get() {
+        glommio::timer::sleep(step.min(interval - slept)).await;
+        slept += step;
+    }
+}

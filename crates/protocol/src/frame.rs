@@ -1,0 +1,149 @@
+//! Kafka request framing: a 4-byte big-endian size, then a request header
+//! (v0/v1/v2), then the body. Pure functions over bytes; the connection does
+//! the I/O.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// The smallest header: api key, api version, correlation id.
+pub const REQUEST_HEADER_BYTES_MIN: usize = 8;
+pub const FRAME_SIZE_BYTES: usize = 4;
+/// Default largest request frame (Kafka's socket.request.max.bytes).
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 << 20;
+
+/// What is known about a request before its body is decoded.
+#[derive(Debug, Clone)]
+pub struct RequestFrame {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    /// The body after the header.
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Too short to hold even api key, version and correlation id.
+    TooShort { bytes: usize },
+    /// The header could not be decoded (truncated client id, bad tagged fields).
+    BadHeader { api_key: i16, api_version: i16, correlation_id: i32, detail: String },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooShort { bytes } => write!(f, "request of {bytes} bytes is shorter than a header"),
+            FrameError::BadHeader { api_key, api_version, correlation_id, detail } => write!(
+                f,
+                "bad request header (api key {api_key} v{api_version}, correlation id {correlation_id}): {detail}"
+            ),
+        }
+    }
+}
+
+/// Splits a request (the bytes after the size field) into header and body.
+/// For an API key Sluice does not know, the header is read as v1 (the
+/// layout every non-flexible request shares) so an error can still be logged.
+pub fn parse_request(mut frame: Bytes) -> Result<RequestFrame, FrameError> {
+    if frame.len() < REQUEST_HEADER_BYTES_MIN {
+        return Err(FrameError::TooShort { bytes: frame.len() });
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let header_version = match ApiKey::try_from(api_key) {
+        // Kafka reads ApiVersions requests of unknown (newer) versions with the
+        // v2 header only if it knows the version; otherwise with v1 so the
+        // UNSUPPORTED_VERSION answer can still be sent.
+        Ok(key) if key.valid_versions().max >= api_version && api_version >= 0 => {
+            key.request_header_version(api_version)
+        }
+        _ => 1,
+    };
+    let bad = |detail: String| FrameError::BadHeader { api_key, api_version, correlation_id, detail };
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(e.to_string()))?;
+    Ok(RequestFrame {
+        api_key,
+        api_version,
+        correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()),
+        body: frame,
+    })
+}
+
+/// Builds a whole response frame: size, response header, body.
+pub fn encode_response<T: Encodable>(
+    correlation_id: i32,
+    header_version: i16,
+    body: &T,
+    body_version: i16,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
+    body.encode(&mut buf, body_version).map_err(|e| e.to_string())?;
+    let size = (buf.len() - FRAME_SIZE_BYTES) as u32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Decodes a request body of a known type and version; trailing bytes are an error.
+pub fn decode_body<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, String> {
+    let value = T::decode(&mut body, version).map_err(|e| format!("{e:#}"))?;
+    if body.has_remaining() {
+        return Err(format!("{} bytes left after the request body", body.remaining()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn request_bytes<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(77)
+            .with_client_id(Some(StrBytes::from_static_str("test")))
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn parses_flexible_and_plain_headers() {
+        for version in [1, 9, 12] {
+            let bytes = request_bytes(ApiKey::Metadata, version, &MetadataRequest::default());
+            let frame = parse_request(bytes).unwrap();
+            assert_eq!(frame.api_key, ApiKey::Metadata as i16);
+            assert_eq!(frame.api_version, version);
+            assert_eq!(frame.correlation_id, 77);
+            assert_eq!(frame.client_id.as_deref(), Some("test"));
+            let _: MetadataRequest = decode_body(frame.body, version).unwrap();
+        }
+    }
+
+    #[test]
+    fn short_and_truncated_headers_are_errors() {
+        assert_eq!(parse_request(Bytes::from_static(&[0, 3])), Err(FrameError::TooShort { bytes: 2 }));
+        let bytes = request_bytes(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        // Cut inside the client id.
+        assert!(matches!(parse_request(bytes.slice(..11)), Err(FrameError::BadHeader { .. })));
+    }
+
+    #[test]
+    fn response_frame_has_size_and_correlation_id() {
+        let frame = encode_response(5, 0, &kafka_protocol::messages::ApiVersionsResponse::default(), 0).unwrap();
+        let size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(size, frame.len() - 4);
+        assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 5);
+    }
+}

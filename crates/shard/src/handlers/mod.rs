@@ -1,0 +1,58 @@
+//! Kafka API handlers: one module per API family. Each decodes the body of a
+//! request, does the work (here or on the owning shards), and encodes the
+//! response frame. `Ok(None)` means no response (produce with acks=0);
+//! `Err` closes the connection with the message logged.
+
+mod admin;
+mod api_versions;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use crate::shard::Shard;
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use sluice_protocol::api::supported_versions;
+use sluice_protocol::frame::{encode_response, RequestFrame};
+use sluice_protocol::kafka_protocol;
+use std::rc::Rc;
+
+pub type HandlerResult = Result<Option<Bytes>, String>;
+
+pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let api_key = frame.api_key;
+    let version = frame.api_version;
+    if api_key == ApiKey::ApiVersions as i16 {
+        return api_versions::handle(frame);
+    }
+    let Some((key, min, max)) = supported_versions(api_key) else {
+        return Err(format!("unsupported API key {api_key} (v{version})"));
+    };
+    if version < min || version > max {
+        return Err(format!("unsupported version {version} of {key:?} (supported {min}..={max})"));
+    }
+    match key {
+        ApiKey::Produce => produce::handle(shard, frame).await,
+        ApiKey::Fetch => fetch::handle(shard, frame).await,
+        ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,
+        ApiKey::Metadata => metadata::handle(shard, frame).await,
+        ApiKey::CreateTopics => admin::create_topics(shard, frame).await,
+        ApiKey::DeleteTopics => admin::delete_topics(shard, frame).await,
+        ApiKey::CreatePartitions => admin::create_partitions(shard, frame).await,
+        ApiKey::DescribeConfigs => admin::describe_configs(shard, frame).await,
+        other => Err(format!("no handler for {other:?}")),
+    }
+}
+
+/// Encodes `body` as the response to `frame`, with the right header version.
+pub fn respond<T: Encodable>(frame: &RequestFrame, body: &T) -> HandlerResult {
+    let key = ApiKey::try_from(frame.api_key).map_err(|_| "unknown api key".to_string())?;
+    let header_version = key.response_header_version(frame.api_version);
+    encode_response(frame.correlation_id, header_version, body, frame.api_version).map(Some)
+}
+
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}

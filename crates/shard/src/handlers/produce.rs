@@ -1,0 +1,74 @@
+//! Produce: each partition's batch goes to the shard that owns it, as `Bytes`.
+//! All partitions are handed off before any is awaited, so requests pipelined
+//! on one connection reach every partition in order.
+
+use super::{respond, str_bytes, HandlerResult};
+use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
+use crate::shard::Shard;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use sluice_protocol::api::error_code;
+use sluice_protocol::frame::{decode_body, RequestFrame};
+use sluice_protocol::kafka_protocol;
+use sluice_storage::event::join_all;
+use std::rc::Rc;
+
+pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: ProduceRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let acks = request.acks;
+    let refuse = if !matches!(acks, -1..=1) {
+        Some((error_code::INVALID_REQUIRED_ACKS, format!("acks must be -1, 0 or 1, got {acks}")))
+    } else if request.transactional_id.is_some() {
+        Some((error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported".to_string()))
+    } else {
+        None
+    };
+    let mut calls = Vec::new();
+    let mut shape = Vec::new();
+    for topic in &request.topic_data {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for partition in &topic.partition_data {
+            partitions.push(partition.index);
+            let shard = shard.clone();
+            let name = name.clone();
+            let records = partition.records.clone().unwrap_or_default();
+            let index = partition.index;
+            let refuse = refuse.clone();
+            calls.push(async move {
+                if let Some((code, message)) = refuse {
+                    return ProduceOutcome { error_code: code, error_message: Some(message), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 };
+                }
+                match shard.call(&name, index, PartitionOp::Produce { records }).await {
+                    PartitionReply::Produce(outcome) => outcome,
+                    _ => ProduceOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, error_message: None },
+                }
+            });
+        }
+        shape.push((topic.name.clone(), partitions));
+    }
+    let mut outcomes = join_all(calls).await.into_iter();
+    if acks == 0 {
+        return Ok(None);
+    }
+    let responses = shape
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partition_responses = partitions
+                .into_iter()
+                .map(|index| {
+                    let outcome = outcomes.next().expect("one outcome per partition");
+                    PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(outcome.error_code)
+                        .with_base_offset(outcome.base_offset)
+                        .with_log_append_time_ms(outcome.log_append_time_ms)
+                        .with_log_start_offset(outcome.log_start_offset)
+                        .with_error_message(outcome.error_message.map(|m| str_bytes(&m)))
+                })
+                .collect();
+            TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses)
+        })
+        .collect();
+    respond(&frame, &ProduceResponse::default().with_responses(responses))
+}

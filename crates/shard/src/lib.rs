@@ -1,0 +1,13 @@
+//! One core's world: the partitions this core owns, the connections accepted
+//! on it, the Kafka API handlers, and the routing of work to other cores.
+//!
+//! Everything in a [`shard::Shard`] lives on one executor; the only way
+//! between shards is a [`mesh::ShardMsg`] over flume.
+
+pub mod connection;
+pub mod handlers;
+pub mod mesh;
+pub mod metadata;
+pub mod settings;
+pub mod shard;
+pub mod topic_config;

@@ -1,0 +1,148 @@
+//! Topic metadata: one writer (shard 0), every shard reads an immutable
+//! snapshot that the writer replaces atomically. Persisted as
+//! `<data_dir>/metadata.toml` (written to a temp file, fsynced, renamed).
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Topic id (UUID v4), returned by Metadata v10+.
+    pub id: String,
+    /// The shard that owns each partition, by partition index. Stable across
+    /// restarts; taken modulo the shard count if the broker runs on fewer cores.
+    pub partition_shards: Vec<u32>,
+    /// Topic config overrides (`retention.ms`, ...), as given at creation.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub fn partition_count(&self) -> i32 {
+        self.partition_shards.len() as i32
+    }
+
+    pub fn shard_of(&self, partition: i32, shard_count: usize) -> Option<usize> {
+        let shard = *self.partition_shards.get(usize::try_from(partition).ok()?)?;
+        Some(shard as usize % shard_count)
+    }
+
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::parse_str(&self.id).unwrap_or(uuid::Uuid::nil())
+    }
+}
+
+/// What every shard reads.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct MetadataFile {
+    #[serde(default)]
+    topic: Vec<TopicMeta>,
+}
+
+pub struct MetadataStore {
+    path: PathBuf,
+    current: ArcSwap<Snapshot>,
+}
+
+impl MetadataStore {
+    pub const FILE_NAME: &'static str = "metadata.toml";
+
+    /// Loads `<data_dir>/metadata.toml` (an absent file is an empty cluster).
+    pub fn load(data_dir: &Path) -> Result<MetadataStore, String> {
+        let path = data_dir.join(Self::FILE_NAME);
+        let snapshot = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let file: MetadataFile =
+                    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                Snapshot { topics: file.topic.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect() }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(MetadataStore { path, current: ArcSwap::from_pointee(snapshot) })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Persists `next` durably, then publishes it. Only the writer shard calls this.
+    pub fn replace(&self, next: Snapshot) -> std::io::Result<()> {
+        let file = MetadataFile { topic: next.topics.values().map(|t| (**t).clone()).collect() };
+        let text = toml::to_string(&file).map_err(std::io::Error::other)?;
+        let temp = self.path.with_extension("toml.tmp");
+        {
+            let mut out = std::fs::File::create(&temp)?;
+            out.write_all(text.as_bytes())?;
+            out.sync_all()?;
+        }
+        std::fs::rename(&temp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+/// Kafka's rule: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name `{name}` is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters long, at most 249 allowed", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name `{name}` has the illegal character `{c}`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetadataStore::load(dir.path()).unwrap();
+        assert!(store.snapshot().topics.is_empty());
+        let mut next = Snapshot::default();
+        let topic = TopicMeta {
+            name: "orders".into(),
+            id: uuid::Uuid::new_v4().to_string(),
+            partition_shards: vec![0, 1, 0],
+            configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+        };
+        next.topics.insert("orders".into(), Arc::new(topic.clone()));
+        store.replace(next).unwrap();
+        let again = MetadataStore::load(dir.path()).unwrap();
+        assert_eq!(*again.snapshot().topics["orders"], topic);
+        assert_eq!(topic.shard_of(1, 2), Some(1));
+        assert_eq!(topic.shard_of(1, 1), Some(0));
+        assert_eq!(topic.shard_of(3, 2), None);
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("a.b_c-9").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("bad name").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! Broker-wide settings every shard reads (immutable after start).
+
+use sluice_storage::LogConfig;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub node_id: i32,
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    /// Largest request frame; a bigger one closes the connection.
+    pub max_frame_bytes: usize,
+    /// Requests read ahead on one connection before its responses are written.
+    pub max_in_flight_per_connection: usize,
+    /// Default `max.message.bytes` of topics (largest record batch).
+    pub max_message_bytes: i64,
+    /// Defaults of the partition logs; topic configs override some.
+    pub log: LogConfig,
+    /// How often each shard applies retention.
+    pub retention_check_ms: u64,
+}
+
+impl BrokerSettings {
+    pub fn topics_dir(&self) -> PathBuf {
+        self.data_dir.join("topics")
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.topics_dir().join(format!("{topic}-{partition}"))
+    }
+}

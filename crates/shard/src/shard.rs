@@ -1,0 +1,540 @@
+//! One core's world. A `Shard` lives on one executor (it is `!Send`): it owns
+//! the partition logs assigned to its core, serves connections accepted on
+//! its core, and reaches other shards only through flume messages.
+
+use crate::mesh::{
+    AdminOp, AdminReply, FetchOutcome, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome, ShardMsg,
+};
+use crate::metadata::{validate_topic_name, MetadataStore, Snapshot, TopicMeta};
+use crate::settings::BrokerSettings;
+use crate::topic_config::{effective, EffectiveTopicConfig};
+use sluice_protocol::api::error_code;
+use sluice_protocol::record_batch::{BatchError, BatchHeader};
+use sluice_storage::event::Event;
+use sluice_storage::io::dma::DmaDir;
+use sluice_storage::{AppendOptions, LogError, PartitionLog};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type Log = PartitionLog<DmaDir>;
+
+pub struct PartitionEntry {
+    pub log: Rc<Log>,
+    pub config: EffectiveTopicConfig,
+}
+
+type PartitionKey = (String, i32);
+
+pub struct Shard {
+    pub id: usize,
+    pub shard_count: usize,
+    pub settings: Arc<BrokerSettings>,
+    pub metadata: Arc<MetadataStore>,
+    peers: Vec<flume::Sender<ShardMsg>>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<PartitionEntry>>>,
+    /// Serializes opening logs (and, on shard 0, metadata changes).
+    open_lock: glommio::sync::Semaphore,
+    admin_lock: glommio::sync::Semaphore,
+    /// Notified after every successful append on this shard (long-poll fetches).
+    pub data_arrived: Event,
+    pub stopping: Cell<bool>,
+    /// Requests being handled on this shard's connections.
+    pub requests_in_flight: Cell<usize>,
+    pub requests_idle: Event,
+}
+
+/// Kafka error code for a storage error; disk trouble is logged by storage.
+pub fn log_error_code(error: &LogError) -> i16 {
+    match error {
+        LogError::InvalidBatch(BatchError::MagicUnsupported { .. }) => error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        LogError::InvalidBatch(_) => error_code::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
+        LogError::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
+        LogError::Io(_) | LogError::SyncFailed(_) | LogError::Corrupt { .. } | LogError::Closed => {
+            error_code::KAFKA_STORAGE_ERROR
+        }
+    }
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        settings: Arc<BrokerSettings>,
+        metadata: Arc<MetadataStore>,
+        peers: Vec<flume::Sender<ShardMsg>>,
+    ) -> Shard {
+        Shard {
+            id,
+            shard_count: peers.len(),
+            settings,
+            metadata,
+            peers,
+            partitions: RefCell::new(HashMap::new()),
+            open_lock: glommio::sync::Semaphore::new(1),
+            admin_lock: glommio::sync::Semaphore::new(1),
+            data_arrived: Event::default(),
+            stopping: Cell::new(false),
+            requests_in_flight: Cell::new(0),
+            requests_idle: Event::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.metadata.snapshot()
+    }
+
+    /// Opens (and recovers) every partition this shard owns.
+    pub async fn open_owned_partitions(&self) -> Result<(), String> {
+        let snapshot = self.snapshot();
+        for topic in snapshot.topics.values() {
+            self.open_topic(topic).await?;
+        }
+        Ok(())
+    }
+
+    async fn open_topic(&self, topic: &TopicMeta) -> Result<(), String> {
+        for partition in 0..topic.partition_count() {
+            if topic.shard_of(partition, self.shard_count) == Some(self.id) {
+                self.open_partition(topic, partition).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_partition(&self, topic: &TopicMeta, partition: i32) -> Result<Rc<PartitionEntry>, String> {
+        let _guard = self.open_lock.acquire(1).await;
+        let key = (topic.name.clone(), partition);
+        if let Some(entry) = self.partitions.borrow().get(&key) {
+            return Ok(entry.clone());
+        }
+        let config = effective(&self.settings, &topic.configs);
+        let path = self.settings.partition_dir(&topic.name, partition);
+        let dir = DmaDir::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = format!("{}-{partition}", topic.name);
+        let log = PartitionLog::open(dir, config.log.clone(), name.clone())
+            .await
+            .map_err(|e| format!("opening partition {name}: {e}"))?;
+        let offsets = log.offsets();
+        tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
+            high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
+        let entry = Rc::new(PartitionEntry { log, config });
+        self.partitions.borrow_mut().insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// The partition's entry if this shard owns it (opening it if needed).
+    async fn local_partition(&self, topic: &str, partition: i32) -> Option<Rc<PartitionEntry>> {
+        if let Some(entry) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
+            return Some(entry.clone());
+        }
+        let snapshot = self.snapshot();
+        let meta = snapshot.topics.get(topic)?;
+        if meta.shard_of(partition, self.shard_count) != Some(self.id) {
+            return None;
+        }
+        match self.open_partition(meta, partition).await {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                tracing::error!(shard = self.id, "{e}");
+                None
+            }
+        }
+    }
+
+    /// Runs `op` on the shard that owns the partition: here, or by message.
+    /// Without an `.await` before the hand-off, so ops issued in order by one
+    /// task reach each partition in that order.
+    pub async fn call(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
+        let owner = self.snapshot().topics.get(topic).and_then(|t| t.shard_of(partition, self.shard_count));
+        match owner {
+            None => unknown_partition_reply(&op),
+            Some(owner) if owner == self.id => self.execute(topic, partition, op).await,
+            Some(owner) => {
+                let (reply, answer) = flume::bounded(1);
+                let message = ShardMsg::Partition { topic: topic.to_string(), partition, op, reply };
+                if self.peers[owner].send_async(message).await.is_err() {
+                    return storage_error_reply();
+                }
+                answer.recv_async().await.unwrap_or_else(|_| storage_error_reply())
+            }
+        }
+    }
+
+    async fn execute(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
+        let entry = match self.partitions.borrow().get(&(topic.to_string(), partition)) {
+            Some(entry) => Some(entry.clone()),
+            None => None,
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None => match self.local_partition(topic, partition).await {
+                Some(entry) => entry,
+                None => return unknown_partition_reply(&op),
+            },
+        };
+        match op {
+            PartitionOp::Produce { records } => PartitionReply::Produce(self.produce(&entry, records).await),
+            PartitionOp::Fetch { offset, max_bytes, strict_max_bytes } => {
+                PartitionReply::Fetch(fetch(&entry, offset, max_bytes, strict_max_bytes).await)
+            }
+            PartitionOp::ListOffsets { timestamp } => PartitionReply::ListOffsets(list_offsets(&entry, timestamp).await),
+        }
+    }
+
+    async fn produce(&self, entry: &PartitionEntry, records: bytes::Bytes) -> ProduceOutcome {
+        let log = &entry.log;
+        let fail = |error_code: i16, message: String| ProduceOutcome {
+            error_code,
+            error_message: Some(message),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: log.log_start_offset(),
+        };
+        if records.len() as i64 > entry.config.max_message_bytes {
+            return fail(
+                error_code::MESSAGE_TOO_LARGE,
+                format!("record batch of {} bytes exceeds max.message.bytes {}", records.len(), entry.config.max_message_bytes),
+            );
+        }
+        if let Ok(header) = BatchHeader::parse(&records) {
+            if header.total_bytes() < records.len() {
+                return fail(error_code::INVALID_RECORD, "a produce request must carry exactly one record batch per partition".into());
+            }
+        }
+        let log_append_time_ms = entry.config.log_append_time.then(|| sluice_storage::now_ms() as i64);
+        let options = AppendOptions { log_append_time_ms, partition_leader_epoch: 0 };
+        match log.append(&records, options).await {
+            Ok(info) => {
+                self.data_arrived.notify();
+                ProduceOutcome {
+                    error_code: error_code::NONE,
+                    error_message: None,
+                    base_offset: info.base_offset,
+                    log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+                    log_start_offset: info.log_start_offset,
+                }
+            }
+            Err(e) => {
+                if !matches!(e, LogError::InvalidBatch(_)) {
+                    tracing::warn!(shard = self.id, partition = log.name(), error = %e, "append failed");
+                }
+                fail(log_error_code(&e), e.to_string())
+            }
+        }
+    }
+
+    /// Completes when any of the partitions has data past its offset, or at the deadline.
+    pub async fn wait_for_data(&self, parts: Vec<(String, i32, i64)>, deadline: Instant) {
+        let mut by_owner: HashMap<usize, Vec<(String, i32, i64)>> = HashMap::new();
+        let snapshot = self.snapshot();
+        for (topic, partition, offset) in parts {
+            if let Some(owner) = snapshot.topics.get(&topic).and_then(|t| t.shard_of(partition, self.shard_count)) {
+                by_owner.entry(owner).or_default().push((topic, partition, offset));
+            }
+        }
+        if by_owner.is_empty() {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            return;
+        }
+        let (tx, rx) = flume::unbounded();
+        let mut local = None;
+        for (owner, parts) in by_owner {
+            if owner == self.id {
+                local = Some(parts);
+            } else {
+                let message = ShardMsg::WaitForData { parts, deadline, reply: tx.clone() };
+                let _ = self.peers[owner].send_async(message).await;
+            }
+        }
+        let remote = async {
+            let _ = rx.recv_async().await;
+        };
+        match local {
+            Some(parts) => futures_lite::future::or(self.wait_local(&parts, deadline), remote).await,
+            None => {
+                futures_lite::future::or(remote, glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())))
+                    .await
+            }
+        }
+    }
+
+    async fn wait_local(&self, parts: &[(String, i32, i64)], deadline: Instant) {
+        let ready = || {
+            let partitions = self.partitions.borrow();
+            parts.iter().any(|(topic, partition, offset)| {
+                partitions.get(&(topic.clone(), *partition)).is_some_and(|e| e.log.high_watermark() > *offset)
+            })
+        };
+        let wait = async {
+            loop {
+                let listen = self.data_arrived.listen();
+                if ready() {
+                    return;
+                }
+                listen.await;
+            }
+        };
+        futures_lite::future::or(wait, glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()))).await
+    }
+
+    /// Sends a metadata change to the writer (shard 0) and waits for it.
+    pub async fn admin(&self, op: AdminOp) -> AdminReply {
+        if self.id == 0 {
+            return self.execute_admin(op).await;
+        }
+        let (reply, answer) = flume::bounded(1);
+        if self.peers[0].send_async(ShardMsg::Admin { op, reply }).await.is_err() {
+            return AdminReply { error_code: error_code::UNKNOWN_SERVER_ERROR, error_message: Some("shard 0 is gone".into()) };
+        }
+        answer.recv_async().await.unwrap_or_default()
+    }
+
+    async fn execute_admin(&self, op: AdminOp) -> AdminReply {
+        assert_eq!(self.id, 0, "metadata has one writer: shard 0");
+        let _guard = self.admin_lock.acquire(1).await;
+        let snapshot = self.snapshot();
+        let error = |code: i16, message: String| AdminReply { error_code: code, error_message: Some(message) };
+        let (next, opened, dropped) = match op {
+            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
+                if let Err(e) = validate_topic_name(&name) {
+                    return error(error_code::INVALID_TOPIC_EXCEPTION, e);
+                }
+                if snapshot.topics.contains_key(&name) {
+                    return error(error_code::TOPIC_ALREADY_EXISTS, format!("topic `{name}` already exists"));
+                }
+                if partitions < 1 {
+                    return error(error_code::INVALID_PARTITIONS, format!("number of partitions must be at least 1, got {partitions}"));
+                }
+                if validate_only {
+                    return AdminReply::default();
+                }
+                let first = fnv(&name) as usize % self.shard_count;
+                let topic = TopicMeta {
+                    name: name.clone(),
+                    id: uuid::Uuid::new_v4().to_string(),
+                    partition_shards: (0..partitions as usize).map(|p| ((first + p) % self.shard_count) as u32).collect(),
+                    configs,
+                };
+                let topic = Arc::new(topic);
+                let mut next = (*snapshot).clone();
+                next.topics.insert(name.clone(), topic.clone());
+                tracing::info!(topic = %name, partitions, "topic created");
+                (next, Some(topic), None)
+            }
+            AdminOp::DeleteTopic { name } => {
+                let Some(topic) = snapshot.topics.get(&name) else {
+                    return error(error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic `{name}` does not exist"));
+                };
+                let mut next = (*snapshot).clone();
+                next.topics.remove(&name);
+                tracing::info!(topic = %name, "topic deleted");
+                (next, None, Some(topic.clone()))
+            }
+            AdminOp::CreatePartitions { name, count, validate_only } => {
+                let Some(topic) = snapshot.topics.get(&name) else {
+                    return error(error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic `{name}` does not exist"));
+                };
+                if count <= topic.partition_count() {
+                    return error(
+                        error_code::INVALID_PARTITIONS,
+                        format!("topic `{name}` has {} partitions; the new count {count} must be larger", topic.partition_count()),
+                    );
+                }
+                if validate_only {
+                    return AdminReply::default();
+                }
+                let mut grown = (**topic).clone();
+                let first = fnv(&name) as usize % self.shard_count;
+                for p in topic.partition_count() as usize..count as usize {
+                    grown.partition_shards.push(((first + p) % self.shard_count) as u32);
+                }
+                let grown = Arc::new(grown);
+                let mut next = (*snapshot).clone();
+                next.topics.insert(name.clone(), grown.clone());
+                tracing::info!(topic = %name, partitions = count, "partitions added");
+                (next, Some(grown), None)
+            }
+        };
+        if let Err(e) = self.metadata.replace(next) {
+            tracing::error!(error = %e, "writing topic metadata failed");
+            return error(error_code::KAFKA_STORAGE_ERROR, format!("writing topic metadata failed: {e}"));
+        }
+        if let Some(topic) = opened {
+            self.broadcast(|reply| ShardMsg::OpenTopic { topic: topic.clone(), reply }).await;
+        }
+        if let Some(topic) = dropped {
+            self.broadcast(|reply| ShardMsg::DropTopic { topic: topic.clone(), reply }).await;
+        }
+        AdminReply::default()
+    }
+
+    /// Sends a message to every shard (this one included) and waits for all.
+    async fn broadcast(&self, message: impl Fn(flume::Sender<()>) -> ShardMsg) {
+        let mut answers = Vec::new();
+        for peer in &self.peers {
+            let (reply, answer) = flume::bounded(1);
+            if peer.send_async(message(reply)).await.is_ok() {
+                answers.push(answer);
+            }
+        }
+        for answer in answers {
+            let _ = answer.recv_async().await;
+        }
+    }
+
+    async fn drop_topic(&self, topic: &TopicMeta) {
+        let doomed: Vec<(i32, Rc<PartitionEntry>)> = {
+            let mut partitions = self.partitions.borrow_mut();
+            (0..topic.partition_count())
+                .filter_map(|p| partitions.remove(&(topic.name.clone(), p)).map(|e| (p, e)))
+                .collect()
+        };
+        for (_, entry) in &doomed {
+            let _ = entry.log.close().await;
+        }
+        for partition in 0..topic.partition_count() {
+            if topic.shard_of(partition, self.shard_count) == Some(self.id) {
+                let path = self.settings.partition_dir(&topic.name, partition);
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::error!(path = %path.display(), error = %e, "removing a deleted partition failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from another shard (spawned as its own task).
+    pub async fn handle_message(self: Rc<Self>, message: ShardMsg) {
+        match message {
+            ShardMsg::Partition { topic, partition, op, reply } => {
+                let answer = self.execute(&topic, partition, op).await;
+                let _ = reply.send_async(answer).await;
+            }
+            ShardMsg::WaitForData { parts, deadline, reply } => {
+                self.wait_local(&parts, deadline).await;
+                let _ = reply.send_async(()).await;
+            }
+            ShardMsg::Admin { op, reply } => {
+                let answer = self.execute_admin(op).await;
+                let _ = reply.send_async(answer).await;
+            }
+            ShardMsg::OpenTopic { topic, reply } => {
+                if let Err(e) = self.open_topic(&topic).await {
+                    tracing::error!(shard = self.id, "{e}");
+                }
+                let _ = reply.send_async(()).await;
+            }
+            ShardMsg::DropTopic { topic, reply } => {
+                self.drop_topic(&topic).await;
+                let _ = reply.send_async(()).await;
+            }
+            ShardMsg::Shutdown => self.stopping.set(true),
+        }
+    }
+
+    /// Applies retention (and relaxed-flush syncs) on this shard's logs.
+    pub async fn maintain(&self) {
+        let logs: Vec<Rc<Log>> = self.partitions.borrow().values().map(|e| e.log.clone()).collect();
+        let now = sluice_storage::now_ms();
+        for log in logs {
+            if let Err(e) = log.enforce_retention(now).await {
+                tracing::error!(partition = log.name(), error = %e, "retention failed");
+            }
+            if let Err(e) = log.flush_if_due().await {
+                tracing::error!(partition = log.name(), error = %e, "flush failed");
+            }
+        }
+    }
+
+    /// Closes every log cleanly (flush, indexes, clean-shutdown marker).
+    pub async fn close_all(&self) {
+        let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow_mut().drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            if let Err(e) = entry.log.close().await {
+                tracing::error!(partition = entry.log.name(), error = %e, "closing partition failed");
+            }
+        }
+    }
+
+    /// Waits until no request is being handled on this shard, at most `limit`.
+    pub async fn drain_requests(&self, limit: Duration) {
+        let wait = async {
+            while self.requests_in_flight.get() > 0 {
+                self.requests_idle.listen().await;
+            }
+        };
+        futures_lite::future::or(wait, glommio::timer::sleep(limit)).await;
+    }
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
+    let code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+    match op {
+        PartitionOp::Produce { .. } => PartitionReply::Produce(ProduceOutcome {
+            error_code: code,
+            error_message: Some("this topic or partition does not exist".into()),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }),
+        PartitionOp::Fetch { .. } => {
+            PartitionReply::Fetch(FetchOutcome { error_code: code, high_watermark: -1, log_start_offset: -1, ..Default::default() })
+        }
+        PartitionOp::ListOffsets { .. } => {
+            PartitionReply::ListOffsets(ListOffsetsOutcome { error_code: code, offset: -1, timestamp: -1 })
+        }
+    }
+}
+
+fn storage_error_reply() -> PartitionReply {
+    PartitionReply::Fetch(FetchOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, ..Default::default() })
+}
+
+async fn fetch(entry: &PartitionEntry, offset: i64, max_bytes: usize, strict: bool) -> FetchOutcome {
+    let log = &entry.log;
+    match log.read(offset, max_bytes.max(1)).await {
+        Ok(read) => {
+            let records = if strict && read.records.len() > max_bytes { bytes::Bytes::new() } else { read.records };
+            FetchOutcome {
+                error_code: error_code::NONE,
+                high_watermark: read.high_watermark,
+                log_start_offset: read.log_start_offset,
+                records,
+            }
+        }
+        Err(e) => FetchOutcome {
+            error_code: log_error_code(&e),
+            high_watermark: log.high_watermark(),
+            log_start_offset: log.log_start_offset(),
+            records: bytes::Bytes::new(),
+        },
+    }
+}
+
+/// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
+async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutcome {
+    let log = &entry.log;
+    let found = |offset: i64, timestamp: i64| ListOffsetsOutcome { error_code: error_code::NONE, offset, timestamp };
+    match timestamp {
+        -2 => found(log.log_start_offset(), -1),
+        -1 => found(log.high_watermark(), -1),
+        -3 => match log.max_timestamp() {
+            Some((offset, ts)) => found(offset, ts),
+            None => found(-1, -1),
+        },
+        t if t >= 0 => match log.offset_for_timestamp(t).await {
+            Ok(Some((offset, ts))) => found(offset, ts),
+            Ok(None) => found(-1, -1),
+            Err(e) => ListOffsetsOutcome { error_code: log_error_code(&e), offset: -1, timestamp: -1 },
+        },
+        _ => ListOffsetsOutcome { error_code: error_code::INVALID_REQUEST, offset: -1, timestamp: -1 },
+    }
+}
