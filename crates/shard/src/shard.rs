@@ -53,7 +53,7 @@ pub fn log_error_code(error: &LogError) -> i16 {
         LogError::InvalidBatch(_) => error_code::CORRUPT_MESSAGE,
         LogError::BatchTooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
-        LogError::Io(_) | LogError::SyncFailed(_) | LogError::Corrupt { .. } | LogError::Closed => {
+        LogError::Io(_) | LogError::SyncFailed(_) | LogError::Corrupt { .. } | LogError::Closed | LogError::Busy => {
             error_code::KAFKA_STORAGE_ERROR
         }
     }

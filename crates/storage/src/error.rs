@@ -25,6 +25,8 @@ pub enum LogError {
     Corrupt { segment_base_offset: i64, position: u64, detail: String },
     /// The log was closed.
     Closed,
+    /// The log is being truncated; retry.
+    Busy,
 }
 
 impl LogError {
@@ -59,6 +61,7 @@ impl fmt::Display for LogError {
                 "corrupt data in segment {segment_base_offset:020} at byte {position}: {detail}"
             ),
             LogError::Closed => write!(f, "log is closed"),
+            LogError::Busy => write!(f, "log is being truncated, retry"),
         }
     }
 }

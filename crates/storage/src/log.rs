@@ -90,6 +90,8 @@ pub(crate) struct LogState<F: StorageFile> {
     failures: VecDeque<Failure>,
     pub(crate) poisoned: Option<LogError>,
     pub(crate) closed: bool,
+    /// `truncate_to` is between its steps: appends and reads wait it out (Busy).
+    pub(crate) truncating: bool,
     last_sync_ms: u64,
     unsynced_files: Vec<i64>,
 }
@@ -109,9 +111,21 @@ impl<F: StorageFile> LogState<F> {
             failures: VecDeque::new(),
             poisoned: None,
             closed: false,
+            truncating: false,
             last_sync_ms: now_ms(),
             unsynced_files: Vec::new(),
         }
+    }
+
+    /// Closed and mid-truncation logs serve nothing.
+    pub(crate) fn usable(&self) -> LogResult<()> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        if self.truncating {
+            return Err(LogError::Busy);
+        }
+        Ok(())
     }
 
     pub(crate) fn active(&mut self) -> &mut Segment<F> {
@@ -142,6 +156,8 @@ struct SegmentFlight<F: StorageFile> {
     file: Option<Rc<F>>,
     allocated_bytes: u64,
     flight: Option<(Vec<ChunkWrite<F::Buf>>, u64)>,
+    /// Cut the file here before writing: bytes of a failed round may be on disk.
+    cut_to: Option<u64>,
     /// Set when the segment is sealed: its final indexes and size.
     finalize: Option<(SegmentIndexes, u64)>,
 }
@@ -221,9 +237,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         let (info, target, epoch) = {
             let mut state = self.state.borrow_mut();
-            if state.closed {
-                return Err(LogError::Closed);
-            }
+            state.usable()?;
             if let Some(error) = &state.poisoned {
                 return Err(error.clone());
             }
@@ -293,6 +307,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             sealed: false,
             finalized: false,
             created_at_ms: now_ms(),
+            cut_before_write: None,
         };
         let previous = state.segments.insert(next_offset, segment);
         assert!(previous.is_none(), "segment {next_offset} rolled twice");
@@ -360,7 +375,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
     fn plan_round(&self, state: &mut LogState<D::File>) -> Vec<SegmentFlight<D::File>> {
         assert_eq!(state.flight_batches, 0);
-        let last_base = *state.segments.keys().next_back().unwrap();
+        let Some(&last_base) = state.segments.keys().next_back() else {
+            return Vec::new(); // mid-truncation: nothing pending
+        };
         let mut flights = Vec::new();
         let pending = &state.pending;
         for (base, segment) in state.segments.iter_mut() {
@@ -378,7 +395,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 indexes.seal(*base);
                 (indexes, segment.tail.pending_end())
             });
+            let cut_to = segment.cut_before_write.take();
             flights.push(SegmentFlight {
+                cut_to,
                 base_offset: *base,
                 file: segment.file.clone(),
                 allocated_bytes: segment.allocated_bytes,
@@ -440,21 +459,24 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let file = match flight.file {
             Some(file) => file,
             None => {
-                let created = async {
-                    let file = self.dir.open(&segment_file_name(base, LOG_SUFFIX), true).await?;
-                    self.dir.sync().await?;
-                    Ok::<_, std::io::Error>(Rc::new(file))
-                }
-                .await;
-                match created {
-                    Ok(file) => {
-                        result.created.push((base, file.clone()));
-                        file
-                    }
+                let file = match self.dir.open(&segment_file_name(base, LOG_SUFFIX), true).await {
+                    Ok(file) => Rc::new(file),
                     Err(e) => return FlightOutcome::WriteFailed(self.io_failure("create segment", e)),
+                };
+                result.created.push((base, file.clone()));
+                // A failed directory fsync is a failed fsync: no silent retry.
+                if let Err(e) = self.dir.sync().await {
+                    tracing::error!(log = %self.name, segment = base, error = %e, "directory fsync failed: log refuses appends until recovered");
+                    return FlightOutcome::SyncFailed(LogError::SyncFailed(e.into()));
                 }
+                file
             }
         };
+        if let Some(len) = flight.cut_to {
+            if let Err(e) = file.set_len(len).await {
+                return FlightOutcome::WriteFailed(self.io_failure("cut after a failed write", e));
+            }
+        }
         if let Some((writes, end)) = flight.flight {
             let write_end = align_up(end);
             if write_end > flight.allocated_bytes && self.config.preallocate_bytes > 0 {
@@ -617,6 +639,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     {
                         segment.tail.flight_end = segment.tail.durable_end;
                         segment.tail.roll_back(&self.dir);
+                        // Some of the failed round may have reached the file: a
+                        // retried batch written over it later must not make
+                        // stale batches behind it look valid after a crash.
+                        segment.cut_before_write = Some(segment.tail.durable_end);
+                        segment.allocated_bytes = segment.allocated_bytes.min(segment.tail.durable_end);
                     }
                 }
                 let active = state.active();
@@ -684,6 +711,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         loop {
             let located = {
                 let state = self.state.borrow();
+                state.usable()?;
                 if offset < state.log_start_offset || offset > state.high_watermark {
                     return Err(LogError::OffsetOutOfRange {
                         offset,
@@ -744,7 +772,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         budget: usize,
         first: bool,
     ) -> LogResult<SegmentRead> {
-        let window = budget.max(HEADER_BYTES) as u64 + self.config.index_interval_bytes + HEADER_BYTES as u64;
+        let window = (budget.max(HEADER_BYTES) as u64)
+            .saturating_add(self.config.index_interval_bytes + HEADER_BYTES as u64)
+            .min(end - position);
         let mut chunk = self.read_checked(file, base, position, (end - position).min(window)).await?;
         let mut at = 0usize;
         // Skip batches that end before `offset`.
@@ -759,6 +789,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 continue;
             }
             let header = self.header_at(&chunk, at, base, position)?;
+            // Header fields outside the CRC are checked against the file.
+            if position + (at + header.total_bytes()) as u64 > end {
+                return Err(self.corrupt(base, position + at as u64, "batch length runs past the segment end".into()));
+            }
             if header.total_bytes() > chunk.len() - at {
                 position += at as u64;
                 let want = (header.total_bytes() as u64).max(window).min(end - position);
@@ -808,6 +842,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 break;
             }
             self.check_batch(&chunk[at..at + total], base, position + at as u64)?;
+            if at > start && header.base_offset != next_offset {
+                return Err(self.corrupt(
+                    base,
+                    position + at as u64,
+                    format!("batch base offset {} where {next_offset} was expected", header.base_offset),
+                ));
+            }
             next_offset = header.last_offset() + 1;
             at += total;
         }
@@ -862,6 +903,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             .segments
             .values()
             .filter(|s| s.indexes.max_timestamp >= 0)
+            // The earliest segment on a tie, as Kafka keeps the first record.
+            .rev()
             .max_by_key(|s| s.indexes.max_timestamp)
             .map(|s| (s.indexes.offset_of_max_timestamp, s.indexes.max_timestamp))
     }
@@ -874,6 +917,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> LogResult<Option<(i64, i64)>> {
         let candidates: Vec<(i64, i64)> = {
             let state = self.state.borrow();
+            state.usable()?;
             state
                 .segments
                 .iter()

@@ -140,6 +140,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     sealed: true,
                     finalized: true,
                     created_at_ms: now_ms(),
+                    cut_before_write: None,
                 }
             } else {
                 let clean = marker.filter(|m| m.active_base_offset == base && m.active_bytes == file_bytes);
@@ -166,6 +167,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     sealed: false,
                     finalized: false,
                     created_at_ms: now_ms(),
+                    cut_before_write: None,
                 }
             };
             segments.insert(base, segment);
@@ -191,8 +193,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut state = self.state.borrow_mut();
             state.closed = true;
             let files: Vec<Rc<D::File>> = state.segments.values().filter_map(|s| s.file.clone()).collect();
-            let active = state.segments.values().next_back().unwrap();
-            let active = active.file.clone().map(|file| {
+            let active = state.segments.values().next_back().and_then(|active| active.file.clone().map(|file| {
                 (
                     file,
                     active.base_offset,
@@ -206,7 +207,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         offset_of_max_timestamp: active.indexes.offset_of_max_timestamp,
                     },
                 )
-            });
+            }));
             let healthy = flushed.is_ok() && state.poisoned.is_none();
             (files, if healthy { active } else { None })
         };
@@ -233,6 +234,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     pub async fn enforce_retention(self: &Rc<Self>, now_ms: u64) -> LogResult<usize> {
         let doomed: Vec<(i64, Option<Rc<D::File>>)> = {
             let mut state = self.state.borrow_mut();
+            if state.usable().is_err() {
+                return Ok(0);
+            }
             let mut total: u64 = state.segments.values().map(|s| s.durable_bytes()).sum();
             let mut doomed = Vec::new();
             let last = *state.segments.keys().next_back().unwrap();
@@ -289,12 +293,20 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         self.flush().await?;
         let (doomed, containing) = {
             let mut state = self.state.borrow_mut();
+            state.usable()?;
             if let Some(error) = &state.poisoned {
                 return Err(error.clone());
+            }
+            if state.next_offset != state.high_watermark {
+                // An append came in after the flush: let it finish first.
+                return Err(LogError::Busy);
             }
             if offset >= state.high_watermark {
                 return Ok(());
             }
+            // Until the replacement segment is in place, appends, reads and
+            // retention get Busy instead of a half-truncated log.
+            state.truncating = true;
             let full = offset <= state.log_start_offset;
             let cut_from = if full { i64::MIN } else { offset };
             let doomed_bases: Vec<i64> = state.segments.range(cut_from.max(0)..).map(|(b, _)| *b).collect();
@@ -308,6 +320,37 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             });
             (doomed, containing)
         };
+        let result = self.truncate_files(offset, doomed, containing).await;
+        let mut state = self.state.borrow_mut();
+        state.truncating = false;
+        match result {
+            Ok(segment) => {
+                let next = segment.next_offset;
+                state.segments.insert(segment.base_offset, segment);
+                state.log_start_offset = *state.segments.keys().next().unwrap();
+                state.high_watermark = next;
+                state.next_offset = next;
+                tracing::info!(log = %self.name, offset, log_end_offset = next, "log truncated");
+                Ok(())
+            }
+            Err(e) => {
+                // Files may be half removed: only a reopen knows what is left.
+                tracing::error!(log = %self.name, error = %e, "truncation failed: log refuses appends until recovered");
+                state.poisoned = Some(e.clone());
+                if state.segments.is_empty() {
+                    state.closed = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_files(
+        self: &Rc<Self>,
+        offset: i64,
+        doomed: Vec<(i64, Option<Rc<D::File>>)>,
+        containing: Option<(i64, Rc<D::File>, u64)>,
+    ) -> LogResult<Segment<D::File>> {
         for (base, file) in doomed {
             if let Some(file) = file {
                 close_file(file).await;
@@ -352,18 +395,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     sealed: false,
                     finalized: false,
                     created_at_ms: now_ms(),
+                    cut_before_write: None,
                 }
             }
         };
         self.dir.sync().await.map_err(io_err)?;
-        let mut state = self.state.borrow_mut();
-        let next = segment.next_offset;
-        state.segments.insert(segment.base_offset, segment);
-        state.log_start_offset = *state.segments.keys().next().unwrap();
-        state.high_watermark = next;
-        state.next_offset = next;
-        tracing::info!(log = %self.name, offset, log_end_offset = next, "log truncated");
-        Ok(())
+        Ok(segment)
     }
 }
 
@@ -378,6 +415,7 @@ fn empty_segment<D: StorageDir>(dir: &D, base: i64, config: &LogConfig) -> Segme
         sealed: false,
         finalized: false,
         created_at_ms: now_ms(),
+        cut_before_write: None,
     }
 }
 

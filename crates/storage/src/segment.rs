@@ -386,6 +386,8 @@ pub struct Segment<F: StorageFile> {
     /// Truncated to size, indexes written, synced.
     pub finalized: bool,
     pub created_at_ms: u64,
+    /// Set after a failed round: cut the file to this length before the next write.
+    pub cut_before_write: Option<u64>,
 }
 
 impl<F: StorageFile> Segment<F> {

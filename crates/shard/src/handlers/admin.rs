@@ -33,6 +33,7 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        let version = frame.api_version;
         let fail = |code: i16, message: String| {
             result.clone().with_error_code(code).with_error_message(Some(str_bytes(&message))).with_num_partitions(-1).with_replication_factor(-1)
         };
@@ -80,14 +81,14 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
                     .with_config_source(if is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC_CONFIG })
             })
             .collect();
-        results.push(
-            result
-                .with_error_code(error_code::NONE)
-                .with_topic_id(topic_id)
-                .with_num_partitions(partitions)
-                .with_replication_factor(1)
-                .with_configs(Some(described)),
-        );
+        let created = result.with_error_code(error_code::NONE);
+        results.push(if version >= 7 {
+            created.with_topic_id(topic_id).with_num_partitions(partitions).with_replication_factor(1).with_configs(Some(described))
+        } else if version >= 5 {
+            created.with_num_partitions(partitions).with_replication_factor(1).with_configs(Some(described))
+        } else {
+            created
+        });
     }
     respond(&frame, &CreateTopicsResponse::default().with_topics(results))
 }
@@ -104,17 +105,18 @@ pub async fn delete_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         let name = name.or_else(|| {
             shard.snapshot().topics.values().find(|t| t.uuid() == id && !id.is_nil()).map(|t| t.name.clone())
         });
-        let result = DeletableTopicResult::default().with_topic_id(id);
+        let result = DeletableTopicResult::default().with_topic_id(if frame.api_version >= 6 { id } else { Default::default() });
         let Some(name) = name else {
             responses.push(result.with_error_code(error_code::UNKNOWN_TOPIC_OR_PARTITION));
             continue;
         };
         let reply = shard.admin(AdminOp::DeleteTopic { name: name.clone() }).await;
+        let version = frame.api_version;
         responses.push(
             result
                 .with_name(Some(TopicName(str_bytes(&name))))
                 .with_error_code(reply.error_code)
-                .with_error_message(reply.error_message.map(|m| str_bytes(&m))),
+                .with_error_message(if version >= 5 { reply.error_message.map(|m| str_bytes(&m)) } else { None }),
         );
     }
     respond(&frame, &DeleteTopicsResponse::default().with_responses(responses))

@@ -58,7 +58,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         .with_error_code(outcome.error_code)
                         .with_high_watermark(outcome.high_watermark)
                         .with_last_stable_offset(outcome.high_watermark)
-                        .with_log_start_offset(outcome.log_start_offset)
+                        .with_log_start_offset(if frame.api_version >= 5 { outcome.log_start_offset } else { -1 })
                         .with_aborted_transactions(Some(Vec::new()))
                         .with_records(Some(outcome.records))
                 })

@@ -29,7 +29,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     .with_error_code(outcome.error_code)
                     .with_timestamp(outcome.timestamp)
                     .with_offset(outcome.offset)
-                    .with_leader_epoch(0),
+                    .with_leader_epoch(if frame.api_version >= 4 { 0 } else { -1 }),
             );
         }
         topics.push(ListOffsetsTopicResponse::default().with_name(topic.name.clone()).with_partitions(partitions));

@@ -23,7 +23,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     match request.topics {
         None => {
             for topic in shard.snapshot().topics.values() {
-                topics.push(topic_metadata(topic, node));
+                topics.push(topic_metadata(topic, node, frame.api_version));
             }
         }
         Some(requested) => {
@@ -52,7 +52,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     existing = shard.snapshot().topics.get(&name).cloned();
                 }
                 match existing {
-                    Some(topic) => topics.push(topic_metadata(&topic, node)),
+                    Some(topic) => topics.push(topic_metadata(&topic, node, frame.api_version)),
                     None => topics.push(error_topic(Some(&name), error_code::UNKNOWN_TOPIC_OR_PARTITION)),
                 }
             }
@@ -64,20 +64,20 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         .with_port(settings.advertised_port);
     let body = MetadataResponse::default()
         .with_brokers(vec![broker])
-        .with_cluster_id(Some(str_bytes(&settings.cluster_id)))
+        .with_cluster_id((frame.api_version >= 2).then(|| str_bytes(&settings.cluster_id)))
         .with_controller_id(node)
         .with_topics(topics);
     respond(&frame, &body)
 }
 
-fn topic_metadata(topic: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataResponseTopic {
     let partitions = (0..topic.partition_count())
         .map(|p| {
             MetadataResponsePartition::default()
                 .with_error_code(error_code::NONE)
                 .with_partition_index(p)
                 .with_leader_id(node)
-                .with_leader_epoch(0)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })
@@ -85,7 +85,7 @@ fn topic_metadata(topic: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(error_code::NONE)
         .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_topic_id(topic.uuid())
+        .with_topic_id(if version >= 10 { topic.uuid() } else { Default::default() })
         .with_partitions(partitions)
 }
 

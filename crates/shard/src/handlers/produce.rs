@@ -48,6 +48,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         shape.push((topic.name.clone(), partitions));
     }
     let mut outcomes = join_all(calls).await.into_iter();
+    let version = frame.api_version;
     if acks == 0 {
         return Ok(None);
     }
@@ -63,8 +64,8 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         .with_error_code(outcome.error_code)
                         .with_base_offset(outcome.base_offset)
                         .with_log_append_time_ms(outcome.log_append_time_ms)
-                        .with_log_start_offset(outcome.log_start_offset)
-                        .with_error_message(outcome.error_message.map(|m| str_bytes(&m)))
+                        .with_log_start_offset(if version >= 5 { outcome.log_start_offset } else { -1 })
+                        .with_error_message(if version >= 8 { outcome.error_message.map(|m| str_bytes(&m)) } else { None })
                 })
                 .collect();
             TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses)

@@ -22,6 +22,9 @@ pub struct Faults {
     pub write_failures: u32,
     /// Total bytes all files may hold; a write or allocation past it fails with ENOSPC.
     pub capacity_bytes: Option<u64>,
+    /// Every file operation yields to the executor once, as real I/O does, so
+    /// tests can interleave other work with a multi-step operation.
+    pub yield_on_io: bool,
 }
 
 /// What a crash keeps of the writes made since the last sync.
@@ -120,7 +123,8 @@ impl MemDir {
             file.current = survived.clone();
             file.synced = survived;
         }
-        fs.faults = Faults::default();
+        let yield_on_io = fs.faults.yield_on_io;
+        fs.faults = Faults { yield_on_io, ..Faults::default() };
     }
 
     /// Names of the files that exist now.
@@ -139,6 +143,13 @@ impl MemDir {
         let mut file = fs.files.get(name).expect("file to corrupt exists").borrow_mut();
         apply_write(&mut file.current, pos, bytes);
         apply_write(&mut file.synced, pos, bytes);
+    }
+}
+
+async fn maybe_yield(fs: &Rc<RefCell<MemFs>>) {
+    let yield_on_io = fs.borrow().faults.yield_on_io;
+    if yield_on_io {
+        futures_lite::future::yield_now().await;
     }
 }
 
@@ -174,6 +185,7 @@ impl StorageFile for MemFile {
     type Buf = MemBuf;
 
     async fn write_at(&self, buf: Rc<MemBuf>, pos: u64) -> io::Result<()> {
+        maybe_yield(&self.fs).await;
         assert_eq!(pos % PAGE_BYTES, 0, "O_DIRECT write position must be page aligned");
         assert_eq!(buf.0.len() as u64 % PAGE_BYTES, 0, "O_DIRECT write length must be page aligned");
         let mut fs = self.fs.borrow_mut();
@@ -189,6 +201,7 @@ impl StorageFile for MemFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        maybe_yield(&self.fs).await;
         let data = self.data.borrow();
         let start = (pos as usize).min(data.current.len());
         let end = (pos as usize).saturating_add(len).min(data.current.len());
@@ -196,6 +209,7 @@ impl StorageFile for MemFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
+        maybe_yield(&self.fs).await;
         let mut fs = self.fs.borrow_mut();
         if fs.faults.sync_failures > 0 {
             fs.faults.sync_failures -= 1;
@@ -212,6 +226,7 @@ impl StorageFile for MemFile {
     }
 
     async fn set_len(&self, len: u64) -> io::Result<()> {
+        maybe_yield(&self.fs).await;
         let fs = self.fs.borrow();
         let mut data = self.data.borrow_mut();
         if len > data.current.len() as u64 {
@@ -248,6 +263,7 @@ impl StorageDir for MemDir {
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<MemFile> {
+        maybe_yield(&self.fs).await;
         let mut fs = self.fs.borrow_mut();
         let data = match fs.files.get(name) {
             Some(data) => data.clone(),

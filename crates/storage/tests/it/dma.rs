@@ -78,7 +78,7 @@ fn append_read_roll_reopen_on_o_direct_files() {
 }
 
 #[test]
-fn crash_without_close_keeps_every_acknowledged_batch() {
+fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("topic-1");
     run(move || async move {
@@ -89,7 +89,8 @@ fn crash_without_close_keeps_every_acknowledged_batch() {
             let info = log.append(&raw, AppendOptions::default()).await.unwrap();
             all.push(stored_form(&raw, info.base_offset));
         }
-        // No close: the process "dies" here (files are left as the kernel has them).
+        // No close: the process "dies" here. (The page cache survives a process
+        // death; a power cut is what the in-memory crash tests model.)
         drop(log);
         // A torn write at the tail: garbage after the last batch.
         let names = file_names(&path);

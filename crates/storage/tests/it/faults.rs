@@ -290,3 +290,80 @@ fn log_append_time_is_stamped_and_checksummed() {
         assert_eq!(log.offset_for_timestamp(700).await.unwrap(), Some((0, 777)));
     });
 }
+
+#[test]
+fn a_corrupt_length_field_in_a_sealed_segment_is_reported_not_looped_on() {
+    run(|| async {
+        let dir = MemDir::new();
+        let log = open(&dir, small_config()).await;
+        let mut sizes = Vec::new();
+        for i in 0..40 {
+            let raw = batch(i, 1, 500, 1);
+            sizes.push(raw.len() as u64);
+            append(&log, &raw).await.unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 2);
+        log.close().await.unwrap();
+        // batch_length (bytes 8..12, outside the CRC) of the third batch: huge.
+        let name = format!("{:020}.log", bases[0]);
+        let position = sizes[0] + sizes[1];
+        dir.corrupt(&name, position + 8, &i32::MAX.to_be_bytes());
+        let log = open(&dir, small_config()).await;
+        let result = log.read(2, 1 << 20).await;
+        assert!(matches!(result, Err(LogError::Corrupt { .. })), "{result:?}");
+        // A base offset rewritten outside the CRC is caught by continuity.
+        dir.corrupt(&name, position + 8, &((sizes[2] - 12) as i32).to_be_bytes());
+        dir.corrupt(&name, position, &77i64.to_be_bytes());
+        let log = open(&dir, small_config()).await;
+        assert!(matches!(log.read(0, 1 << 20).await, Err(LogError::Corrupt { .. })));
+    });
+}
+
+#[test]
+fn a_closed_log_answers_closed_instead_of_panicking() {
+    run(|| async {
+        let dir = MemDir::new();
+        let log = open(&dir, small_config()).await;
+        append(&log, &batch(1, 1, 10, 1)).await.unwrap();
+        log.close().await.unwrap();
+        assert!(matches!(log.read(0, 100).await, Err(LogError::Closed)));
+        assert!(matches!(append(&log, &batch(2, 1, 10, 1)).await, Err(LogError::Closed)));
+        assert!(matches!(log.offset_for_timestamp(0).await, Err(LogError::Closed)));
+        assert_eq!(log.enforce_retention(u64::MAX / 2).await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn reads_and_appends_during_truncation_get_busy_not_a_broken_log() {
+    run(|| async {
+        let dir = MemDir::new();
+        dir.set_faults(Faults { yield_on_io: true, ..Faults::default() });
+        let log = open(&dir, small_config()).await;
+        for i in 0..30 {
+            append(&log, &batch(i, 1, 600, 1)).await.unwrap();
+        }
+        let truncation = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.truncate_to(0).await })
+        };
+        // Poll until the truncation is between its steps (file I/O yields).
+        let mut during_read = None;
+        for _ in 0..1000 {
+            match log.read(0, 100).await {
+                Err(LogError::Busy) => {
+                    during_read = Some(LogError::Busy);
+                    break;
+                }
+                _ => futures_lite::future::yield_now().await,
+            }
+        }
+        assert!(during_read.is_some(), "never saw the truncation in progress");
+        let during_append = append(&log, &batch(50, 1, 10, 1)).await;
+        truncation.await.unwrap();
+        assert!(matches!(during_append, Err(LogError::Busy)), "{during_append:?}");
+        assert_eq!(log.high_watermark(), 0);
+        assert_eq!(append(&log, &batch(51, 1, 10, 1)).await.unwrap(), 0);
+        assert_eq!(split_batches(&log.read(0, 1 << 20).await.unwrap().records).len(), 1);
+    });
+}

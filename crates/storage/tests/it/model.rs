@@ -74,8 +74,13 @@ async fn check(log: &Rc<PartitionLog<MemDir>>, model: &Model) {
     assert_eq!(read.next_offset, model.next_offset());
 }
 
+/// Retention by bytes is on, so the Retention op deletes segments.
+fn model_config() -> sluice_storage::LogConfig {
+    sluice_storage::LogConfig { retention_bytes: Some(24 * 1024), ..small_config() }
+}
+
 async fn reopen(dir: &MemDir) -> Rc<PartitionLog<MemDir>> {
-    PartitionLog::open(dir.clone(), small_config(), "model-0").await.expect("log reopens")
+    PartitionLog::open(dir.clone(), model_config(), "model-0").await.expect("log reopens")
 }
 
 /// After a reopen, an in-doubt batch may have survived (whole) or not.
@@ -198,10 +203,17 @@ async fn run_ops(ops: Vec<Op>) {
                 // segment; by bytes via the model of segment sizes is covered in
                 // the deterministic tests. Here: keep_bytes picks which.
                 let now = if keep_bytes % 2 == 0 { 0 } else { i64::MAX as u64 / 2 };
+                let size_before = log.offsets().size_bytes;
                 let deleted = log.enforce_retention(now).await.unwrap();
                 let start = log.log_start_offset();
                 if deleted == 0 {
                     assert_eq!(start, model.log_start_offset);
+                    // By bytes alone, nothing deletable is left over the limit.
+                    if now == 0 && log.segment_base_offsets().len() > 1 {
+                        assert!(size_before < 24 * 1024 + 16 * 1024, "retention left {size_before} bytes");
+                    }
+                } else {
+                    assert!(log.offsets().size_bytes < size_before);
                 }
                 assert!(start >= model.log_start_offset);
                 assert!(start == model.next_offset() || model.batches.iter().any(|b| b.0 == start), "log start at a batch boundary");
