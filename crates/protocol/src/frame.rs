@@ -2,7 +2,7 @@
 //! (v0/v1/v2), then the body. Pure functions over bytes; the connection does
 //! the I/O.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -90,13 +90,11 @@ pub fn encode_response<T: Encodable>(
     Ok(buf.freeze())
 }
 
-/// Decodes a request body of a known type and version; trailing bytes are an error.
+/// Decodes a request body of a known type and version. Bytes after the body
+/// are ignored, as Kafka brokers do (librdkafka 2.x sends a few after some
+/// flexible requests).
 pub fn decode_body<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, String> {
-    let value = T::decode(&mut body, version).map_err(|e| format!("{e:#}"))?;
-    if body.has_remaining() {
-        return Err(format!("{} bytes left after the request body", body.remaining()));
-    }
-    Ok(value)
+    T::decode(&mut body, version).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ impl Shard {
     }
 
     async fn open_partition(&self, topic: &TopicMeta, partition: i32) -> Result<Rc<PartitionEntry>, String> {
-        let _guard = self.open_lock.acquire(1).await;
+        let _permit = self.open_lock.acquire_permit(1).await;
         let key = (topic.name.clone(), partition);
         if let Some(entry) = self.partitions.borrow().get(&key) {
             return Ok(entry.clone());
@@ -294,7 +294,7 @@ impl Shard {
 
     async fn execute_admin(&self, op: AdminOp) -> AdminReply {
         assert_eq!(self.id, 0, "metadata has one writer: shard 0");
-        let _guard = self.admin_lock.acquire(1).await;
+        let _permit = self.admin_lock.acquire_permit(1).await;
         let snapshot = self.snapshot();
         let error = |code: i16, message: String| AdminReply { error_code: code, error_message: Some(message) };
         let (next, opened, dropped) = match op {

@@ -1,0 +1,147 @@
+"""Bad input never takes the broker down: each case gets an error response or
+a closed connection, and another client is served afterwards."""
+
+import socket
+import struct
+import subprocess
+
+from kafka_wire import closed_by_peer, read_response, request
+
+API_VERSIONS = 18
+METADATA = 3
+
+
+def still_served(broker):
+    out = subprocess.run(["kcat", "-b", broker.bootstrap, "-L"], capture_output=True, timeout=30, check=True)
+    assert b"1 brokers" in out.stdout
+
+
+def connect(broker):
+    return socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+
+
+def test_api_versions_of_an_unknown_version_answers_unsupported_with_the_list(broker):
+    with connect(broker) as s:
+        s.sendall(request(API_VERSIONS, 99, 7))
+        response = read_response(s)
+    correlation_id, error_code, count = struct.unpack(">ihi", response[:10])
+    assert correlation_id == 7
+    assert error_code == 35  # UNSUPPORTED_VERSION
+    keys = {struct.unpack(">hhh", response[10 + 6 * i: 16 + 6 * i])[0] for i in range(count)}
+    assert {0, 1, 2, 3, 18, 19, 20, 32, 37} <= keys
+    still_served(broker)
+
+
+def test_api_versions_v0_lists_supported_apis(broker):
+    with connect(broker) as s:
+        s.sendall(request(API_VERSIONS, 0, 1))
+        response = read_response(s)
+    correlation_id, error_code, count = struct.unpack(">ihi", response[:10])
+    assert (correlation_id, error_code) == (1, 0)
+    versions = {}
+    for i in range(count):
+        key, low, high = struct.unpack(">hhh", response[10 + 6 * i: 16 + 6 * i])
+        versions[key] = (low, high)
+    assert versions[0] == (3, 9)  # Produce
+    assert versions[1] == (4, 12)  # Fetch
+    assert versions[3] == (1, 12)  # Metadata
+
+
+def test_oversized_frame_closes_the_connection(broker):
+    with connect(broker) as s:
+        s.sendall(struct.pack(">i", 200 * 1024 * 1024) + b"\0" * 64)
+        assert closed_by_peer(s)
+    still_served(broker)
+    assert "over max_frame_bytes" in broker.log()
+
+
+def test_garbage_bytes(broker):
+    with connect(broker) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert closed_by_peer(s)
+    still_served(broker)
+
+
+def test_unknown_api_key(broker):
+    with connect(broker) as s:
+        s.sendall(request(9999, 0, 3))
+        assert closed_by_peer(s)
+    still_served(broker)
+    assert "unsupported API key 9999" in broker.log()
+
+
+def test_version_out_of_range(broker):
+    with connect(broker) as s:
+        s.sendall(request(METADATA, 0, 4, body=struct.pack(">i", 0)))
+        assert closed_by_peer(s)
+    still_served(broker)
+
+
+def test_truncated_request_body(broker):
+    with connect(broker) as s:
+        # Metadata v1 announcing one topic name of 100 bytes, then nothing.
+        s.sendall(request(METADATA, 1, 5, body=struct.pack(">ih", 1, 100)))
+        assert closed_by_peer(s)
+    with connect(broker) as s:
+        # A size prefix promising more than is ever sent, then the client leaves.
+        s.sendall(struct.pack(">i", 1000) + b"\0\x03")
+    still_served(broker)
+
+
+def test_produce_with_invalid_acks_and_corrupt_batch(broker):
+    from confluent_kafka import Producer, KafkaError
+    # A well-formed client cannot send acks=7 or a bad CRC; build the produce by hand.
+    topic = b"raw-topic"
+    subprocess.run(["kcat", "-b", broker.bootstrap, "-t", "raw-topic", "-P"], input=b"seed\n", check=True, timeout=30)
+    batch = bytearray(valid_batch())
+    def produce_body(acks, records):
+        return (struct.pack(">h", -1) + struct.pack(">hi", acks, 5000) + struct.pack(">i", 1)
+                + struct.pack(">h", len(topic)) + topic + struct.pack(">i", 1)
+                + struct.pack(">i", 0) + struct.pack(">i", len(records)) + bytes(records))
+    def produce_error(acks, records):
+        with connect(broker) as s:
+            s.sendall(request(0, 3, 9, body=produce_body(acks, records)))
+            response = read_response(s)
+        # correlation id, topics[1], name, partitions[1], index, error_code
+        at = 4 + 4 + 2 + len(topic) + 4 + 4
+        return struct.unpack(">h", response[at:at + 2])[0]
+    assert produce_error(7, batch) == 21  # INVALID_REQUIRED_ACKS
+    corrupt = bytearray(batch)
+    corrupt[-1] ^= 0xFF
+    assert produce_error(-1, corrupt) == 2  # CORRUPT_MESSAGE
+    old = bytearray(batch)
+    old[16] = 1
+    assert produce_error(-1, old) == 43  # UNSUPPORTED_FOR_MESSAGE_FORMAT
+    assert produce_error(-1, batch) == 0
+    still_served(broker)
+
+
+def valid_batch() -> bytes:
+    """One uncompressed v2 batch with one record (value b"hello")."""
+    import zlib  # noqa: F401  (crc32c is computed below by hand)
+    value = b"hello"
+    record_body = bytes([0]) + zigzag(0) + zigzag(0) + zigzag(-1) + zigzag(len(value)) + value + zigzag(0)
+    records = zigzag(len(record_body)) + record_body
+    after_crc = (struct.pack(">hiqqqhii", 0, 0, 1000, 1000, -1, -1, -1, 1)) + records
+    crc = crc32c(after_crc)
+    header = struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), 0, 2, crc)
+    return header + after_crc
+
+
+def zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = b""
+    while True:
+        if z < 0x80:
+            return out + bytes([z])
+        out += bytes([(z & 0x7F) | 0x80])
+        z >>= 7
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF

@@ -1,0 +1,126 @@
+"""confluent-kafka (librdkafka 2.x): admin, keyed produce with headers and lz4,
+consume by assignment, checking every byte and offset."""
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+
+def admin(broker):
+    return AdminClient({"bootstrap.servers": broker.bootstrap})
+
+
+def create(broker, name, partitions=1, replication=1, config=None):
+    client = admin(broker)  # kept alive until the future resolves
+    futures = client.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+    futures[name].result(timeout=30)
+
+
+def test_twenty_thousand_keyed_lz4_messages_with_headers(broker):
+    create(broker, "orders", partitions=6)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": "lz4", "linger.ms": 5,
+                         "acks": "all", "enable.idempotence": False})
+    sent = {}
+    delivered = []
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        delivered.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+
+    for i in range(20_000):
+        key = f"customer-{i % 97}".encode()
+        value = f"order {i} ".encode() * (1 + i % 5)
+        producer.produce("orders", key=key, value=value, headers=[("seq", str(i).encode()), ("kind", b"order")],
+                         on_delivery=on_delivery)
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    assert len(delivered) == 20_000
+    for partition, offset, key, value in delivered:
+        sent[(partition, offset)] = (key, value)
+    # Keys hash to a stable partition: every key lives in exactly one.
+    by_key = {}
+    for partition, _, key, _ in delivered:
+        by_key.setdefault(key, set()).add(partition)
+    assert all(len(p) == 1 for p in by_key.values())
+    assert len({p for p, _, _, _ in delivered}) > 1
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("orders", p, 0) for p in range(6)])
+    received = {}
+    headers_seen = 0
+    eof = set()
+    while len(received) < 20_000:
+        msg = consumer.poll(10)
+        assert msg is not None, f"timed out with {len(received)} messages"
+        if msg.error():
+            assert msg.error().code() == KafkaError._PARTITION_EOF
+            continue
+        received[(msg.partition(), msg.offset())] = (msg.key(), msg.value())
+        headers = dict(msg.headers())
+        assert headers["kind"] == b"order"
+        headers_seen += 1
+    consumer.close()
+    assert received == sent
+    assert headers_seen == 20_000
+    # Offsets of each partition are dense from 0.
+    for p in range(6):
+        offsets = sorted(o for (q, o) in received if q == p)
+        assert offsets == list(range(len(offsets)))
+
+
+def test_admin_errors(broker):
+    create(broker, "dup")
+    client = admin(broker)
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("dup", 1, 1)])["dup"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("rf3", 1, 3)])["rf3"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("badcfg", 1, 1, config={"retention.ms": "soon"})])["badcfg"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("unknowncfg", 1, 1, config={"no.such.config": "1"})])["unknowncfg"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("bad name!", 1, 1)])["bad name!"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.TOPIC_EXCEPTION
+    # validate_only creates nothing.
+    client.create_topics([NewTopic("dry", 3, 1)], validate_only=True)["dry"].result(timeout=30)
+    assert "dry" not in client.list_topics(timeout=10).topics
+
+
+def test_describe_configs_and_create_partitions(broker):
+    create(broker, "cfg", partitions=2, config={"retention.ms": "123456", "message.timestamp.type": "LogAppendTime"})
+    client = admin(broker)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "cfg")
+    configs = client.describe_configs([resource])[resource].result(timeout=30)
+    assert configs["retention.ms"].value == "123456"
+    assert not configs["retention.ms"].is_default
+    assert configs["message.timestamp.type"].value == "LogAppendTime"
+    assert configs["segment.bytes"].is_default
+    client.create_partitions([NewPartitions("cfg", 5)])["cfg"].result(timeout=30)
+    assert len(client.list_topics("cfg", timeout=10).topics["cfg"].partitions) == 5
+    with pytest.raises(Exception) as e:
+        client.create_partitions([NewPartitions("cfg", 3)])["cfg"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.INVALID_PARTITIONS
+    # The new partitions take data.
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("cfg", value=b"in partition four", partition=4)
+    assert producer.flush(30) == 0
+
+
+def test_log_append_time_is_reported(broker):
+    create(broker, "lat", config={"message.timestamp.type": "LogAppendTime"})
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("lat", value=b"x", timestamp=1000)
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("lat", 0, 0)])
+    msg = consumer.poll(10)
+    consumer.close()
+    kind, ts = msg.timestamp()
+    assert kind == 2  # TIMESTAMP_LOG_APPEND_TIME
+    assert ts > 1_600_000_000_000
