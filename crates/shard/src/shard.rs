@@ -164,10 +164,7 @@ impl Shard {
     }
 
     async fn execute(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
-        let entry = match self.partitions.borrow().get(&(topic.to_string(), partition)) {
-            Some(entry) => Some(entry.clone()),
-            None => None,
-        };
+        let entry = self.partitions.borrow().get(&(topic.to_string(), partition)).cloned();
         let entry = match entry {
             Some(entry) => entry,
             None => match self.local_partition(topic, partition).await {
