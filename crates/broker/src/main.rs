@@ -74,6 +74,7 @@ fn run(config: Config) -> Result<(), String> {
         max_message_bytes: config.max_message_bytes,
         log: config.log_config()?,
         retention_check_ms: config.retention_check_ms.max(100),
+        offsets_retention_ms: config.offsets_retention_minutes * 60_000,
     });
     let shard_count = config.cpus.len();
     // glommio registers each shard's io memory with its three io_uring rings;
@@ -200,6 +201,10 @@ async fn run_shard(
             glommio::spawn_local(inbox_shard.clone().handle_message(message)).detach();
         }
     });
+    if let Err(e) = shard.open_coordinator().await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
     if let Err(e) = shard.open_owned_partitions().await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
@@ -226,9 +231,17 @@ async fn run_shard(
             maintenance_shard.maintain().await;
         }
     });
+    let expiry_shard = shard.clone();
+    let expiry = glommio::spawn_local(async move {
+        while !expiry_shard.stopping.get() {
+            glommio::timer::sleep(Duration::from_millis(sluice_shard::groups::coordinator::EXPIRY_CHECK_MS)).await;
+            expiry_shard.expire_group_sessions();
+        }
+    });
     accept_loop(shard.clone(), listener).await;
     shard.drain_requests(DRAIN_LIMIT).await;
     maintenance.await;
+    expiry.await;
     shard.close_all().await;
     tracing::info!(shard = id, "shard stopped");
     drop(inbox_task);

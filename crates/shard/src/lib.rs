@@ -5,6 +5,7 @@
 //! between shards is a [`mesh::ShardMsg`] over flume.
 
 pub mod connection;
+pub mod groups;
 pub mod handlers;
 pub mod mesh;
 pub mod metadata;

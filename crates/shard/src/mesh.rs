@@ -69,5 +69,20 @@ pub enum ShardMsg {
     OpenTopic { topic: Arc<TopicMeta>, reply: flume::Sender<()> },
     /// Close and delete this shard's partitions of a deleted topic.
     DropTopic { topic: Arc<TopicMeta>, reply: flume::Sender<()> },
+    /// A whole request for a group coordinated by the receiving shard.
+    Forward { frame: sluice_protocol::frame::RequestFrame, reply: flume::Sender<Result<Option<Bytes>, String>> },
+    /// (group id, protocol type, state) of every group coordinated here.
+    ListGroups { reply: flume::Sender<Vec<(String, String, String)>> },
+    DescribeGroup { group: String, reply: flume::Sender<Option<GroupInfo>> },
+    DeleteGroup { group: String, reply: flume::Sender<i16> },
     Shutdown,
+}
+
+/// DescribeGroups data that crosses shards.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 }

@@ -22,6 +22,8 @@ pub struct BrokerSettings {
     pub log: LogConfig,
     /// How often each shard applies retention.
     pub retention_check_ms: u64,
+    /// Committed offsets of an empty group expire after this long.
+    pub offsets_retention_ms: i64,
 }
 
 impl BrokerSettings {

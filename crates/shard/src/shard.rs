@@ -2,7 +2,9 @@
 //! the partition logs assigned to its core, serves connections accepted on
 //! its core, and reaches other shards only through flume messages.
 
-use crate::mesh::{
+use crate::groups::coordinator::Coordinator;
+use crate::groups::offsets::{coordinator_shard, OffsetStore};
+use crate::mesh::{GroupInfo, 
     AdminOp, AdminReply, FetchOutcome, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome, ShardMsg,
 };
 use crate::metadata::{validate_topic_name, MetadataStore, Snapshot, TopicMeta};
@@ -44,6 +46,8 @@ pub struct Shard {
     /// Requests being handled on this shard's connections.
     pub requests_in_flight: Cell<usize>,
     pub requests_idle: Event,
+    /// The group coordinator of this shard (set once its offset store is open).
+    coordinator: RefCell<Option<Rc<Coordinator>>>,
 }
 
 /// Kafka error code for a storage error; disk trouble is logged by storage.
@@ -79,11 +83,80 @@ impl Shard {
             stopping: Cell::new(false),
             requests_in_flight: Cell::new(0),
             requests_idle: Event::default(),
+            coordinator: RefCell::new(None),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.metadata.snapshot()
+    }
+
+    /// Opens the offset store of the groups this shard coordinates.
+    pub async fn open_coordinator(&self) -> Result<(), String> {
+        let offsets = OffsetStore::open(&self.settings, self.id, self.shard_count).await?;
+        *self.coordinator.borrow_mut() = Some(Rc::new(Coordinator::new(offsets)));
+        Ok(())
+    }
+
+    pub fn coordinator(&self) -> Result<Rc<Coordinator>, String> {
+        self.coordinator.borrow().clone().ok_or_else(|| "the group coordinator is not open".to_string())
+    }
+
+    /// Sends a request to the shard that coordinates its group and returns its answer.
+    pub async fn forward(&self, owner: usize, frame: sluice_protocol::frame::RequestFrame) -> Result<Option<bytes::Bytes>, String> {
+        let (reply, answer) = flume::bounded(1);
+        self.peers[owner].send_async(ShardMsg::Forward { frame, reply }).await.map_err(|_| "coordinator shard is gone".to_string())?;
+        answer.recv_async().await.map_err(|_| "coordinator shard dropped the request".to_string())?
+    }
+
+    /// Every group of every shard.
+    pub async fn all_groups(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for peer in &self.peers {
+            let (reply, answer) = flume::bounded(1);
+            if peer.send_async(ShardMsg::ListGroups { reply }).await.is_ok() {
+                out.extend(answer.recv_async().await.unwrap_or_default());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn local_groups(&self) -> Vec<(String, String, String)> {
+        match self.coordinator.borrow().as_ref() {
+            Some(c) => c.list().into_iter().map(|g| (g.group_id, g.protocol_type, g.state)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn local_describe(&self, group: &str) -> Option<GroupInfo> {
+        let coordinator = self.coordinator.borrow().clone()?;
+        coordinator.describe(group).map(|d| GroupInfo { state: d.state, protocol_type: d.protocol_type, protocol: d.protocol, members: d.members })
+    }
+
+    pub async fn describe_group(&self, group: &str) -> Option<GroupInfo> {
+        let owner = coordinator_shard(group, self.shard_count);
+        if owner == self.id {
+            return self.local_describe(group);
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.peers[owner].send_async(ShardMsg::DescribeGroup { group: group.to_string(), reply }).await.ok()?;
+        answer.recv_async().await.ok().flatten()
+    }
+
+    pub async fn delete_group(&self, group: &str) -> i16 {
+        let owner = coordinator_shard(group, self.shard_count);
+        if owner == self.id {
+            return match self.coordinator() {
+                Ok(c) => c.delete(group).await,
+                Err(_) => error_code::UNKNOWN_SERVER_ERROR,
+            };
+        }
+        let (reply, answer) = flume::bounded(1);
+        if self.peers[owner].send_async(ShardMsg::DeleteGroup { group: group.to_string(), reply }).await.is_err() {
+            return error_code::UNKNOWN_SERVER_ERROR;
+        }
+        answer.recv_async().await.unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
     }
 
     /// Opens (and recovers) every partition this shard owns.
@@ -429,12 +502,40 @@ impl Shard {
                 self.drop_topic(&topic).await;
                 let _ = reply.send_async(()).await;
             }
+            ShardMsg::Forward { frame, reply } => {
+                let answer = crate::handlers::handle_here(&self, frame).await;
+                let _ = reply.send_async(answer).await;
+            }
+            ShardMsg::ListGroups { reply } => {
+                let _ = reply.send_async(self.local_groups()).await;
+            }
+            ShardMsg::DescribeGroup { group, reply } => {
+                let _ = reply.send_async(self.local_describe(&group)).await;
+            }
+            ShardMsg::DeleteGroup { group, reply } => {
+                let answer = match self.coordinator() {
+                    Ok(c) => c.delete(&group).await,
+                    Err(_) => error_code::UNKNOWN_SERVER_ERROR,
+                };
+                let _ = reply.send_async(answer).await;
+            }
             ShardMsg::Shutdown => self.stopping.set(true),
+        }
+    }
+
+    /// Expires group sessions (called often) .
+    pub fn expire_group_sessions(&self) {
+        if let Some(c) = self.coordinator.borrow().as_ref() {
+            c.expire_sessions();
         }
     }
 
     /// Applies retention (and relaxed-flush syncs) on this shard's logs.
     pub async fn maintain(&self) {
+        let coordinator = self.coordinator.borrow().clone();
+        if let Some(c) = coordinator {
+            c.expire_offsets(self.settings.offsets_retention_ms).await;
+        }
         let logs: Vec<Rc<Log>> = self.partitions.borrow().values().map(|e| e.log.clone()).collect();
         let now = sluice_storage::now_ms();
         for log in logs {
@@ -449,6 +550,10 @@ impl Shard {
 
     /// Closes every log cleanly (flush, indexes, clean-shutdown marker).
     pub async fn close_all(&self) {
+        let coordinator = self.coordinator.borrow_mut().take();
+        if let Some(c) = coordinator {
+            c.offsets.close().await;
+        }
         let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow_mut().drain().map(|(_, e)| e).collect();
         for entry in entries {
             if let Err(e) = entry.log.close().await {

@@ -6,6 +6,7 @@
 mod admin;
 mod api_versions;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -33,7 +34,27 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     if version < min || version > max {
         return Err(format!("unsupported version {version} of {key:?} (supported {min}..={max})"));
     }
+    // A group's requests run on its coordinator shard.
+    if let Some(owner) = groups::owner_of(shard, &frame)? {
+        return shard.forward(owner, frame).await;
+    }
+    handle_here(shard, frame).await
+}
+
+/// Handles a request on this shard (after any forwarding decision).
+pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let key = ApiKey::try_from(frame.api_key).map_err(|_| format!("unsupported API key {}", frame.api_key))?;
     match key {
+        ApiKey::FindCoordinator => groups::find_coordinator(shard, frame).await,
+        ApiKey::JoinGroup => groups::join_group(shard, frame).await,
+        ApiKey::SyncGroup => groups::sync_group(shard, frame).await,
+        ApiKey::Heartbeat => groups::heartbeat(shard, frame).await,
+        ApiKey::LeaveGroup => groups::leave_group(shard, frame).await,
+        ApiKey::OffsetCommit => groups::offset_commit(shard, frame).await,
+        ApiKey::OffsetFetch => groups::offset_fetch(shard, frame).await,
+        ApiKey::ListGroups => groups::list_groups(shard, frame).await,
+        ApiKey::DescribeGroups => groups::describe_groups(shard, frame).await,
+        ApiKey::DeleteGroups => groups::delete_groups(shard, frame).await,
         ApiKey::Produce => produce::handle(shard, frame).await,
         ApiKey::Fetch => fetch::handle(shard, frame).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,

@@ -1,0 +1,232 @@
+//! The group coordinator of one shard: owns the groups whose id hashes here,
+//! drives their state machine, and parks JoinGroup/SyncGroup requests until
+//! their round completes (woken by `changed`, or by the round's deadline).
+
+use super::offsets::{Committed, GroupOffsets, OffsetStore};
+use super::state::{code, Group, GroupState, Join, JoinRequest, JoinResult, Sync};
+use bytes::Bytes;
+use sluice_storage::event::Event;
+use sluice_storage::now_ms;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Kafka's group.initial.rebalance.delay.ms is 3 s; a shorter wait still
+/// gathers consumers that start together.
+pub const INITIAL_REBALANCE_DELAY_MS: u64 = 300;
+/// How often sessions are checked for expiry.
+pub const EXPIRY_CHECK_MS: u64 = 250;
+
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    changed: Event,
+    pub offsets: OffsetStore,
+}
+
+pub struct GroupSummary {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: String,
+}
+
+pub struct GroupDescription {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+async fn wait_until(changed: &Event, deadline_ms: u64) {
+    let wait = deadline_ms.saturating_sub(now_ms()).clamp(1, 1000);
+    futures_lite::future::or(changed.listen(), glommio::timer::sleep(Duration::from_millis(wait))).await;
+}
+
+impl Coordinator {
+    pub fn new(offsets: OffsetStore) -> Coordinator {
+        Coordinator { groups: RefCell::new(HashMap::new()), changed: Event::default(), offsets }
+    }
+
+    pub async fn join(&self, group_id: &str, request: JoinRequest) -> JoinResult {
+        let asked_member = request.member_id.clone();
+        let (outcome, round) = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id));
+            let outcome = group.join(request, now_ms(), INITIAL_REBALANCE_DELAY_MS);
+            (outcome, group.join_rounds)
+        };
+        self.changed.notify();
+        let failed = |error_code: i16, member_id: String| JoinResult {
+            error_code,
+            generation: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id,
+            members: Vec::new(),
+        };
+        let member_id = match outcome {
+            Join::MemberIdRequired(id) => return failed(code::MEMBER_ID_REQUIRED, id),
+            Join::Error(error_code) => return failed(error_code, asked_member),
+            Join::Waiting { member_id } => member_id,
+        };
+        loop {
+            let deadline = {
+                let mut groups = self.groups.borrow_mut();
+                let Some(group) = groups.get_mut(group_id) else { return failed(code::UNKNOWN_MEMBER_ID, member_id) };
+                if group.join_rounds > round {
+                    return group.join_result(&member_id);
+                }
+                if group.try_complete_join(now_ms()) {
+                    let result = group.join_result(&member_id);
+                    drop(groups);
+                    self.changed.notify();
+                    return result;
+                }
+                group.join_deadline_ms.min(group.join_gate_ms.max(now_ms() + 1))
+            };
+            wait_until(&self.changed, deadline).await;
+        }
+    }
+
+    pub async fn sync(&self, group_id: &str, member_id: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> (i16, Bytes) {
+        let mut assignments = Some(assignments);
+        loop {
+            let outcome = {
+                let mut groups = self.groups.borrow_mut();
+                let Some(group) = groups.get_mut(group_id) else { return (code::UNKNOWN_MEMBER_ID, Bytes::new()) };
+                group.sync(member_id, generation, assignments.take().unwrap_or_default(), now_ms())
+            };
+            match outcome {
+                Sync::Done(assignment) => {
+                    self.changed.notify();
+                    return (code::NONE, assignment);
+                }
+                Sync::Error(error_code) => return (error_code, Bytes::new()),
+                Sync::Waiting => wait_until(&self.changed, now_ms() + 1000).await,
+            }
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+        match self.groups.borrow_mut().get_mut(group_id) {
+            Some(group) => group.heartbeat(member_id, generation, now_ms()),
+            None => code::UNKNOWN_MEMBER_ID,
+        }
+    }
+
+    pub fn leave(&self, group_id: &str, member_id: &str, instance_id: Option<&str>) -> i16 {
+        let result = match self.groups.borrow_mut().get_mut(group_id) {
+            Some(group) => group.leave(member_id, instance_id, now_ms(), INITIAL_REBALANCE_DELAY_MS),
+            None => code::UNKNOWN_MEMBER_ID,
+        };
+        self.changed.notify();
+        result
+    }
+
+    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), i16> {
+        match self.groups.borrow().get(group_id) {
+            Some(group) => group.check_commit(member_id, generation),
+            None if generation < 0 || member_id.is_empty() => Ok(()),
+            None => Err(code::UNKNOWN_MEMBER_ID),
+        }
+    }
+
+    pub async fn commit(&self, group_id: &str, commits: Vec<(String, i32, Committed)>) -> Result<(), sluice_storage::LogError> {
+        self.offsets.commit(group_id, commits).await
+    }
+
+    pub fn committed(&self, group_id: &str) -> GroupOffsets {
+        self.offsets.fetch(group_id)
+    }
+
+    /// Removes members whose session expired and wakes parked requests.
+    pub fn expire_sessions(&self) {
+        let mut any = false;
+        for group in self.groups.borrow_mut().values_mut() {
+            if group.expire(now_ms(), INITIAL_REBALANCE_DELAY_MS) {
+                tracing::info!(group = %group.id, generation = group.generation, "member session expired: rebalancing");
+                any = true;
+            }
+        }
+        if any {
+            self.changed.notify();
+        }
+    }
+
+    /// Drops the committed offsets of empty groups idle longer than `retention_ms`.
+    pub async fn expire_offsets(&self, retention_ms: i64) {
+        let stale: Vec<String> = self
+            .offsets
+            .stale_groups(now_ms() as i64, retention_ms)
+            .into_iter()
+            .filter(|g| self.groups.borrow().get(g).is_none_or(|group| group.members.is_empty()))
+            .collect();
+        for group in stale {
+            if self.offsets.delete_group(&group).await.is_ok() {
+                self.groups.borrow_mut().remove(&group);
+                tracing::info!(%group, "committed offsets expired");
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<GroupSummary> {
+        let groups = self.groups.borrow();
+        let mut out: Vec<GroupSummary> = groups
+            .values()
+            .map(|g| GroupSummary {
+                group_id: g.id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state.name().to_string(),
+            })
+            .collect();
+        for group in self.offsets.groups_with_offsets() {
+            if !groups.contains_key(&group) {
+                out.push(GroupSummary { group_id: group, protocol_type: "consumer".into(), state: GroupState::Empty.name().into() });
+            }
+        }
+        out
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let groups = self.groups.borrow();
+        let Some(group) = groups.get(group_id) else {
+            return (!self.offsets.fetch(group_id).is_empty()).then(|| GroupDescription {
+                state: GroupState::Empty.name().into(),
+                protocol_type: "consumer".into(),
+                protocol: String::new(),
+                members: Vec::new(),
+            });
+        };
+        let protocol = group.protocol.clone().unwrap_or_default();
+        Some(GroupDescription {
+            state: group.state.name().to_string(),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: group
+                .members
+                .values()
+                .map(|m| {
+                    let metadata = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                    (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), metadata, m.assignment.clone())
+                })
+                .collect(),
+        })
+    }
+
+    /// DeleteGroups: only groups without members.
+    pub async fn delete(&self, group_id: &str) -> i16 {
+        let known = self.groups.borrow().get(group_id).map(|g| g.members.is_empty());
+        let has_offsets = !self.offsets.fetch(group_id).is_empty();
+        match known {
+            Some(false) => return code::NON_EMPTY_GROUP,
+            None if !has_offsets => return code::GROUP_ID_NOT_FOUND,
+            _ => {}
+        }
+        if self.offsets.delete_group(group_id).await.is_err() {
+            return sluice_protocol::api::error_code::KAFKA_STORAGE_ERROR;
+        }
+        self.groups.borrow_mut().remove(group_id);
+        code::NONE
+    }
+}

@@ -1,0 +1,550 @@
+//! The classic consumer-group state machine, without a runtime: every method
+//! is a synchronous step taking the current time, so it is unit-tested with
+//! plain calls. The coordinator (`coordinator.rs`) awaits between steps.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+pub mod code {
+    pub const NONE: i16 = 0;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+}
+
+/// Session timeouts a member may ask for (Kafka's broker defaults).
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl GroupState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    pub last_seen_ms: u64,
+    /// Joined in the current rebalance round.
+    pub joined: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+: an unknown member must first get an id.
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Join {
+    /// Retry with this id (MEMBER_ID_REQUIRED).
+    MemberIdRequired(String),
+    Error(i16),
+    /// Joined as `member_id`; wait for the round to complete.
+    Waiting { member_id: String },
+}
+
+/// What a member gets when the join round completes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinResult {
+    pub error_code: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Only for the leader: every member with its metadata for the chosen protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sync {
+    Error(i16),
+    Waiting,
+    Done(Bytes),
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub state: GroupState,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not joined yet.
+    pub pending_member_ids: Vec<String>,
+    /// When the current join round ends even if members are missing.
+    pub join_deadline_ms: u64,
+    /// The round may not end before this, even with everyone joined.
+    pub join_gate_ms: u64,
+    /// Bumped each time a join round completes.
+    pub join_rounds: u64,
+}
+
+fn new_member_id(client_id: &str) -> String {
+    format!("{client_id}-{}", uuid::Uuid::new_v4())
+}
+
+impl Group {
+    pub fn new(id: &str) -> Group {
+        Group {
+            id: id.to_string(),
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending_member_ids: Vec::new(),
+            join_deadline_ms: 0,
+            join_gate_ms: 0,
+            join_rounds: 0,
+        }
+    }
+
+    fn start_rebalance(&mut self, now_ms: u64, initial_delay_ms: u64) {
+        if self.state == GroupState::PreparingRebalance {
+            return;
+        }
+        let rebalance_timeout = self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0);
+        // An empty group waits a little to gather the members starting together
+        // (Kafka's group.initial.rebalance.delay.ms), even once all have joined.
+        self.join_gate_ms = if self.state == GroupState::Empty { now_ms + initial_delay_ms } else { now_ms };
+        self.state = GroupState::PreparingRebalance;
+        self.join_deadline_ms = now_ms + rebalance_timeout.max(initial_delay_ms);
+        for member in self.members.values_mut() {
+            member.joined = false;
+            member.assignment = Bytes::new();
+        }
+    }
+
+    pub fn join(&mut self, request: JoinRequest, now_ms: u64, initial_delay_ms: u64) -> Join {
+        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+            return Join::Error(code::INVALID_SESSION_TIMEOUT);
+        }
+        if request.protocols.is_empty() || request.protocol_type.is_empty() {
+            return Join::Error(code::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        if self.state == GroupState::Dead {
+            return Join::Error(code::UNKNOWN_MEMBER_ID);
+        }
+        // The protocol type must match, and some protocol must be shared by all.
+        if !self.members.is_empty() {
+            if self.protocol_type.as_deref() != Some(request.protocol_type.as_str()) {
+                return Join::Error(code::INCONSISTENT_GROUP_PROTOCOL);
+            }
+            let others: Vec<&Member> = self.members.values().filter(|m| m.id != request.member_id).collect();
+            let shared = request
+                .protocols
+                .iter()
+                .any(|(name, _)| others.iter().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+            if !shared {
+                return Join::Error(code::INCONSISTENT_GROUP_PROTOCOL);
+            }
+        }
+        let mut member_id = request.member_id.clone();
+        // Static membership: a known instance id takes over its member.
+        if let Some(instance) = &request.instance_id {
+            let existing = self.members.values().find(|m| m.instance_id.as_ref() == Some(instance)).map(|m| m.id.clone());
+            if let Some(existing) = existing {
+                if member_id.is_empty() || member_id == existing {
+                    member_id = existing;
+                } else if !self.members.contains_key(&member_id) {
+                    // A new incarnation of the instance: replace the old member.
+                    let old = self.members.remove(&existing).unwrap();
+                    let mut renewed = old;
+                    renewed.id = member_id.clone();
+                    self.members.insert(member_id.clone(), renewed);
+                    if self.leader.as_deref() == Some(existing.as_str()) {
+                        self.leader = Some(member_id.clone());
+                    }
+                }
+            } else if member_id.is_empty() {
+                member_id = new_member_id(&request.client_id);
+            }
+        }
+        if member_id.is_empty() {
+            let id = new_member_id(&request.client_id);
+            if request.require_known_member_id {
+                self.pending_member_ids.push(id.clone());
+                return Join::MemberIdRequired(id);
+            }
+            member_id = id;
+        } else if !self.members.contains_key(&member_id) {
+            let pending = self.pending_member_ids.iter().position(|p| *p == member_id);
+            match pending {
+                Some(index) => {
+                    self.pending_member_ids.remove(index);
+                }
+                None if request.instance_id.is_some() => {}
+                None => return Join::Error(code::UNKNOWN_MEMBER_ID),
+            }
+        }
+        let is_new = !self.members.contains_key(&member_id);
+        let changed = match self.members.get(&member_id) {
+            Some(m) => m.protocols != request.protocols,
+            None => true,
+        };
+        if self.members.is_empty() {
+            self.protocol_type = Some(request.protocol_type.clone());
+        }
+        let member = self.members.entry(member_id.clone()).or_insert_with(|| Member {
+            id: member_id.clone(),
+            instance_id: request.instance_id.clone(),
+            client_id: request.client_id.clone(),
+            client_host: request.client_host.clone(),
+            session_timeout_ms: request.session_timeout_ms,
+            rebalance_timeout_ms: request.rebalance_timeout_ms,
+            protocols: request.protocols.clone(),
+            assignment: Bytes::new(),
+            last_seen_ms: now_ms,
+            joined: false,
+        });
+        member.protocols = request.protocols;
+        member.session_timeout_ms = request.session_timeout_ms;
+        member.rebalance_timeout_ms = request.rebalance_timeout_ms.max(request.session_timeout_ms);
+        member.last_seen_ms = now_ms;
+        match self.state {
+            GroupState::Stable | GroupState::CompletingRebalance if !is_new && !changed && self.state == GroupState::Stable => {
+                // A stable member rejoining unchanged (e.g. after a lost
+                // response) still triggers a rebalance, as Kafka does.
+                self.start_rebalance(now_ms, initial_delay_ms);
+            }
+            GroupState::PreparingRebalance => {}
+            _ => self.start_rebalance(now_ms, initial_delay_ms),
+        }
+        self.members.get_mut(&member_id).unwrap().joined = true;
+        Join::Waiting { member_id }
+    }
+
+    /// Ends the join round when every member has joined or the deadline passed.
+    /// Returns true if it completed.
+    pub fn try_complete_join(&mut self, now_ms: u64) -> bool {
+        if self.state != GroupState::PreparingRebalance {
+            return false;
+        }
+        let all_joined = self.members.values().all(|m| m.joined);
+        if now_ms < self.join_deadline_ms && !(all_joined && now_ms >= self.join_gate_ms) {
+            return false;
+        }
+        self.members.retain(|_, m| m.joined);
+        self.generation += 1;
+        self.join_rounds += 1;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.protocol = None;
+            self.leader = None;
+            return true;
+        }
+        // The first protocol of the leader's list that every member supports.
+        let leader = match &self.leader {
+            Some(l) if self.members.contains_key(l) => l.clone(),
+            _ => self.members.keys().next().unwrap().clone(),
+        };
+        let chosen = self.members[&leader]
+            .protocols
+            .iter()
+            .map(|(n, _)| n.clone())
+            .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+        self.protocol = chosen;
+        self.leader = Some(leader);
+        self.state = GroupState::CompletingRebalance;
+        true
+    }
+
+    pub fn join_result(&self, member_id: &str) -> JoinResult {
+        if !self.members.contains_key(member_id) {
+            return JoinResult {
+                error_code: code::UNKNOWN_MEMBER_ID,
+                generation: -1,
+                protocol_type: None,
+                protocol_name: None,
+                leader: String::new(),
+                member_id: member_id.to_string(),
+                members: Vec::new(),
+            };
+        }
+        let leader = self.leader.clone().unwrap_or_default();
+        let protocol = self.protocol.clone();
+        let members = if leader == member_id {
+            self.members
+                .values()
+                .map(|m| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == protocol.as_ref())
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default();
+                    (m.id.clone(), m.instance_id.clone(), metadata)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinResult {
+            error_code: code::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: protocol,
+            leader,
+            member_id: member_id.to_string(),
+            members,
+        }
+    }
+
+    fn check_member(&self, member_id: &str, generation: i32) -> Result<(), i16> {
+        if !self.members.contains_key(member_id) {
+            return Err(code::UNKNOWN_MEMBER_ID);
+        }
+        if generation != self.generation {
+            return Err(code::ILLEGAL_GENERATION);
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self, member_id: &str, generation: i32, assignments: Vec<(String, Bytes)>, now_ms: u64) -> Sync {
+        if let Err(code) = self.check_member(member_id, generation) {
+            return Sync::Error(code);
+        }
+        self.members.get_mut(member_id).unwrap().last_seen_ms = now_ms;
+        match self.state {
+            GroupState::PreparingRebalance => Sync::Error(code::REBALANCE_IN_PROGRESS),
+            GroupState::CompletingRebalance => {
+                if self.leader.as_deref() == Some(member_id) {
+                    for (member, assignment) in assignments {
+                        if let Some(m) = self.members.get_mut(&member) {
+                            m.assignment = assignment;
+                        }
+                    }
+                    self.state = GroupState::Stable;
+                    Sync::Done(self.members[member_id].assignment.clone())
+                } else {
+                    Sync::Waiting
+                }
+            }
+            GroupState::Stable => Sync::Done(self.members[member_id].assignment.clone()),
+            GroupState::Empty | GroupState::Dead => Sync::Error(code::UNKNOWN_MEMBER_ID),
+        }
+    }
+
+    pub fn heartbeat(&mut self, member_id: &str, generation: i32, now_ms: u64) -> i16 {
+        if self.state == GroupState::PreparingRebalance && self.members.contains_key(member_id) {
+            self.members.get_mut(member_id).unwrap().last_seen_ms = now_ms;
+            return code::REBALANCE_IN_PROGRESS;
+        }
+        if let Err(code) = self.check_member(member_id, generation) {
+            return code;
+        }
+        self.members.get_mut(member_id).unwrap().last_seen_ms = now_ms;
+        if self.state == GroupState::CompletingRebalance {
+            return code::NONE;
+        }
+        code::NONE
+    }
+
+    pub fn leave(&mut self, member_id: &str, instance_id: Option<&str>, now_ms: u64, initial_delay_ms: u64) -> i16 {
+        let id = match (self.members.contains_key(member_id), instance_id) {
+            (true, _) => member_id.to_string(),
+            (false, Some(instance)) => match self.members.values().find(|m| m.instance_id.as_deref() == Some(instance)) {
+                Some(m) => m.id.clone(),
+                None => return code::UNKNOWN_MEMBER_ID,
+            },
+            (false, None) => return code::UNKNOWN_MEMBER_ID,
+        };
+        self.members.remove(&id);
+        self.after_removal(now_ms, initial_delay_ms);
+        code::NONE
+    }
+
+    fn after_removal(&mut self, now_ms: u64, initial_delay_ms: u64) {
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.generation += 1;
+            self.leader = None;
+            self.protocol = None;
+            self.join_rounds += 1;
+        } else if self.state != GroupState::PreparingRebalance {
+            self.start_rebalance(now_ms, initial_delay_ms);
+        }
+    }
+
+    /// Removes members whose session expired; true if any was.
+    pub fn expire(&mut self, now_ms: u64, initial_delay_ms: u64) -> bool {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| !(self.state == GroupState::PreparingRebalance && m.joined))
+            .filter(|m| now_ms.saturating_sub(m.last_seen_ms) > m.session_timeout_ms as u64)
+            .map(|m| m.id.clone())
+            .collect();
+        if expired.is_empty() {
+            return false;
+        }
+        for id in &expired {
+            self.members.remove(id);
+        }
+        self.after_removal(now_ms, initial_delay_ms);
+        true
+    }
+
+    /// May this member commit offsets for this generation? Generation -1 with
+    /// an empty member id is a simple (non-group) commit, allowed when empty.
+    pub fn check_commit(&self, member_id: &str, generation: i32) -> Result<(), i16> {
+        if generation < 0 && member_id.is_empty() {
+            return if self.members.is_empty() { Ok(()) } else { Err(code::UNKNOWN_MEMBER_ID) };
+        }
+        if self.state == GroupState::PreparingRebalance && self.members.contains_key(member_id) {
+            return Err(code::REBALANCE_IN_PROGRESS);
+        }
+        self.check_member(member_id, generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_request(member_id: &str, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_string(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+            protocol_type: "consumer".into(),
+            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(p.to_string()))).collect(),
+            require_known_member_id: true,
+        }
+    }
+
+    fn join_new(group: &mut Group, protocols: &[&str], now: u64) -> String {
+        let Join::MemberIdRequired(id) = group.join(join_request("", protocols), now, 0) else { panic!() };
+        let Join::Waiting { member_id } = group.join(join_request(&id, protocols), now, 0) else { panic!() };
+        member_id
+    }
+
+    #[test]
+    fn two_members_join_sync_and_become_stable() {
+        let mut g = Group::new("g");
+        let a = join_new(&mut g, &["range", "roundrobin"], 0);
+        let b = join_new(&mut g, &["roundrobin"], 0);
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert!(g.try_complete_join(1));
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        assert_eq!(g.generation, 1);
+        let leader = g.leader.clone().unwrap();
+        let result = g.join_result(&leader);
+        assert_eq!(result.members.len(), 2);
+        assert_eq!(result.protocol_name.as_deref(), Some("roundrobin"));
+        let follower = if leader == a { b.clone() } else { a.clone() };
+        assert!(g.join_result(&follower).members.is_empty());
+        assert_eq!(g.sync(&follower, 1, vec![], 2), Sync::Waiting);
+        let assignments = vec![(a.clone(), Bytes::from_static(b"A")), (b.clone(), Bytes::from_static(b"B"))];
+        assert!(matches!(g.sync(&leader, 1, assignments, 2), Sync::Done(_)));
+        assert_eq!(g.state, GroupState::Stable);
+        assert_eq!(g.sync(&a, 1, vec![], 3), Sync::Done(Bytes::from_static(b"A")));
+        assert_eq!(g.heartbeat(&a, 1, 4), code::NONE);
+        assert_eq!(g.heartbeat(&a, 0, 4), code::ILLEGAL_GENERATION);
+        assert_eq!(g.heartbeat("nobody", 1, 4), code::UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn a_leaving_member_triggers_a_rebalance_and_stale_commits_are_fenced() {
+        let mut g = Group::new("g");
+        let a = join_new(&mut g, &["range"], 0);
+        let b = join_new(&mut g, &["range"], 0);
+        g.try_complete_join(0);
+        let leader = g.leader.clone().unwrap();
+        g.sync(&leader, 1, vec![], 0);
+        assert_eq!(g.leave(&b, None, 10, 0), code::NONE);
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert_eq!(g.heartbeat(&a, 1, 11), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(g.check_commit(&a, 1), Err(code::REBALANCE_IN_PROGRESS));
+        g.join(join_request(&a, &["range"]), 12, 0);
+        assert!(g.try_complete_join(12));
+        assert_eq!(g.generation, 2);
+        assert_eq!(g.check_commit(&a, 1), Err(code::ILLEGAL_GENERATION));
+        assert_eq!(g.check_commit(&a, 2), Ok(()));
+        assert_eq!(g.check_commit("", -1), Err(code::UNKNOWN_MEMBER_ID));
+    }
+
+    #[test]
+    fn expired_sessions_are_removed() {
+        let mut g = Group::new("g");
+        let a = join_new(&mut g, &["range"], 0);
+        g.try_complete_join(0);
+        g.sync(&a, 1, vec![], 0);
+        assert!(!g.expire(5_000, 0));
+        assert!(g.expire(10_001, 0));
+        assert_eq!(g.state, GroupState::Empty);
+        assert!(g.members.is_empty());
+        assert_eq!(g.check_commit("", -1), Ok(()));
+    }
+
+    #[test]
+    fn protocols_must_overlap_and_member_ids_are_required() {
+        let mut g = Group::new("g");
+        join_new(&mut g, &["range"], 0);
+        let Join::MemberIdRequired(id) = g.join(join_request("", &["sticky"]), 0, 0) else { panic!() };
+        assert_eq!(g.join(join_request(&id, &["sticky"]), 0, 0), Join::Error(code::INCONSISTENT_GROUP_PROTOCOL));
+        assert_eq!(g.join(join_request("made-up", &["range"]), 0, 0), Join::Error(code::UNKNOWN_MEMBER_ID));
+    }
+
+    #[test]
+    fn a_missing_member_is_dropped_when_the_round_times_out() {
+        let mut g = Group::new("g");
+        let a = join_new(&mut g, &["range"], 0);
+        let b = join_new(&mut g, &["range"], 0);
+        g.try_complete_join(0);
+        let leader = g.leader.clone().unwrap();
+        g.sync(&leader, 1, vec![], 0);
+        // A third member joins: a and b must rejoin; only a does.
+        let c = join_new(&mut g, &["range"], 100);
+        g.join(join_request(&a, &["range"]), 100, 0);
+        assert!(!g.try_complete_join(200));
+        assert!(g.try_complete_join(100 + 30_000));
+        assert!(g.members.contains_key(&a) && g.members.contains_key(&c) && !g.members.contains_key(&b));
+    }
+}
