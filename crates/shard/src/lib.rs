@@ -8,6 +8,7 @@ pub mod connection;
 pub mod groups;
 pub mod handlers;
 pub mod mesh;
+pub mod producers;
 pub mod metadata;
 pub mod settings;
 pub mod shard;

@@ -75,6 +75,7 @@ pub enum ShardMsg {
     ListGroups { reply: flume::Sender<Vec<(String, String, String)>> },
     DescribeGroup { group: String, reply: flume::Sender<Option<GroupInfo>> },
     DeleteGroup { group: String, reply: flume::Sender<i16> },
+    AllocateProducerId { reply: flume::Sender<Result<i64, String>> },
     Shutdown,
 }
 

@@ -4,6 +4,7 @@
 
 use crate::groups::coordinator::Coordinator;
 use crate::groups::offsets::{coordinator_shard, OffsetStore};
+use crate::producers::{PartitionProducers, ProducerIds, SequenceCheck};
 use crate::mesh::{GroupInfo, 
     AdminOp, AdminReply, FetchOutcome, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome, ShardMsg,
 };
@@ -26,6 +27,7 @@ pub type Log = PartitionLog<DmaDir>;
 pub struct PartitionEntry {
     pub log: Rc<Log>,
     pub config: EffectiveTopicConfig,
+    pub producers: PartitionProducers,
 }
 
 type PartitionKey = (String, i32);
@@ -48,6 +50,8 @@ pub struct Shard {
     pub requests_idle: Event,
     /// The group coordinator of this shard (set once its offset store is open).
     coordinator: RefCell<Option<Rc<Coordinator>>>,
+    /// Shard 0 only: the producer id allocator.
+    producer_ids: RefCell<Option<ProducerIds>>,
 }
 
 /// Kafka error code for a storage error; disk trouble is logged by storage.
@@ -84,6 +88,7 @@ impl Shard {
             requests_in_flight: Cell::new(0),
             requests_idle: Event::default(),
             coordinator: RefCell::new(None),
+            producer_ids: RefCell::new(None),
         }
     }
 
@@ -95,7 +100,22 @@ impl Shard {
     pub async fn open_coordinator(&self) -> Result<(), String> {
         let offsets = OffsetStore::open(&self.settings, self.id, self.shard_count).await?;
         *self.coordinator.borrow_mut() = Some(Rc::new(Coordinator::new(offsets)));
+        if self.id == 0 {
+            *self.producer_ids.borrow_mut() = Some(ProducerIds::open(&self.settings.data_dir)?);
+        }
         Ok(())
+    }
+
+    /// A new producer id, from shard 0.
+    pub async fn allocate_producer_id(&self) -> Result<i64, String> {
+        if self.id == 0 {
+            let ids = self.producer_ids.borrow();
+            let ids = ids.as_ref().ok_or("producer ids are not open")?;
+            return ids.allocate().map_err(|e| format!("reserving producer ids: {e}"));
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.peers[0].send_async(ShardMsg::AllocateProducerId { reply }).await.map_err(|_| "shard 0 is gone".to_string())?;
+        answer.recv_async().await.map_err(|_| "shard 0 dropped the request".to_string())?
     }
 
     pub fn coordinator(&self) -> Result<Rc<Coordinator>, String> {
@@ -193,7 +213,9 @@ impl Shard {
         let offsets = log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
-        let entry = Rc::new(PartitionEntry { log, config });
+        let producers = PartitionProducers::default();
+        rebuild_producers(&log, &producers).await.map_err(|e| format!("partition {name}: {e}"))?;
+        let entry = Rc::new(PartitionEntry { log, config, producers });
         self.partitions.borrow_mut().insert(key, entry.clone());
         Ok(entry)
     }
@@ -274,9 +296,66 @@ impl Shard {
                 return fail(error_code::INVALID_RECORD, "a produce request must carry exactly one record batch per partition".into());
             }
         }
+        // Idempotent producers: a retried batch gets its original offsets.
+        let header = BatchHeader::parse(&records).ok();
+        if let Some(header) = &header {
+            match entry.producers.check(header) {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate(mut original) => {
+                    // The original may still be on its way to disk.
+                    while original.base_offset < 0 || log.high_watermark() <= original.last_offset {
+                        log.wait_for_flush().await;
+                        match entry.producers.check(header) {
+                            SequenceCheck::Duplicate(now) => original = now,
+                            // The original failed and was forgotten: this retry is appended.
+                            SequenceCheck::Append => return Box::pin(self.append_checked(entry, records, header)).await,
+                            SequenceCheck::Reject(code) => return fail(code, "producer sequence refused".into()),
+                        }
+                    }
+                    return ProduceOutcome {
+                        error_code: error_code::NONE,
+                        error_message: None,
+                        base_offset: original.base_offset,
+                        log_append_time_ms: -1,
+                        log_start_offset: log.log_start_offset(),
+                    };
+                }
+                SequenceCheck::Reject(code) => {
+                    return fail(code, format!("producer {} epoch {} sequence {} refused", header.producer_id, header.producer_epoch, header.base_sequence));
+                }
+            }
+        }
+        match header {
+            Some(header) => self.append_checked(entry, records, &header).await,
+            None => self.append_unchecked(entry, records).await,
+        }
+    }
+
+    /// Appends a batch already accepted by the producer-sequence check.
+    async fn append_checked(&self, entry: &PartitionEntry, records: bytes::Bytes, header: &BatchHeader) -> ProduceOutcome {
+        let outcome = self.append_unchecked(entry, records).await;
+        if outcome.error_code == error_code::NONE {
+            let last_offset = outcome.base_offset + header.last_offset_delta as i64;
+            entry.producers.confirm(header, outcome.base_offset, last_offset);
+        } else {
+            entry.producers.forget(header);
+        }
+        outcome
+    }
+
+    async fn append_unchecked(&self, entry: &PartitionEntry, records: bytes::Bytes) -> ProduceOutcome {
+        let log = &entry.log;
+        let fail = |error_code: i16, message: String| ProduceOutcome {
+            error_code,
+            error_message: Some(message),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: log.log_start_offset(),
+        };
         let log_append_time_ms = entry.config.log_append_time.then(|| sluice_storage::now_ms() as i64);
         let options = AppendOptions { log_append_time_ms, partition_leader_epoch: 0 };
-        match log.append(&records, options).await {
+        let result = log.append(&records, options).await;
+        match result {
             Ok(info) => {
                 self.data_arrived.notify();
                 ProduceOutcome {
@@ -519,6 +598,10 @@ impl Shard {
                 };
                 let _ = reply.send_async(answer).await;
             }
+            ShardMsg::AllocateProducerId { reply } => {
+                let answer = self.allocate_producer_id().await;
+                let _ = reply.send_async(answer).await;
+            }
             ShardMsg::Shutdown => self.stopping.set(true),
         }
     }
@@ -638,5 +721,24 @@ async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutc
             Err(e) => ListOffsetsOutcome { error_code: log_error_code(&e), offset: -1, timestamp: -1 },
         },
         _ => ListOffsetsOutcome { error_code: error_code::INVALID_REQUEST, offset: -1, timestamp: -1 },
+    }
+}
+
+/// Rebuilds idempotent-producer state from the active segment's batches.
+async fn rebuild_producers(log: &Rc<Log>, producers: &PartitionProducers) -> Result<(), String> {
+    let Some(&active) = log.segment_base_offsets().last() else { return Ok(()) };
+    let mut offset = active.max(log.log_start_offset());
+    loop {
+        let read = log.read(offset, 1 << 20).await.map_err(|e| e.to_string())?;
+        if read.records.is_empty() {
+            return Ok(());
+        }
+        let mut at = 0;
+        while at < read.records.len() {
+            let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
+            producers.observe_stored(&header);
+            at += header.total_bytes();
+        }
+        offset = read.next_offset;
     }
 }

@@ -55,6 +55,7 @@ pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
         ApiKey::ListGroups => groups::list_groups(shard, frame).await,
         ApiKey::DescribeGroups => groups::describe_groups(shard, frame).await,
         ApiKey::DeleteGroups => groups::delete_groups(shard, frame).await,
+        ApiKey::InitProducerId => produce::init_producer_id(shard, frame).await,
         ApiKey::Produce => produce::handle(shard, frame).await,
         ApiKey::Fetch => fetch::handle(shard, frame).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,

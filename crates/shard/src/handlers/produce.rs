@@ -6,7 +6,7 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
 use crate::shard::Shard;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
@@ -72,4 +72,29 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         })
         .collect();
     respond(&frame, &ProduceResponse::default().with_responses(responses))
+}
+
+/// InitProducerId: a fresh id (epoch 0), or for a known id and epoch (v3+) the
+/// same id with the epoch bumped. Transactional ids are refused: no transactions.
+pub async fn init_producer_id(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: InitProducerIdRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let fail = |code: i16| InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    if request.transactional_id.is_some() {
+        return respond(&frame, &fail(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
+    }
+    let body = if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+        InitProducerIdResponse::default()
+            .with_error_code(error_code::NONE)
+            .with_producer_id(request.producer_id)
+            .with_producer_epoch(request.producer_epoch + 1)
+    } else {
+        match shard.allocate_producer_id().await {
+            Ok(id) => InitProducerIdResponse::default().with_error_code(error_code::NONE).with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Err(e) => {
+                tracing::error!("{e}");
+                fail(error_code::KAFKA_STORAGE_ERROR)
+            }
+        }
+    };
+    respond(&frame, &body)
 }

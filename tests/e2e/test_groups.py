@@ -1,0 +1,167 @@
+"""Consumer groups against the real broker: assignment, rebalance on leave,
+commit and resume, restarts, eviction after a session timeout."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create(broker, name, partitions):
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    client.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+
+
+def produce(broker, topic, count, partitions):
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": False})
+    for i in range(count):
+        producer.produce(topic, value=b"%d" % i, partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+def consumer(broker, group, **extra):
+    config = {"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+              "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+    config.update(extra)
+    return Consumer(config)
+
+
+def wait_for_assignment(consumers, total, timeout=30):
+    """Polls every consumer until their assignments cover `total` partitions."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for c in consumers:
+            c.poll(0.2)
+        assigned = [set(tp.partition for tp in c.assignment()) for c in consumers]
+        if sum(len(a) for a in assigned) == total and len(set().union(*assigned)) == total:
+            return assigned
+    raise AssertionError(f"assignments never settled: {[c.assignment() for c in consumers]}")
+
+
+def test_two_consumers_split_then_one_takes_over(broker):
+    create(broker, "shared", 4)
+    a, b = consumer(broker, "split"), consumer(broker, "split")
+    a.subscribe(["shared"])
+    b.subscribe(["shared"])
+    assigned = wait_for_assignment([a, b], 4)
+    assert all(assigned), f"both consumers get partitions: {assigned}"
+    assert assigned[0].isdisjoint(assigned[1])
+    assert assigned[0] | assigned[1] == {0, 1, 2, 3}
+    b.close()  # LeaveGroup
+    assert wait_for_assignment([a], 4) == [{0, 1, 2, 3}]
+    a.close()
+
+
+def test_commit_close_and_resume_exactly_after(broker):
+    create(broker, "resume", 3)
+    produce(broker, "resume", 300, 3)
+    first = consumer(broker, "resumers")
+    first.subscribe(["resume"])
+    seen = []
+    while len(seen) < 120:
+        msg = first.poll(10)
+        assert msg is not None
+        if not msg.error():
+            seen.append((msg.partition(), msg.offset()))
+    first.commit(asynchronous=False)
+    first.close()
+    second = consumer(broker, "resumers")
+    second.subscribe(["resume"])
+    rest = []
+    deadline = time.time() + 30
+    while len(seen) + len(rest) < 300 and time.time() < deadline:
+        msg = second.poll(1)
+        if msg is not None and not msg.error():
+            rest.append((msg.partition(), msg.offset()))
+    second.close()
+    everything = seen + rest
+    assert len(everything) == 300, "none re-delivered, none skipped"
+    assert len(set(everything)) == 300
+    for p in range(3):
+        assert sorted(o for q, o in everything if q == p) == list(range(100))
+
+
+def test_committed_offsets_survive_restarts(broker):
+    create(broker, "kept", 2)
+    c = consumer(broker, "keepers")
+    c.assign([TopicPartition("kept", 0), TopicPartition("kept", 1)])
+    c.commit(offsets=[TopicPartition("kept", 0, 11), TopicPartition("kept", 1, 22)], asynchronous=False)
+    c.close()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        broker.restart(sig)
+        c = consumer(broker, "keepers")
+        committed = c.committed([TopicPartition("kept", 0), TopicPartition("kept", 1)], timeout=20)
+        c.close()
+        assert [(tp.partition, tp.offset) for tp in committed] == [(0, 11), (1, 22)], sig
+
+
+def test_a_member_that_dies_is_evicted_after_its_session_timeout(broker):
+    create(broker, "evict", 2)
+    script = textwrap.dedent(f"""
+        import time
+        from confluent_kafka import Consumer
+        c = Consumer({{"bootstrap.servers": "{broker.bootstrap}", "group.id": "evictors",
+                       "session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "enable.auto.commit": False}})
+        c.subscribe(["evict"])
+        while True:
+            c.poll(0.2)
+            if c.assignment():
+                print("assigned", flush=True)
+    """)
+    doomed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    survivor = consumer(broker, "evictors")
+    survivor.subscribe(["evict"])
+    assigned = wait_for_assignment([survivor], 1, timeout=30)
+    assert doomed.stdout.readline().strip() == b"assigned"
+    assert len(assigned[0]) == 1, "each member holds one partition"
+    doomed.send_signal(signal.SIGKILL)  # no LeaveGroup
+    doomed.wait()
+    start = time.time()
+    assert wait_for_assignment([survivor], 2, timeout=40) == [{0, 1}]
+    assert time.time() - start > 3, "taken over only after the session timeout"
+    survivor.close()
+
+
+def test_kafka_python_group_consumer_reads_everything_once(broker):
+    from kafka import KafkaConsumer
+    create(broker, "kpg", 3)
+    produce(broker, "kpg", 150, 3)
+    c = KafkaConsumer("kpg", bootstrap_servers=broker.bootstrap, group_id="kp-group", auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=15000)
+    got = []
+    for msg in c:
+        got.append((msg.partition, msg.offset))
+        if len(got) == 150:
+            break
+    c.commit()
+    c.close()
+    assert len(set(got)) == 150
+
+
+def test_aiokafka_group_consumer_reads_everything_once(broker):
+    import asyncio
+    from aiokafka import AIOKafkaConsumer
+    create(broker, "aiog", 2)
+    produce(broker, "aiog", 100, 2)
+
+    async def main():
+        c = AIOKafkaConsumer("aiog", bootstrap_servers=broker.bootstrap, group_id="aio-group",
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        got = set()
+        try:
+            deadline = time.time() + 30
+            while len(got) < 100 and time.time() < deadline:
+                batch = await c.getmany(timeout_ms=1000)
+                for tp, messages in batch.items():
+                    got.update((tp.partition, m.offset) for m in messages)
+            await c.commit()
+        finally:
+            await c.stop()
+        return got
+
+    assert len(asyncio.run(main())) == 100
