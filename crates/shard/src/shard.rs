@@ -618,6 +618,7 @@ impl Shard {
         let coordinator = self.coordinator.borrow().clone();
         if let Some(c) = coordinator {
             c.expire_offsets(self.settings.offsets_retention_ms).await;
+            c.offsets.snapshot(false).await;
         }
         let logs: Vec<Rc<Log>> = self.partitions.borrow().values().map(|e| e.log.clone()).collect();
         let now = sluice_storage::now_ms();

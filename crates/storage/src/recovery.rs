@@ -279,6 +279,42 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         Ok(count)
     }
 
+    /// Deletes every finalized segment that holds only offsets below `offset`
+    /// (for logs whose content is kept elsewhere, e.g. in a snapshot), and
+    /// advances the log start offset. The active segment is kept.
+    pub async fn delete_segments_before(self: &Rc<Self>, offset: i64) -> LogResult<usize> {
+        let doomed: Vec<(i64, Option<Rc<D::File>>)> = {
+            let mut state = self.state.borrow_mut();
+            state.usable()?;
+            let bases: Vec<i64> = state.segments.keys().copied().collect();
+            let mut doomed = Vec::new();
+            for pair in bases.windows(2) {
+                let (base, next_base) = (pair[0], pair[1]);
+                if next_base <= offset && state.segments[&base].finalized {
+                    doomed.push(base);
+                } else {
+                    break;
+                }
+            }
+            let doomed: Vec<_> = doomed.into_iter().map(|b| (b, state.segments.remove(&b).unwrap().file)).collect();
+            if !doomed.is_empty() {
+                state.log_start_offset = *state.segments.keys().next().unwrap();
+            }
+            doomed
+        };
+        let count = doomed.len();
+        for (base, file) in doomed {
+            if let Some(file) = file {
+                close_file(file).await;
+            }
+            self.remove_segment_files(base).await?;
+        }
+        if count > 0 {
+            self.dir.sync().await.map_err(io_err)?;
+        }
+        Ok(count)
+    }
+
     async fn remove_segment_files(&self, base: i64) -> LogResult<()> {
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             remove_if_exists(&self.dir, &segment_file_name(base, suffix)).await.map_err(io_err)?;

@@ -7,8 +7,16 @@
 //!
 //! Record value (big-endian): `kind u8 (1 commit, 2 delete group) | group u16+bytes |
 //! topic u16+bytes | partition i32 | offset i64 | leader_epoch i32 |
-//! metadata i16 len (-1 null) + bytes | commit_ms i64`. A delete has empty
-//! topic and zeros after it.
+//! metadata i16 len (-1 null) + bytes | commit_ms i64 | crc32 u32` (crc32fast
+//! of everything before it). A delete has empty topic and zeros after it. A
+//! record whose checksum fails is dropped on replay, never a valid one.
+//!
+//! Snapshots: every so often (and at close) the map of a bucket is written with
+//! rkyv to `<data_dir>/offsets/bucket-NN.snapshot` (temp file, fsync, rename):
+//! `"SLOFFSN1" | crc32 u32 | length u64 | rkyv bytes`, holding the map and the
+//! log offset it covers. A restart reads the archive in place (no parsing
+//! step), then replays only the log after that offset; log segments wholly
+//! below it are deleted.
 
 use crate::settings::BrokerSettings;
 use crate::shard::Log;
@@ -20,6 +28,71 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 pub const OFFSET_BUCKETS: u32 = 16;
+/// Snapshot a bucket once this many records were written since the last one.
+pub const SNAPSHOT_EVERY_RECORDS: u64 = 10_000;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SLOFFSN1";
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct SnapshotEntry {
+    group: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<String>,
+    commit_ms: i64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct OffsetSnapshot {
+    /// Every record below this log offset is reflected in `entries`.
+    next_log_offset: i64,
+    entries: Vec<SnapshotEntry>,
+}
+
+fn encode_snapshot(snapshot: &OffsetSnapshot) -> Vec<u8> {
+    let archived = rkyv::to_bytes::<rkyv::rancor::Error>(snapshot).expect("snapshot serializes");
+    let mut out = Vec::with_capacity(20 + archived.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32fast::hash(&archived).to_le_bytes());
+    out.extend_from_slice(&(archived.len() as u64).to_le_bytes());
+    out.extend_from_slice(&archived);
+    out
+}
+
+/// Checks and reads a snapshot file in place; `None` if it is damaged.
+fn decode_snapshot(bytes: &[u8]) -> Option<(i64, Vec<(String, String, i32, Committed)>)> {
+    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let payload = bytes.get(20..20 + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(payload);
+    let archived = rkyv::access::<ArchivedOffsetSnapshot, rkyv::rancor::Error>(&aligned).ok()?;
+    let entries = archived
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.group.to_string(),
+                e.topic.to_string(),
+                e.partition.to_native(),
+                Committed {
+                    offset: e.offset.to_native(),
+                    leader_epoch: e.leader_epoch.to_native(),
+                    metadata: e.metadata.as_ref().map(|m| m.to_string()),
+                    commit_ms: e.commit_ms.to_native(),
+                },
+            )
+        })
+        .collect();
+    Some((archived.next_log_offset.to_native(), entries))
+}
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
 
@@ -45,6 +118,11 @@ pub type GroupOffsets = BTreeMap<(String, i32), Committed>;
 pub struct OffsetStore {
     logs: RefCell<HashMap<u32, Rc<Log>>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
+    snapshot_dir: std::path::PathBuf,
+    /// Per bucket: commits whose append has not returned yet.
+    pending: RefCell<HashMap<u32, usize>>,
+    /// Per bucket: records written since the last snapshot.
+    since_snapshot: RefCell<HashMap<u32, u64>>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -68,6 +146,8 @@ fn encode(kind: u8, group: &str, topic: &str, partition: i32, c: &Committed) -> 
         None => out.extend_from_slice(&(-1i16).to_be_bytes()),
     }
     out.extend_from_slice(&c.commit_ms.to_be_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
@@ -101,7 +181,11 @@ impl Reader<'_> {
 }
 
 fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
-    let mut r = Reader(value);
+    let (payload, crc) = value.split_at(value.len().checked_sub(4)?);
+    if crc32fast::hash(payload) != u32::from_be_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let mut r = Reader(payload);
     let kind = r.u8()?;
     let group = r.str()?;
     let topic = r.str()?;
@@ -159,12 +243,19 @@ fn record_values(batch: &[u8]) -> Vec<&[u8]> {
 impl OffsetStore {
     /// Opens (and replays) the buckets this shard owns.
     pub async fn open(settings: &BrokerSettings, shard: usize, shard_count: usize) -> Result<OffsetStore, String> {
-        let store = OffsetStore { logs: RefCell::new(HashMap::new()), offsets: RefCell::new(HashMap::new()) };
+        let snapshot_dir = settings.data_dir.join("offsets");
+        let store = OffsetStore {
+            logs: RefCell::new(HashMap::new()),
+            offsets: RefCell::new(HashMap::new()),
+            snapshot_dir,
+            pending: RefCell::new(HashMap::new()),
+            since_snapshot: RefCell::new(HashMap::new()),
+        };
         for bucket in (0..OFFSET_BUCKETS).filter(|b| *b as usize % shard_count == shard) {
             let path = settings.data_dir.join("offsets").join(format!("bucket-{bucket:02}"));
             let dir = DmaDir::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let config = sluice_storage::LogConfig {
-                segment_bytes: 64 << 20,
+                segment_bytes: 4 << 20,
                 retention_ms: None,
                 retention_bytes: None,
                 preallocate_bytes: 1 << 20,
@@ -174,6 +265,19 @@ impl OffsetStore {
                 .await
                 .map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
             let mut offset = log.log_start_offset();
+            let snapshot_path = store.snapshot_path(bucket);
+            if let Ok(bytes) = std::fs::read(&snapshot_path) {
+                match decode_snapshot(&bytes) {
+                    Some((next_log_offset, entries)) => {
+                        for (group, topic, partition, committed) in entries {
+                            store.apply((KIND_COMMIT, group, topic, partition, committed));
+                        }
+                        offset = offset.max(next_log_offset);
+                    }
+                    None => tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log"),
+                }
+            }
+            let mut replayed = 0u64;
             loop {
                 let read = log.read(offset, 1 << 20).await.map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
                 if read.records.is_empty() {
@@ -183,17 +287,66 @@ impl OffsetStore {
                 while at < read.records.len() {
                     let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
                     for value in record_values(&read.records[at..at + header.total_bytes()]) {
-                        if let Some(record) = decode(value) {
-                            store.apply(record);
+                        match decode(value) {
+                            Some(record) => store.apply(record),
+                            None => tracing::warn!(bucket, "offset record with a bad checksum dropped"),
                         }
+                        replayed += 1;
                     }
                     at += header.total_bytes();
                 }
                 offset = read.next_offset;
             }
             store.logs.borrow_mut().insert(bucket, log);
+            store.since_snapshot.borrow_mut().insert(bucket, replayed);
         }
         Ok(store)
+    }
+
+    fn snapshot_path(&self, bucket: u32) -> std::path::PathBuf {
+        self.snapshot_dir.join(format!("bucket-{bucket:02}.snapshot"))
+    }
+
+    /// Writes a snapshot of each bucket that has enough new records (or of
+    /// all, with `force`) and no commit in flight, then drops covered segments.
+    pub async fn snapshot(&self, force: bool) {
+        let buckets: Vec<(u32, Rc<Log>)> = self.logs.borrow().iter().map(|(b, l)| (*b, l.clone())).collect();
+        for (bucket, log) in buckets {
+            let since = self.since_snapshot.borrow().get(&bucket).copied().unwrap_or(0);
+            let busy = self.pending.borrow().get(&bucket).copied().unwrap_or(0) > 0;
+            if busy || since == 0 || (!force && since < SNAPSHOT_EVERY_RECORDS) {
+                continue;
+            }
+            // No commit in flight: the map holds exactly the records below the high watermark.
+            let next_log_offset = log.high_watermark();
+            let entries = self
+                .offsets
+                .borrow()
+                .iter()
+                .filter(|(group, _)| bucket_of(group) == bucket)
+                .flat_map(|(group, offsets)| {
+                    offsets.iter().map(move |((topic, partition), c)| SnapshotEntry {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: c.offset,
+                        leader_epoch: c.leader_epoch,
+                        metadata: c.metadata.clone(),
+                        commit_ms: c.commit_ms,
+                    })
+                })
+                .collect();
+            let bytes = encode_snapshot(&OffsetSnapshot { next_log_offset, entries });
+            let path = self.snapshot_path(bucket);
+            if let Err(e) = write_durably(&path, &bytes) {
+                tracing::error!(path = %path.display(), error = %e, "writing offset snapshot failed");
+                continue;
+            }
+            self.since_snapshot.borrow_mut().insert(bucket, 0);
+            if let Err(e) = log.delete_segments_before(next_log_offset).await {
+                tracing::warn!(bucket, error = %e, "trimming the offset log failed");
+            }
+        }
     }
 
     fn apply(&self, (kind, group, topic, partition, committed): (u8, String, String, i32, Committed)) {
@@ -230,10 +383,15 @@ impl OffsetStore {
     }
 
     async fn append(&self, group: &str, values: Vec<Vec<u8>>) -> Result<(), LogError> {
-        let log = self.logs.borrow().get(&bucket_of(group)).cloned().ok_or(LogError::Closed)?;
+        let bucket = bucket_of(group);
+        let log = self.logs.borrow().get(&bucket).cloned().ok_or(LogError::Closed)?;
         let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
         let batch = build_batch(sluice_storage::now_ms() as i64, &refs);
-        log.append(&batch, AppendOptions::default()).await.map(|_| ())
+        *self.pending.borrow_mut().entry(bucket).or_default() += 1;
+        let result = log.append(&batch, AppendOptions::default()).await.map(|_| ());
+        *self.pending.borrow_mut().entry(bucket).or_default() -= 1;
+        *self.since_snapshot.borrow_mut().entry(bucket).or_default() += values.len() as u64;
+        result
     }
 
     pub fn fetch(&self, group: &str) -> GroupOffsets {
@@ -255,6 +413,7 @@ impl OffsetStore {
     }
 
     pub async fn close(&self) {
+        self.snapshot(true).await;
         let logs: Vec<Rc<Log>> = self.logs.borrow_mut().drain().map(|(_, l)| l).collect();
         for log in logs {
             let _ = log.close().await;
@@ -262,9 +421,51 @@ impl OffsetStore {
     }
 }
 
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("snapshot.tmp");
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_damage_is_detected() {
+        let snapshot = OffsetSnapshot {
+            next_log_offset: 77,
+            entries: vec![SnapshotEntry {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 3,
+                offset: 42,
+                leader_epoch: 1,
+                metadata: Some("m".into()),
+                commit_ms: 5,
+            }],
+        };
+        let bytes = encode_snapshot(&snapshot);
+        let (next, entries) = decode_snapshot(&bytes).unwrap();
+        assert_eq!(next, 77);
+        assert_eq!(entries[0].0, "g");
+        assert_eq!(entries[0].3.offset, 42);
+        for at in [0, 9, 21, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert!(decode_snapshot(&bad).is_none(), "flip at {at} accepted");
+        }
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_none());
+    }
 
     #[test]
     fn records_round_trip_through_a_batch() {

@@ -367,3 +367,23 @@ fn reads_and_appends_during_truncation_get_busy_not_a_broken_log() {
         assert_eq!(split_batches(&log.read(0, 1 << 20).await.unwrap().records).len(), 1);
     });
 }
+
+#[test]
+fn segments_below_an_offset_can_be_dropped() {
+    run(|| async {
+        let dir = MemDir::new();
+        let log = open(&dir, small_config()).await;
+        for i in 0..60 {
+            append(&log, &batch(i, 1, 700, 1)).await.unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 3);
+        // Only segments wholly below the offset go; the one holding it stays.
+        let deleted = log.delete_segments_before(bases[2] + 1).await.unwrap();
+        assert_eq!(deleted, 2);
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(log.delete_segments_before(i64::MAX).await.unwrap(), log.segment_base_offsets().len() - 1);
+        assert_eq!(log.segment_base_offsets().len(), 1, "the active segment is kept");
+        assert_eq!(log.high_watermark(), 60);
+    });
+}
