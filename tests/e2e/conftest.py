@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kafka_wire import read_response, request
+
 ROOT = Path(__file__).resolve().parents[2]
 SLUICE = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
 
@@ -43,8 +45,14 @@ class Broker:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sluice exited with {self.proc.returncode}: {self.log()}")
+            # A full ApiVersions round trip, not just a TCP connect: right after a
+            # SIGKILL the dead process's io_uring may still hold the old listening
+            # socket for a moment, accept, and then reset.
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.settimeout(2)
+                    s.sendall(request(18, 0, 1))
+                    read_response(s)
                     return self
             except OSError:
                 time.sleep(0.05)

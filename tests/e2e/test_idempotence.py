@@ -54,7 +54,13 @@ def idempotent_batch(producer_id, epoch, sequence, value):
     return header + after_crc
 
 
-def test_the_same_produce_request_twice_is_stored_once(broker):
+import signal
+
+import pytest
+
+
+@pytest.mark.parametrize("restart", [None, signal.SIGTERM, signal.SIGKILL], ids=["live", "after-sigterm", "after-sigkill"])
+def test_the_same_produce_request_twice_is_stored_once(broker, restart):
     topic = b"wire-idem"
     with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
         # InitProducerId v0 (transactional id null, timeout), then a produce sent twice.
@@ -71,13 +77,17 @@ def test_the_same_produce_request_twice_is_stored_once(broker):
                     + struct.pack(">i", 0) + struct.pack(">i", len(batch)) + batch)
         batch = idempotent_batch(producer_id, epoch, 0, b"exactly once")
         body = produce_body(batch)
-        answers = []
-        for correlation in (3, 4):
-            s.sendall(request(0, 3, correlation, body=body))
-            response = read_response(s)
+        def send(sock, correlation):
+            sock.sendall(request(0, 3, correlation, body=body))
+            response = read_response(sock)
             at = 4 + 4 + 2 + len(topic) + 4 + 4
-            error, base_offset = struct.unpack(">hq", response[at:at + 10])
-            answers.append((error, base_offset))
+            return struct.unpack(">hq", response[at:at + 10])
+        answers = [send(s, 3)]
+        if restart is not None:
+            broker.restart(restart)
+            s.close()
+            s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+        answers.append(send(s, 4))
         assert answers == [(0, 0), (0, 0)], "the retry gets the original offset"
         # A gap in the sequence is refused.
         gap = idempotent_batch(producer_id, epoch, 5, b"gap")

@@ -4,10 +4,20 @@
 //!
 //! Producer ids come from shard 0, in blocks reserved durably in
 //! `<data_dir>/producer_ids` before any id of the block is handed out, so an
-//! id is never reused after a restart. Partition state is rebuilt on open from
-//! the batches of the active segment (they carry producer id, epoch and
-//! sequence); a producer last seen in an older segment is unknown after a
-//! restart and gets UNKNOWN_PRODUCER_ID, which clients answer by re-initialising.
+//! id is never reused after a restart.
+//!
+//! Partition state is rebuilt on open from the log (batches carry producer id,
+//! epoch and sequence), helped by a snapshot: `producers.snapshot` in the
+//! partition directory, written at clean close and by the shard's maintenance
+//! timer, records the state up to an offset, so recovery reads only the batches
+//! after it. Without a usable snapshot, recovery reads the active segment; a
+//! producer last seen before that is unknown and gets UNKNOWN_PRODUCER_ID,
+//! which clients answer by re-initialising.
+//!
+//! Snapshot format (little-endian): `"SLPRODS1" | covered_offset i64 |
+//! producer count u32 | per producer: id i64, epoch i16, batch count u8, per
+//! batch: first_sequence i32, last_sequence i32, base_offset i64, last_offset
+//! i64 | crc32 u32` (crc32fast of everything before it).
 
 use sluice_protocol::record_batch::BatchHeader;
 use std::cell::RefCell;
@@ -51,6 +61,9 @@ pub enum SequenceCheck {
 pub struct PartitionProducers {
     producers: RefCell<HashMap<i64, Producer>>,
 }
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SLPRODS1";
+pub const SNAPSHOT_FILE: &str = "producers.snapshot";
 
 fn last_sequence(header: &BatchHeader) -> i32 {
     header.base_sequence.wrapping_add(header.last_offset_delta)
@@ -145,6 +158,66 @@ impl PartitionProducers {
     }
 }
 
+impl PartitionProducers {
+    /// The confirmed state, encoded; pending batches are left out.
+    pub fn encode_snapshot(&self, covered_offset: i64) -> Vec<u8> {
+        let producers = self.producers.borrow();
+        let mut out = Vec::new();
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&covered_offset.to_le_bytes());
+        out.extend_from_slice(&(producers.len() as u32).to_le_bytes());
+        for (id, p) in producers.iter() {
+            let confirmed: Vec<&SeqBatch> = p.batches.iter().filter(|b| b.base_offset >= 0 && b.last_offset < covered_offset).collect();
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&p.epoch.to_le_bytes());
+            out.push(confirmed.len() as u8);
+            for b in confirmed {
+                out.extend_from_slice(&b.first_sequence.to_le_bytes());
+                out.extend_from_slice(&b.last_sequence.to_le_bytes());
+                out.extend_from_slice(&b.base_offset.to_le_bytes());
+                out.extend_from_slice(&b.last_offset.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Loads a snapshot; returns the offset it covers, or `None` if damaged.
+    pub fn load_snapshot(&self, bytes: &[u8]) -> Option<i64> {
+        let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) || body.get(..8)? != SNAPSHOT_MAGIC {
+            return None;
+        }
+        let mut at = 8;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let slice = body.get(at..at + n)?;
+            at += n;
+            Some(slice)
+        };
+        let covered = i64::from_le_bytes(take(8)?.try_into().ok()?);
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let mut producers = HashMap::new();
+        for _ in 0..count {
+            let id = i64::from_le_bytes(take(8)?.try_into().ok()?);
+            let epoch = i16::from_le_bytes(take(2)?.try_into().ok()?);
+            let batches = take(1)?[0];
+            let mut p = Producer { epoch, batches: VecDeque::new() };
+            for _ in 0..batches {
+                p.batches.push_back(SeqBatch {
+                    first_sequence: i32::from_le_bytes(take(4)?.try_into().ok()?),
+                    last_sequence: i32::from_le_bytes(take(4)?.try_into().ok()?),
+                    base_offset: i64::from_le_bytes(take(8)?.try_into().ok()?),
+                    last_offset: i64::from_le_bytes(take(8)?.try_into().ok()?),
+                });
+            }
+            producers.insert(id, p);
+        }
+        *self.producers.borrow_mut() = producers;
+        Some(covered)
+    }
+}
+
 /// Hands out producer ids; lives on shard 0.
 pub struct ProducerIds {
     path: PathBuf,
@@ -210,6 +283,21 @@ mod tests {
         assert_eq!(state.check(&header(8, 0, 4, 1)), SequenceCheck::Reject(UNKNOWN_PRODUCER_ID));
         assert_eq!(state.check(&header(7, 1, 0, 1)), SequenceCheck::Append);
         assert_eq!(state.check(&header(7, 0, 4, 1)), SequenceCheck::Reject(INVALID_PRODUCER_EPOCH));
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_damage_is_refused() {
+        let state = PartitionProducers::default();
+        let h = header(9, 2, 0, 4);
+        state.check(&h);
+        state.confirm(&h, 10, 13);
+        let bytes = state.encode_snapshot(14);
+        let loaded = PartitionProducers::default();
+        assert_eq!(loaded.load_snapshot(&bytes), Some(14));
+        assert!(matches!(loaded.check(&h), SequenceCheck::Duplicate(SeqBatch { base_offset: 10, .. })));
+        let mut bad = bytes.clone();
+        bad[12] ^= 1;
+        assert_eq!(PartitionProducers::default().load_snapshot(&bad), None);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct PartitionEntry {
     pub log: Rc<Log>,
     pub config: EffectiveTopicConfig,
     pub producers: PartitionProducers,
+    pub dir: std::path::PathBuf,
+    /// High watermark covered by the last producer snapshot written.
+    pub producers_snapshot_at: Cell<i64>,
 }
 
 type PartitionKey = (String, i32);
@@ -213,9 +216,11 @@ impl Shard {
         let offsets = log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
-        let producers = PartitionProducers::default();
-        rebuild_producers(&log, &producers).await.map_err(|e| format!("partition {name}: {e}"))?;
-        let entry = Rc::new(PartitionEntry { log, config, producers });
+        let mut producers = PartitionProducers::default();
+        rebuild_producers(&log, &mut producers, &path.join(crate::producers::SNAPSHOT_FILE))
+            .await
+            .map_err(|e| format!("partition {name}: {e}"))?;
+        let entry = Rc::new(PartitionEntry { log, config, producers, dir: path, producers_snapshot_at: Cell::new(-1) });
         self.partitions.borrow_mut().insert(key, entry.clone());
         Ok(entry)
     }
@@ -620,7 +625,11 @@ impl Shard {
             c.expire_offsets(self.settings.offsets_retention_ms).await;
             c.offsets.snapshot(false).await;
         }
-        let logs: Vec<Rc<Log>> = self.partitions.borrow().values().map(|e| e.log.clone()).collect();
+        let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow().values().cloned().collect();
+        for entry in &entries {
+            write_producer_snapshot(entry, &entry.dir);
+        }
+        let logs: Vec<Rc<Log>> = entries.iter().map(|e| e.log.clone()).collect();
         let now = sluice_storage::now_ms();
         for log in logs {
             if let Err(e) = log.enforce_retention(now).await {
@@ -640,6 +649,8 @@ impl Shard {
         }
         let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow_mut().drain().map(|(_, e)| e).collect();
         for entry in entries {
+            let _ = entry.log.flush().await;
+            write_producer_snapshot(&entry, &entry.dir);
             if let Err(e) = entry.log.close().await {
                 tracing::error!(partition = entry.log.name(), error = %e, "closing partition failed");
             }
@@ -725,10 +736,18 @@ async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutc
     }
 }
 
-/// Rebuilds idempotent-producer state from the active segment's batches.
-async fn rebuild_producers(log: &Rc<Log>, producers: &PartitionProducers) -> Result<(), String> {
+/// Rebuilds idempotent-producer state: from the snapshot if there is a usable
+/// one, then the batches after it; else from the active segment's batches.
+async fn rebuild_producers(log: &Rc<Log>, producers: &mut PartitionProducers, snapshot: &std::path::Path) -> Result<(), String> {
     let Some(&active) = log.segment_base_offsets().last() else { return Ok(()) };
     let mut offset = active.max(log.log_start_offset());
+    if let Ok(bytes) = std::fs::read(snapshot) {
+        match producers.load_snapshot(&bytes) {
+            Some(covered) if covered >= log.log_start_offset() && covered <= log.high_watermark() => offset = covered,
+            Some(_) => *producers = PartitionProducers::default(),
+            None => tracing::warn!(path = %snapshot.display(), "producer snapshot damaged: reading the active segment"),
+        }
+    }
     loop {
         let read = log.read(offset, 1 << 20).await.map_err(|e| e.to_string())?;
         if read.records.is_empty() {
@@ -737,9 +756,34 @@ async fn rebuild_producers(log: &Rc<Log>, producers: &PartitionProducers) -> Res
         let mut at = 0;
         while at < read.records.len() {
             let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
-            producers.observe_stored(&header);
+            if header.last_offset() >= offset {
+                producers.observe_stored(&header);
+            }
             at += header.total_bytes();
         }
         offset = read.next_offset;
+    }
+}
+
+/// Writes a partition's producer snapshot (temp file, fsync, rename).
+fn write_producer_snapshot(entry: &PartitionEntry, dir: &std::path::Path) {
+    let covered = entry.log.high_watermark();
+    if entry.producers_snapshot_at.get() == covered {
+        return;
+    }
+    entry.producers_snapshot_at.set(covered);
+    let bytes = entry.producers.encode_snapshot(covered);
+    let path = dir.join(crate::producers::SNAPSHOT_FILE);
+    let temp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "writing producer snapshot failed");
     }
 }
