@@ -61,7 +61,10 @@ fn encode_snapshot(snapshot: &OffsetSnapshot) -> Vec<u8> {
 }
 
 /// Checks and reads a snapshot file in place; `None` if it is damaged.
-fn decode_snapshot(bytes: &[u8]) -> Option<(i64, Vec<(String, String, i32, Committed)>)> {
+/// (group, topic, partition, committed)
+type CommitEntry = (String, String, i32, Committed);
+
+fn decode_snapshot(bytes: &[u8]) -> Option<(i64, Vec<CommitEntry>)> {
     if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
         return None;
     }
