@@ -42,9 +42,14 @@ def wait_for_assignment(consumers, total, timeout=30):
     raise AssertionError(f"assignments never settled: {[c.assignment() for c in consumers]}")
 
 
-def test_two_consumers_split_then_one_takes_over(broker):
+import pytest
+
+
+@pytest.mark.parametrize("strategy", ["range", "roundrobin", "cooperative-sticky"])
+def test_two_consumers_split_then_one_takes_over(broker, strategy):
     create(broker, "shared", 4)
-    a, b = consumer(broker, "split"), consumer(broker, "split")
+    a = consumer(broker, "split", **{"partition.assignment.strategy": strategy})
+    b = consumer(broker, "split", **{"partition.assignment.strategy": strategy})
     a.subscribe(["shared"])
     b.subscribe(["shared"])
     assigned = wait_for_assignment([a, b], 4)
