@@ -145,3 +145,30 @@ def crc32c(data: bytes) -> int:
         for _ in range(8):
             crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
     return crc ^ 0xFFFFFFFF
+
+
+def test_an_array_count_of_two_billion_is_refused_not_allocated(broker):
+    with connect(broker) as s:
+        # Metadata v1 declaring 2^31-1 topics and sending none.
+        s.sendall(request(METADATA, 1, 6, body=struct.pack(">i", 0x7FFFFFFF)))
+        assert closed_by_peer(s)
+    assert broker.alive()
+    still_served(broker)
+
+
+def test_absurd_partition_counts_are_refused(broker):
+    from confluent_kafka.admin import AdminClient, NewTopic, NewPartitions
+    from confluent_kafka import KafkaError
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    try:
+        client.create_topics([NewTopic("huge", 50_000, 1)])["huge"].result(30)
+        raise AssertionError("created")
+    except Exception as e:
+        assert e.args[0].code() == KafkaError.INVALID_PARTITIONS
+    client.create_topics([NewTopic("small", 1, 1)])["small"].result(30)
+    try:
+        client.create_partitions([NewPartitions("small", 50_000)])["small"].result(30)
+        raise AssertionError("grown")
+    except Exception as e:
+        assert e.args[0].code() == KafkaError.INVALID_PARTITIONS
+    still_served(broker)

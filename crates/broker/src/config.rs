@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub max_message_bytes: Option<i64>,
     pub retention_check_ms: Option<u64>,
     pub offsets_retention_minutes: Option<i64>,
+    pub max_partitions_per_topic: Option<i32>,
     pub segment_bytes: Option<u64>,
     pub segment_ms: Option<i64>,
     pub retention_ms: Option<i64>,
@@ -112,6 +113,7 @@ pub struct Config {
     pub max_message_bytes: i64,
     pub retention_check_ms: u64,
     pub offsets_retention_minutes: i64,
+    pub max_partitions_per_topic: i32,
     pub segment_bytes: u64,
     pub segment_ms: i64,
     pub retention_ms: i64,
@@ -226,6 +228,7 @@ impl Config {
             max_message_bytes: file.max_message_bytes.unwrap_or(1_048_588),
             retention_check_ms: file.retention_check_ms.unwrap_or(60_000),
             offsets_retention_minutes: file.offsets_retention_minutes.unwrap_or(7 * 24 * 60),
+            max_partitions_per_topic: file.max_partitions_per_topic.unwrap_or(10_000),
             segment_bytes: cli.segment_bytes.or(file.segment_bytes).unwrap_or(sluice_storage::config::SEGMENT_BYTES_DEFAULT),
             segment_ms: file.segment_ms.unwrap_or(sluice_storage::config::SEGMENT_MS_DEFAULT as i64),
             retention_ms: cli.retention_ms.or(file.retention_ms).unwrap_or(sluice_storage::config::RETENTION_MS_DEFAULT as i64),
@@ -259,6 +262,12 @@ impl Config {
         }
         if self.max_message_bytes < 1 {
             return Err("max_message_bytes: must be at least 1".into());
+        }
+        if self.max_partitions_per_topic < 1 {
+            return Err("max_partitions_per_topic: must be at least 1".into());
+        }
+        if self.default_partitions > self.max_partitions_per_topic {
+            return Err("default_partitions: larger than max_partitions_per_topic".into());
         }
         if self.offsets_retention_minutes < 1 {
             return Err("offsets_retention_minutes: must be at least 1".into());

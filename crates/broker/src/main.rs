@@ -75,6 +75,7 @@ fn run(config: Config) -> Result<(), String> {
         log: config.log_config()?,
         retention_check_ms: config.retention_check_ms.max(100),
         offsets_retention_ms: config.offsets_retention_minutes * 60_000,
+        max_partitions_per_topic: config.max_partitions_per_topic,
     });
     let shard_count = config.cpus.len();
     // glommio registers each shard's io memory with its three io_uring rings;
@@ -98,6 +99,9 @@ fn run(config: Config) -> Result<(), String> {
     let listen = config.listen_addr();
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| flume::bounded::<ShardMsg>(INBOX_CAPACITY)).unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    // No shard accepts until every shard is ready (its partitions and group
+    // coordinator open), so no request is forwarded to a shard still starting.
+    let (go_tx, go_rx) = flume::bounded::<bool>(shard_count);
     let mut handles = Vec::new();
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let core = config.core_override(id);
@@ -106,11 +110,12 @@ fn run(config: Config) -> Result<(), String> {
         let metadata = metadata.clone();
         let peers = senders.clone();
         let ready = ready_tx.clone();
+        let go = go_rx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .io_memory(core.io_memory_bytes.unwrap_or(config.io_memory_bytes))
             .ring_depth(core.io_depth.unwrap_or(config.io_depth))
-            .spawn(move || async move { run_shard(id, settings, metadata, peers, inbox, listen, ready).await })
+            .spawn(move || async move { run_shard(id, settings, metadata, peers, inbox, listen, ready, go).await })
             .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
@@ -119,6 +124,9 @@ fn run(config: Config) -> Result<(), String> {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
+                for _ in 0..shard_count {
+                    let _ = go_tx.send(false);
+                }
                 stop_all(&senders);
                 for handle in handles {
                     let _ = handle.join();
@@ -127,6 +135,9 @@ fn run(config: Config) -> Result<(), String> {
             }
             Err(_) => return Err("a shard died while starting".into()),
         }
+    }
+    for _ in 0..shard_count {
+        let _ = go_tx.send(true);
     }
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
     let signal_senders = senders.clone();
@@ -180,6 +191,7 @@ fn cluster_id(data_dir: &std::path::Path) -> Result<String, String> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     id: usize,
     settings: Arc<BrokerSettings>,
@@ -188,6 +200,7 @@ async fn run_shard(
     inbox: flume::Receiver<ShardMsg>,
     listen: std::net::SocketAddr,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    go: flume::Receiver<bool>,
 ) {
     let shard = Rc::new(Shard::new(id, settings.clone(), metadata, peers));
     // Messages from other shards: each handled in its own task, in arrival order.
@@ -217,6 +230,10 @@ async fn run_shard(
         }
     };
     let _ = ready.send(Ok(id));
+    if !go.recv_async().await.unwrap_or(false) {
+        shard.close_all().await;
+        return;
+    }
     let maintenance_shard = shard.clone();
     let interval = Duration::from_millis(match settings.log.flush {
         sluice_storage::FlushPolicy::UnsafeIntervalMs(ms) => ms.min(settings.retention_check_ms),

@@ -65,8 +65,13 @@ pub struct PartitionProducers {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SLPRODS1";
 pub const SNAPSHOT_FILE: &str = "producers.snapshot";
 
+/// Kafka's rule: sequences wrap from i32::MAX to 0.
+fn increment_sequence(sequence: i32, by: i32) -> i32 {
+    ((sequence as i64 + by as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
 fn last_sequence(header: &BatchHeader) -> i32 {
-    header.base_sequence.wrapping_add(header.last_offset_delta)
+    increment_sequence(header.base_sequence, header.last_offset_delta)
 }
 
 impl PartitionProducers {
@@ -98,7 +103,7 @@ impl PartitionProducers {
                 if let Some(dup) = p.batches.iter().find(|b| b.first_sequence == first && b.last_sequence == last) {
                     return SequenceCheck::Duplicate(*dup);
                 }
-                let expected = p.batches.back().map_or(0, |b| b.last_sequence.wrapping_add(1));
+                let expected = p.batches.back().map_or(0, |b| increment_sequence(b.last_sequence, 1));
                 if first != expected {
                     return SequenceCheck::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER);
                 }
@@ -159,9 +164,13 @@ impl PartitionProducers {
 }
 
 impl PartitionProducers {
-    /// The confirmed state, encoded; pending batches are left out.
-    pub fn encode_snapshot(&self, covered_offset: i64) -> Vec<u8> {
+    /// The state encoded, or `None` while an append is unconfirmed (its batch
+    /// may already be below `covered_offset`).
+    pub fn encode_snapshot(&self, covered_offset: i64) -> Option<Vec<u8>> {
         let producers = self.producers.borrow();
+        if producers.values().any(|p| p.batches.iter().any(|b| b.base_offset < 0)) {
+            return None;
+        }
         let mut out = Vec::new();
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&covered_offset.to_le_bytes());
@@ -180,7 +189,7 @@ impl PartitionProducers {
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Some(out)
     }
 
     /// Loads a snapshot; returns the offset it covers, or `None` if damaged.
@@ -286,12 +295,22 @@ mod tests {
     }
 
     #[test]
+    fn sequences_wrap_to_zero_as_in_kafka() {
+        assert_eq!(increment_sequence(i32::MAX, 1), 0);
+        assert_eq!(increment_sequence(i32::MAX - 1, 3), 1);
+        let state = PartitionProducers::default();
+        let first = header(3, 0, 0, 1);
+        state.check(&first);
+        state.confirm(&first, 0, 0);
+    }
+
+    #[test]
     fn snapshots_round_trip_and_damage_is_refused() {
         let state = PartitionProducers::default();
         let h = header(9, 2, 0, 4);
         state.check(&h);
         state.confirm(&h, 10, 13);
-        let bytes = state.encode_snapshot(14);
+        let bytes = state.encode_snapshot(14).unwrap();
         let loaded = PartitionProducers::default();
         assert_eq!(loaded.load_snapshot(&bytes), Some(14));
         assert!(matches!(loaded.check(&h), SequenceCheck::Duplicate(SeqBatch { base_offset: 10, .. })));

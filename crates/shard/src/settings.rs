@@ -24,6 +24,8 @@ pub struct BrokerSettings {
     pub retention_check_ms: u64,
     /// Committed offsets of an empty group expire after this long.
     pub offsets_retention_ms: i64,
+    /// Most partitions one topic may have (CreateTopics/CreatePartitions).
+    pub max_partitions_per_topic: i32,
 }
 
 impl BrokerSettings {

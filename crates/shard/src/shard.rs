@@ -55,6 +55,8 @@ pub struct Shard {
     coordinator: RefCell<Option<Rc<Coordinator>>>,
     /// Shard 0 only: the producer id allocator.
     producer_ids: RefCell<Option<ProducerIds>>,
+    /// Set by `close_all`: no partition is opened any more.
+    closing: Cell<bool>,
 }
 
 /// Kafka error code for a storage error; disk trouble is logged by storage.
@@ -92,6 +94,7 @@ impl Shard {
             requests_idle: Event::default(),
             coordinator: RefCell::new(None),
             producer_ids: RefCell::new(None),
+            closing: Cell::new(false),
         }
     }
 
@@ -202,6 +205,9 @@ impl Shard {
 
     async fn open_partition(&self, topic: &TopicMeta, partition: i32) -> Result<Rc<PartitionEntry>, String> {
         let _permit = self.open_lock.acquire_permit(1).await;
+        if self.closing.get() {
+            return Err(format!("shard {} is stopping: not opening {}-{partition}", self.id, topic.name));
+        }
         let key = (topic.name.clone(), partition);
         if let Some(entry) = self.partitions.borrow().get(&key) {
             return Ok(entry.clone());
@@ -267,6 +273,7 @@ impl Shard {
         let entry = self.partitions.borrow().get(&(topic.to_string(), partition)).cloned();
         let entry = match entry {
             Some(entry) => entry,
+            None if self.closing.get() => return storage_error_reply(),
             None => match self.local_partition(topic, partition).await {
                 Some(entry) => entry,
                 None => return unknown_partition_reply(&op),
@@ -309,7 +316,8 @@ impl Shard {
                 SequenceCheck::Duplicate(mut original) => {
                     // The original may still be on its way to disk.
                     while original.base_offset < 0 || log.high_watermark() <= original.last_offset {
-                        log.wait_for_flush().await;
+                        // Bounded: the original's failure may be recorded after the last flush notice.
+                        futures_lite::future::or(log.wait_for_flush(), glommio::timer::sleep(Duration::from_millis(20))).await;
                         match entry.producers.check(header) {
                             SequenceCheck::Duplicate(now) => original = now,
                             // The original failed and was forgotten: this retry is appended.
@@ -419,6 +427,7 @@ impl Shard {
         let ready = || {
             let partitions = self.partitions.borrow();
             parts.iter().any(|(topic, partition, offset)| {
+                // `offset` is the high watermark the fetch last saw: wait for more.
                 partitions.get(&(topic.clone(), *partition)).is_some_and(|e| e.log.high_watermark() > *offset)
             })
         };
@@ -459,8 +468,11 @@ impl Shard {
                 if snapshot.topics.contains_key(&name) {
                     return error(error_code::TOPIC_ALREADY_EXISTS, format!("topic `{name}` already exists"));
                 }
-                if partitions < 1 {
-                    return error(error_code::INVALID_PARTITIONS, format!("number of partitions must be at least 1, got {partitions}"));
+                if partitions < 1 || partitions > self.settings.max_partitions_per_topic {
+                    return error(
+                        error_code::INVALID_PARTITIONS,
+                        format!("number of partitions must be 1..={}, got {partitions}", self.settings.max_partitions_per_topic),
+                    );
                 }
                 if validate_only {
                     return AdminReply::default();
@@ -491,6 +503,12 @@ impl Shard {
                 let Some(topic) = snapshot.topics.get(&name) else {
                     return error(error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic `{name}` does not exist"));
                 };
+                if count > self.settings.max_partitions_per_topic {
+                    return error(
+                        error_code::INVALID_PARTITIONS,
+                        format!("at most {} partitions per topic, asked for {count}", self.settings.max_partitions_per_topic),
+                    );
+                }
                 if count <= topic.partition_count() {
                     return error(
                         error_code::INVALID_PARTITIONS,
@@ -643,6 +661,9 @@ impl Shard {
 
     /// Closes every log cleanly (flush, indexes, clean-shutdown marker).
     pub async fn close_all(&self) {
+        self.closing.set(true);
+        // Wait for any open in progress, so no log is opened behind our back.
+        let _permit = self.open_lock.acquire_permit(1).await;
         let coordinator = self.coordinator.borrow_mut().take();
         if let Some(c) = coordinator {
             c.offsets.close().await;
@@ -771,8 +792,9 @@ fn write_producer_snapshot(entry: &PartitionEntry, dir: &std::path::Path) {
     if entry.producers_snapshot_at.get() == covered {
         return;
     }
+    // Only with every append confirmed: the state must equal the log below `covered`.
+    let Some(bytes) = entry.producers.encode_snapshot(covered) else { return };
     entry.producers_snapshot_at.set(covered);
-    let bytes = entry.producers.encode_snapshot(covered);
     let path = dir.join(crate::producers::SNAPSHOT_FILE);
     let temp = path.with_extension("tmp");
     let result = (|| -> std::io::Result<()> {

@@ -17,6 +17,7 @@ use sluice_protocol::record_batch::{
     self, record_timestamps, validate_batch, validate_batch_prefix, BatchHeader, HEADER_BYTES,
 };
 use std::cell::RefCell;
+use std::ops::Not;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
@@ -736,7 +737,23 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 .read_batches_from(&file, base, position, end, next, budget, first)
                 .await?;
             if chunk.records.is_empty() {
-                break;
+                // Nothing at `next` in this segment although it is below the high
+                // watermark: a gap between segments (a lost tail of a sealed
+                // segment). Continue at the next segment rather than leave the
+                // consumer stuck below the high watermark forever.
+                let (gap_end, budget_left) = {
+                    let state = self.state.borrow();
+                    let after = state.segments.range(next + 1..).next().map(|(b, _)| *b);
+                    (after.filter(|_| next < state.high_watermark && chunk.budget_exhausted.not()), budget > 0)
+                };
+                match gap_end {
+                    Some(after) if records.is_empty() && records_bytes.is_none() && budget_left => {
+                        tracing::error!(log = %self.name, from = next, to = after, "offsets missing between segments: skipped");
+                        next = after;
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             next = chunk.next_offset;
             match records_bytes.take() {

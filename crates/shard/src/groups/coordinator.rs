@@ -149,6 +149,9 @@ impl Coordinator {
                 any = true;
             }
         }
+        // Forget groups nobody is in and that hold no offsets.
+        let offsets = &self.offsets;
+        self.groups.borrow_mut().retain(|id, g| !(g.members.is_empty() && g.pending_member_ids.is_empty() && offsets.fetch(id).is_empty()));
         if any {
             self.changed.notify();
         }

@@ -126,6 +126,8 @@ pub struct OffsetStore {
     pending: RefCell<HashMap<u32, usize>>,
     /// Per bucket: records written since the last snapshot.
     since_snapshot: RefCell<HashMap<u32, u64>>,
+    /// Buckets whose snapshot must be rewritten right after open.
+    rewrite_snapshot: RefCell<Vec<u32>>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -253,6 +255,7 @@ impl OffsetStore {
             snapshot_dir,
             pending: RefCell::new(HashMap::new()),
             since_snapshot: RefCell::new(HashMap::new()),
+            rewrite_snapshot: RefCell::new(Vec::new()),
         };
         for bucket in (0..OFFSET_BUCKETS).filter(|b| *b as usize % shard_count == shard) {
             let path = settings.data_dir.join("offsets").join(format!("bucket-{bucket:02}"));
@@ -275,7 +278,15 @@ impl OffsetStore {
                         for (group, topic, partition, committed) in entries {
                             store.apply((KIND_COMMIT, group, topic, partition, committed));
                         }
-                        offset = offset.max(next_log_offset);
+                        if next_log_offset > log.high_watermark() {
+                            // The log lost its tail (a relaxed flush policy and a power
+                            // cut): new commits will reuse those offsets, so the
+                            // snapshot is rewritten at the current end below.
+                            tracing::warn!(bucket, next_log_offset, high_watermark = log.high_watermark(),
+                                "offset snapshot is ahead of the log: rewriting it");
+                            store.rewrite_snapshot.borrow_mut().push(bucket);
+                        }
+                        offset = offset.max(next_log_offset).min(log.high_watermark());
                     }
                     None => tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log"),
                 }
@@ -302,6 +313,13 @@ impl OffsetStore {
             }
             store.logs.borrow_mut().insert(bucket, log);
             store.since_snapshot.borrow_mut().insert(bucket, replayed);
+        }
+        let rewrite = std::mem::take(&mut *store.rewrite_snapshot.borrow_mut());
+        if !rewrite.is_empty() {
+            for bucket in rewrite {
+                store.since_snapshot.borrow_mut().insert(bucket, 1);
+            }
+            store.snapshot(true).await;
         }
         Ok(store)
     }

@@ -206,6 +206,9 @@ impl Group {
         if member_id.is_empty() {
             let id = new_member_id(&request.client_id);
             if request.require_known_member_id {
+                if self.pending_member_ids.len() >= 1024 {
+                    self.pending_member_ids.remove(0);
+                }
                 self.pending_member_ids.push(id.clone());
                 return Join::MemberIdRequired(id);
             }
@@ -268,6 +271,10 @@ impl Group {
             return false;
         }
         self.members.retain(|_, m| m.joined);
+        // A long round must not expire members who joined early.
+        for member in self.members.values_mut() {
+            member.last_seen_ms = now_ms;
+        }
         self.generation += 1;
         self.join_rounds += 1;
         if self.members.is_empty() {

@@ -31,10 +31,14 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         if ready >= min_bytes.max(1) || errored || Instant::now() >= deadline || shard.stopping.get() {
             break;
         }
+        // Wait for the high watermark to pass what this read saw, so a fetch
+        // whose min_bytes is not met yet sleeps instead of re-reading in a loop.
         let mut waiting = Vec::new();
+        let mut seen = outcomes.iter();
         for topic in &request.topics {
             for partition in &topic.partitions {
-                waiting.push((topic.topic.0.to_string(), partition.partition, partition.fetch_offset));
+                let observed = seen.next().map_or(-1, |o| o.high_watermark);
+                waiting.push((topic.topic.0.to_string(), partition.partition, observed.max(partition.fetch_offset)));
             }
         }
         shard.wait_for_data(waiting, deadline).await;

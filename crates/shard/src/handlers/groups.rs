@@ -36,6 +36,10 @@ pub fn owner_of(shard: &Shard, frame: &RequestFrame) -> Result<Option<usize>, St
         ApiKey::OffsetFetch => decode_body::<OffsetFetchRequest>(body, v)?.group_id.0.to_string(),
         _ => return Ok(None),
     };
+    // Offset records store group ids with a 16-bit length.
+    if group.len() > i16::MAX as usize {
+        return Err(format!("group id of {} bytes is too long", group.len()));
+    }
     let owner = coordinator_shard(&group, shard.shard_count);
     Ok((owner != shard.id).then_some(owner))
 }
