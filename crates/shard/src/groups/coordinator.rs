@@ -167,7 +167,8 @@ impl Coordinator {
             .collect();
         for group in stale {
             if self.offsets.delete_group(&group).await.is_ok() {
-                self.groups.borrow_mut().remove(&group);
+                // Members may have joined during the await: keep such a group.
+                self.groups.borrow_mut().retain(|id, g| *id != group || !g.members.is_empty());
                 tracing::info!(%group, "committed offsets expired");
             }
         }
@@ -229,7 +230,7 @@ impl Coordinator {
         if self.offsets.delete_group(group_id).await.is_err() {
             return sluice_protocol::api::error_code::KAFKA_STORAGE_ERROR;
         }
-        self.groups.borrow_mut().remove(group_id);
+        self.groups.borrow_mut().retain(|id, g| id != group_id || !g.members.is_empty());
         code::NONE
     }
 }
