@@ -27,10 +27,34 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "1 partition, 1 MiB batches", partitions: 1, records_per_batch: 1000, record_bytes: 1024, in_flight_per_partition: 4 },
-    Scenario { name: "1 partition, 16 KiB batches", partitions: 1, records_per_batch: 16, record_bytes: 1024, in_flight_per_partition: 32 },
-    Scenario { name: "100 partitions, 16 KiB batches", partitions: 100, records_per_batch: 16, record_bytes: 1024, in_flight_per_partition: 2 },
-    Scenario { name: "1000 partitions, 16 KiB batches", partitions: 1000, records_per_batch: 16, record_bytes: 1024, in_flight_per_partition: 1 },
+    Scenario {
+        name: "1 partition, 1 MiB batches",
+        partitions: 1,
+        records_per_batch: 1000,
+        record_bytes: 1024,
+        in_flight_per_partition: 4,
+    },
+    Scenario {
+        name: "1 partition, 16 KiB batches",
+        partitions: 1,
+        records_per_batch: 16,
+        record_bytes: 1024,
+        in_flight_per_partition: 32,
+    },
+    Scenario {
+        name: "100 partitions, 16 KiB batches",
+        partitions: 100,
+        records_per_batch: 16,
+        record_bytes: 1024,
+        in_flight_per_partition: 2,
+    },
+    Scenario {
+        name: "1000 partitions, 16 KiB batches",
+        partitions: 1000,
+        records_per_batch: 16,
+        record_bytes: 1024,
+        in_flight_per_partition: 1,
+    },
 ];
 
 struct Args {
@@ -55,7 +79,9 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--dir" => args.dir = PathBuf::from(value()),
             "--seconds" => args.seconds = value().parse().expect("--seconds N"),
-            "--warmup-seconds" => args.warmup_seconds = value().parse().expect("--warmup-seconds N"),
+            "--warmup-seconds" => {
+                args.warmup_seconds = value().parse().expect("--warmup-seconds N")
+            }
             "--disk-mbps" => args.disk_mbps = Some(value().parse().expect("--disk-mbps MBPS")),
             "--only" => args.only = Some(value()),
             "-h" | "--help" => {
@@ -87,18 +113,30 @@ fn run_scenario(scenario: &'static Scenario, args: &Args) -> Outcome {
         .spawn(move || async move {
             let config = LogConfig {
                 // Many partitions: reserve less space per file.
-                preallocate_bytes: if scenario.partitions > 10 { 4 << 20 } else { 64 << 20 },
+                preallocate_bytes: if scenario.partitions > 10 {
+                    4 << 20
+                } else {
+                    64 << 20
+                },
                 ..LogConfig::default()
             };
             let value = vec![b'x'; scenario.record_bytes];
-            let values: Vec<&[u8]> = (0..scenario.records_per_batch).map(|_| value.as_slice()).collect();
+            let values: Vec<&[u8]> = (0..scenario.records_per_batch)
+                .map(|_| value.as_slice())
+                .collect();
             let batch = Rc::new(build_batch(1_700_000_000_000, &values));
             let mut logs = Vec::new();
             for p in 0..scenario.partitions {
                 let dir = DmaDir::create(root_for_executor.join(format!("bench-{p}"))).unwrap();
-                logs.push(PartitionLog::open(dir, config.clone(), format!("bench-{p}")).await.unwrap());
+                logs.push(
+                    PartitionLog::open(dir, config.clone(), format!("bench-{p}"))
+                        .await
+                        .unwrap(),
+                );
             }
-            let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+            let histogram = Rc::new(RefCell::new(
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            ));
             let bytes = Rc::new(RefCell::new(0u64));
             let appends = Rc::new(RefCell::new(0u64));
             let start = Instant::now();
@@ -107,15 +145,22 @@ fn run_scenario(scenario: &'static Scenario, args: &Args) -> Outcome {
             let mut tasks = Vec::new();
             for log in &logs {
                 for _ in 0..scenario.in_flight_per_partition {
-                    let (log, batch, histogram, bytes, appends) =
-                        (log.clone(), batch.clone(), histogram.clone(), bytes.clone(), appends.clone());
+                    let (log, batch, histogram, bytes, appends) = (
+                        log.clone(),
+                        batch.clone(),
+                        histogram.clone(),
+                        bytes.clone(),
+                        appends.clone(),
+                    );
                     tasks.push(glommio::spawn_local(async move {
                         loop {
                             let t0 = Instant::now();
                             if t0 >= end {
                                 break;
                             }
-                            log.append(&batch, AppendOptions::default()).await.expect("append");
+                            log.append(&batch, AppendOptions::default())
+                                .await
+                                .expect("append");
                             if t0 >= measure_from {
                                 let us = t0.elapsed().as_micros() as u64;
                                 histogram.borrow_mut().record(us.max(1)).unwrap();
@@ -151,23 +196,39 @@ fn run_scenario(scenario: &'static Scenario, args: &Args) -> Outcome {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = parse_args();
     std::fs::create_dir_all(&args.dir).expect("bench dir");
     println!("storage-append: durable appends (flush = always: acknowledged after fdatasync), one core, O_DIRECT");
-    println!("dir {}, {} s measured after {} s warm-up per scenario", args.dir.display(), args.seconds, args.warmup_seconds);
+    println!(
+        "dir {}, {} s measured after {} s warm-up per scenario",
+        args.dir.display(),
+        args.seconds,
+        args.warmup_seconds
+    );
     if let Some(disk) = args.disk_mbps {
-        println!("disk limit (fio sequential O_DIRECT write, 1 MiB blocks, iodepth 8): {disk:.0} MB/s");
+        println!(
+            "disk limit (fio sequential O_DIRECT write, 1 MiB blocks, iodepth 8): {disk:.0} MB/s"
+        );
     }
     println!();
     println!(
         "| {:<32} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} |",
         "scenario", "MB/s", "of disk", "appends/s", "p50 µs", "p99 µs", "p99.9 µs"
     );
-    println!("|{:-<34}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<34}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|",
+        "", "", "", "", "", "", ""
+    );
     for scenario in SCENARIOS {
-        if args.only.as_ref().is_some_and(|only| !scenario.name.contains(only.as_str())) {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|only| !scenario.name.contains(only.as_str()))
+        {
             continue;
         }
         let outcome = run_scenario(scenario, &args);

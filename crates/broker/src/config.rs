@@ -11,7 +11,11 @@ use std::path::PathBuf;
 
 /// Command line; every flag can also come from the environment.
 #[derive(Parser, Debug, Default)]
-#[command(name = "sluice", version, about = "A Kafka-wire-compatible streaming broker: thread-per-core, io_uring, O_DIRECT.")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Kafka-wire-compatible streaming broker: thread-per-core, io_uring, O_DIRECT."
+)]
 pub struct Cli {
     /// TOML config file (global settings plus [core.N] overrides).
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -137,15 +141,20 @@ fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b): (usize, usize) = (
-                    a.parse().map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
-                    b.parse().map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
+                    a.parse()
+                        .map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
+                    b.parse()
+                        .map_err(|_| format!("cores: `{part}` is not a CPU range"))?,
                 );
                 if a > b {
                     return Err(format!("cores: range `{part}` is backwards"));
                 }
                 cpus.extend(a..=b);
             }
-            None => cpus.push(part.parse().map_err(|_| format!("cores: `{part}` is not a CPU number"))?),
+            None => cpus.push(
+                part.parse()
+                    .map_err(|_| format!("cores: `{part}` is not a CPU number"))?,
+            ),
         }
     }
     Ok(cpus)
@@ -155,12 +164,16 @@ fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
 fn parse_cores(text: &str, available: usize) -> Result<Vec<usize>, String> {
     let text = text.trim();
     if !text.contains([',', '-']) {
-        let count: usize = text.parse().map_err(|_| format!("cores: `{text}` is neither a count nor a CPU list"))?;
+        let count: usize = text
+            .parse()
+            .map_err(|_| format!("cores: `{text}` is neither a count nor a CPU list"))?;
         if count == 0 {
             return Err("cores: must be at least 1".into());
         }
         if count > available {
-            return Err(format!("cores: {count} shards asked for, this machine has {available} CPUs"));
+            return Err(format!(
+                "cores: {count} shards asked for, this machine has {available} CPUs"
+            ));
         }
         return Ok((0..count).collect());
     }
@@ -169,7 +182,9 @@ fn parse_cores(text: &str, available: usize) -> Result<Vec<usize>, String> {
         return Err("cores: the CPU list is empty".into());
     }
     if let Some(cpu) = cpus.iter().find(|c| **c >= available) {
-        return Err(format!("cores: CPU {cpu} does not exist (this machine has {available})"));
+        return Err(format!(
+            "cores: CPU {cpu} does not exist (this machine has {available})"
+        ));
     }
     Ok(cpus)
 }
@@ -178,20 +193,32 @@ impl Config {
     pub fn load(cli: &Cli) -> Result<Config, String> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("config {}: {e}", path.display()))?
             }
             None => FileConfig::default(),
         };
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let available = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cores_text = match (&cli.cores, &file.cores) {
             (Some(text), _) => Some(text.clone()),
             (None, Some(toml::Value::Integer(n))) => Some(n.to_string()),
             (None, Some(toml::Value::String(s))) => Some(s.clone()),
-            (None, Some(toml::Value::Array(items))) => {
-                Some(items.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","))
+            (None, Some(toml::Value::Array(items))) => Some(
+                items
+                    .iter()
+                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (None, Some(other)) => {
+                return Err(format!(
+                    "cores: `{other}` is neither a count nor a CPU list"
+                ))
             }
-            (None, Some(other)) => return Err(format!("cores: `{other}` is neither a count nor a CPU list")),
             (None, None) => None,
         };
         let mut cpus = match cores_text {
@@ -199,13 +226,17 @@ impl Config {
             None => (0..available).collect(),
         };
         for (key, core) in &file.core {
-            let index: usize = key.parse().map_err(|_| format!("core.{key}: the core section must be a shard number"))?;
+            let index: usize = key
+                .parse()
+                .map_err(|_| format!("core.{key}: the core section must be a shard number"))?;
             if index >= cpus.len() {
                 return Err(format!("core.{key}: there are only {} shards", cpus.len()));
             }
             if let Some(cpu) = core.cpu {
                 if cpu >= available {
-                    return Err(format!("core.{key}.cpu: CPU {cpu} does not exist (this machine has {available})"));
+                    return Err(format!(
+                        "core.{key}.cpu: CPU {cpu} does not exist (this machine has {available})"
+                    ));
                 }
                 cpus[index] = cpu;
             }
@@ -213,30 +244,69 @@ impl Config {
                 return Err(format!("core.{key}.io_depth: must be at least 1"));
             }
         }
-        let listen = cli.listen.clone().or(file.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let advertised_listener = cli.advertised_listener.clone().or(file.advertised_listener.clone()).unwrap_or_else(|| listen.clone());
+        let listen = cli
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let advertised_listener = cli
+            .advertised_listener
+            .clone()
+            .or(file.advertised_listener.clone())
+            .unwrap_or_else(|| listen.clone());
         let config = Config {
-            data_dir: cli.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./sluice-data")),
+            data_dir: cli
+                .data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("./sluice-data")),
             listen,
             advertised_listener,
             cpus,
             node_id: file.node_id.unwrap_or(0),
-            auto_create_topics: cli.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
-            default_partitions: cli.default_partitions.or(file.default_partitions).unwrap_or(1),
-            max_frame_bytes: cli.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(sluice_protocol::frame::FRAME_BYTES_MAX_DEFAULT),
+            auto_create_topics: cli
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            default_partitions: cli
+                .default_partitions
+                .or(file.default_partitions)
+                .unwrap_or(1),
+            max_frame_bytes: cli
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(sluice_protocol::frame::FRAME_BYTES_MAX_DEFAULT),
             max_in_flight_per_connection: file.max_in_flight_per_connection.unwrap_or(64),
             max_message_bytes: file.max_message_bytes.unwrap_or(1_048_588),
             retention_check_ms: file.retention_check_ms.unwrap_or(60_000),
             offsets_retention_minutes: file.offsets_retention_minutes.unwrap_or(7 * 24 * 60),
             max_partitions_per_topic: file.max_partitions_per_topic.unwrap_or(10_000),
-            segment_bytes: cli.segment_bytes.or(file.segment_bytes).unwrap_or(sluice_storage::config::SEGMENT_BYTES_DEFAULT),
-            segment_ms: file.segment_ms.unwrap_or(sluice_storage::config::SEGMENT_MS_DEFAULT as i64),
-            retention_ms: cli.retention_ms.or(file.retention_ms).unwrap_or(sluice_storage::config::RETENTION_MS_DEFAULT as i64),
+            segment_bytes: cli
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(sluice_storage::config::SEGMENT_BYTES_DEFAULT),
+            segment_ms: file
+                .segment_ms
+                .unwrap_or(sluice_storage::config::SEGMENT_MS_DEFAULT as i64),
+            retention_ms: cli
+                .retention_ms
+                .or(file.retention_ms)
+                .unwrap_or(sluice_storage::config::RETENTION_MS_DEFAULT as i64),
             retention_bytes: cli.retention_bytes.or(file.retention_bytes).unwrap_or(-1),
-            flush: cli.flush.clone().or(file.flush.clone()).unwrap_or_else(|| "always".into()),
-            index_interval_bytes: file.index_interval_bytes.unwrap_or(sluice_storage::config::INDEX_INTERVAL_BYTES_DEFAULT),
-            preallocate_bytes: file.preallocate_bytes.unwrap_or(sluice_storage::config::PREALLOCATE_BYTES_DEFAULT),
-            write_buffer_bytes: file.write_buffer_bytes.unwrap_or(sluice_storage::config::WRITE_BUFFER_BYTES_DEFAULT),
+            flush: cli
+                .flush
+                .clone()
+                .or(file.flush.clone())
+                .unwrap_or_else(|| "always".into()),
+            index_interval_bytes: file
+                .index_interval_bytes
+                .unwrap_or(sluice_storage::config::INDEX_INTERVAL_BYTES_DEFAULT),
+            preallocate_bytes: file
+                .preallocate_bytes
+                .unwrap_or(sluice_storage::config::PREALLOCATE_BYTES_DEFAULT),
+            write_buffer_bytes: file
+                .write_buffer_bytes
+                .unwrap_or(sluice_storage::config::WRITE_BUFFER_BYTES_DEFAULT),
             io_memory_bytes: file.io_memory_bytes.unwrap_or(IO_MEMORY_BYTES_DEFAULT),
             io_depth: file.io_depth.unwrap_or(IO_DEPTH_DEFAULT),
             core: file.core.clone(),
@@ -249,13 +319,22 @@ impl Config {
         resolve(&self.listen).map_err(|e| format!("listen: {e}"))?;
         let (host, port) = self.advertised()?;
         if host.is_empty() || port <= 0 {
-            return Err(format!("advertised_listener: `{}` needs a host and a port", self.advertised_listener));
+            return Err(format!(
+                "advertised_listener: `{}` needs a host and a port",
+                self.advertised_listener
+            ));
         }
         if self.default_partitions < 1 {
-            return Err(format!("default_partitions: must be at least 1, got {}", self.default_partitions));
+            return Err(format!(
+                "default_partitions: must be at least 1, got {}",
+                self.default_partitions
+            ));
         }
         if self.max_frame_bytes < 1024 {
-            return Err(format!("max_frame_bytes: {} is too small", self.max_frame_bytes));
+            return Err(format!(
+                "max_frame_bytes: {} is too small",
+                self.max_frame_bytes
+            ));
         }
         if self.max_in_flight_per_connection == 0 {
             return Err("max_in_flight_per_connection: must be at least 1".into());
@@ -284,11 +363,15 @@ impl Config {
     }
 
     pub fn advertised(&self) -> Result<(String, i32), String> {
-        let (host, port) = self
-            .advertised_listener
-            .rsplit_once(':')
-            .ok_or_else(|| format!("advertised_listener: `{}` is not HOST:PORT", self.advertised_listener))?;
-        let port: i32 = port.parse().map_err(|_| format!("advertised_listener: `{port}` is not a port"))?;
+        let (host, port) = self.advertised_listener.rsplit_once(':').ok_or_else(|| {
+            format!(
+                "advertised_listener: `{}` is not HOST:PORT",
+                self.advertised_listener
+            )
+        })?;
+        let port: i32 = port
+            .parse()
+            .map_err(|_| format!("advertised_listener: `{port}` is not a port"))?;
         Ok((host.trim_matches(['[', ']']).to_string(), port))
     }
 
@@ -306,7 +389,10 @@ impl Config {
     }
 
     pub fn core_override(&self, shard: usize) -> CoreOverride {
-        self.core.get(&shard.to_string()).cloned().unwrap_or_default()
+        self.core
+            .get(&shard.to_string())
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -325,17 +411,27 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("sluice.toml");
         std::fs::write(&path, toml_text).unwrap();
-        Config::load(&Cli { config: Some(path), ..cli })
+        Config::load(&Cli {
+            config: Some(path),
+            ..cli
+        })
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sluice-config-{}-{}", std::process::id(), rand_suffix()));
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-config-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     }
 
     #[test]

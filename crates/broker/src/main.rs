@@ -24,7 +24,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -40,7 +42,10 @@ fn main() {
         print!("{effective}");
         return;
     }
-    eprintln!("sluice {} effective configuration:\n{effective}", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "sluice {} effective configuration:\n{effective}",
+        env!("CARGO_PKG_VERSION")
+    );
     if let Err(e) = run(config) {
         tracing::error!("{e}");
         eprintln!("sluice: {e}");
@@ -49,14 +54,18 @@ fn main() {
 }
 
 fn memlock_limit_bytes() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     let result = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     (result == 0).then_some(limit.rlim_cur)
 }
 
 fn run(config: Config) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| format!("data_dir: {e}"))?;
     let metadata = Arc::new(MetadataStore::load(&data_dir)?);
     let cluster_id = cluster_id(&data_dir)?;
@@ -81,7 +90,12 @@ fn run(config: Config) -> Result<(), String> {
     // glommio registers each shard's io memory with its three io_uring rings;
     // registered (pinned) memory counts against RLIMIT_MEMLOCK.
     let registered_bytes: u64 = (0..shard_count)
-        .map(|i| 3 * config.core_override(i).io_memory_bytes.unwrap_or(config.io_memory_bytes) as u64)
+        .map(|i| {
+            3 * config
+                .core_override(i)
+                .io_memory_bytes
+                .unwrap_or(config.io_memory_bytes) as u64
+        })
         .sum();
     match memlock_limit_bytes() {
         Some(limit) if limit < 512 * 1024 => {
@@ -97,7 +111,9 @@ fn run(config: Config) -> Result<(), String> {
         _ => {}
     }
     let listen = config.listen_addr();
-    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| flume::bounded::<ShardMsg>(INBOX_CAPACITY)).unzip();
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| flume::bounded::<ShardMsg>(INBOX_CAPACITY))
+        .unzip();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     // No shard accepts until every shard is ready (its partitions and group
     // coordinator open), so no request is forwarded to a shard still starting.
@@ -115,7 +131,9 @@ fn run(config: Config) -> Result<(), String> {
             .name(&format!("shard-{id}"))
             .io_memory(core.io_memory_bytes.unwrap_or(config.io_memory_bytes))
             .ring_depth(core.io_depth.unwrap_or(config.io_depth))
-            .spawn(move || async move { run_shard(id, settings, metadata, peers, inbox, listen, ready, go).await })
+            .spawn(move || async move {
+                run_shard(id, settings, metadata, peers, inbox, listen, ready, go).await
+            })
             .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
@@ -141,8 +159,11 @@ fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
     let signal_senders = senders.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -150,7 +171,10 @@ fn run(config: Config) -> Result<(), String> {
             for signal in signals.forever() {
                 received += 1;
                 if received == 1 {
-                    tracing::info!(signal, "stopping: finishing in-flight requests, flushing, closing segments");
+                    tracing::info!(
+                        signal,
+                        "stopping: finishing in-flight requests, flushing, closing segments"
+                    );
                     stop_all(&signal_senders);
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
@@ -251,7 +275,10 @@ async fn run_shard(
     let expiry_shard = shard.clone();
     let expiry = glommio::spawn_local(async move {
         while !expiry_shard.stopping.get() {
-            glommio::timer::sleep(Duration::from_millis(sluice_shard::groups::coordinator::EXPIRY_CHECK_MS)).await;
+            glommio::timer::sleep(Duration::from_millis(
+                sluice_shard::groups::coordinator::EXPIRY_CHECK_MS,
+            ))
+            .await;
             expiry_shard.expire_group_sessions();
         }
     });

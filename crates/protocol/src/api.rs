@@ -29,7 +29,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 
 /// The advertised version range of an API, if Sluice answers it at all.
 pub fn supported_versions(api_key: i16) -> Option<(ApiKey, i16, i16)> {
-    SUPPORTED_APIS.iter().copied().find(|(key, _, _)| *key as i16 == api_key)
+    SUPPORTED_APIS
+        .iter()
+        .copied()
+        .find(|(key, _, _)| *key as i16 == api_key)
 }
 
 /// Kafka error codes Sluice returns.

@@ -28,7 +28,12 @@ pub enum FrameError {
     /// Too short to hold even api key, version and correlation id.
     TooShort { bytes: usize },
     /// The header could not be decoded (truncated client id, bad tagged fields).
-    BadHeader { api_key: i16, api_version: i16, correlation_id: i32, detail: String },
+    BadHeader {
+        api_key: i16,
+        api_version: i16,
+        correlation_id: i32,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for FrameError {
@@ -62,8 +67,14 @@ pub fn parse_request(mut frame: Bytes) -> Result<RequestFrame, FrameError> {
         }
         _ => 1,
     };
-    let bad = |detail: String| FrameError::BadHeader { api_key, api_version, correlation_id, detail };
-    let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(e.to_string()))?;
+    let bad = |detail: String| FrameError::BadHeader {
+        api_key,
+        api_version,
+        correlation_id,
+        detail,
+    };
+    let header =
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| bad(e.to_string()))?;
     Ok(RequestFrame {
         api_key,
         api_version,
@@ -83,8 +94,11 @@ pub fn encode_response<T: Encodable>(
     let mut buf = BytesMut::with_capacity(256);
     buf.put_u32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
-    body.encode(&mut buf, body_version).map_err(|e| e.to_string())?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, body_version)
+        .map_err(|e| e.to_string())?;
     let size = (buf.len() - FRAME_SIZE_BYTES) as u32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())
@@ -131,15 +145,27 @@ mod tests {
 
     #[test]
     fn short_and_truncated_headers_are_errors() {
-        assert!(matches!(parse_request(Bytes::from_static(&[0, 3])), Err(FrameError::TooShort { bytes: 2 })));
+        assert!(matches!(
+            parse_request(Bytes::from_static(&[0, 3])),
+            Err(FrameError::TooShort { bytes: 2 })
+        ));
         let bytes = request_bytes(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
         // Cut inside the client id.
-        assert!(matches!(parse_request(bytes.slice(..11)), Err(FrameError::BadHeader { .. })));
+        assert!(matches!(
+            parse_request(bytes.slice(..11)),
+            Err(FrameError::BadHeader { .. })
+        ));
     }
 
     #[test]
     fn response_frame_has_size_and_correlation_id() {
-        let frame = encode_response(5, 0, &kafka_protocol::messages::ApiVersionsResponse::default(), 0).unwrap();
+        let frame = encode_response(
+            5,
+            0,
+            &kafka_protocol::messages::ApiVersionsResponse::default(),
+            0,
+        )
+        .unwrap();
         let size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(size, frame.len() - 4);
         assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 5);

@@ -58,14 +58,27 @@ pub const ATTRIBUTE_CONTROL: i16 = 0x20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchError {
     /// Fewer bytes than the header or than `batch_length` announces.
-    Truncated { bytes_needed: usize, bytes_available: usize },
+    Truncated {
+        bytes_needed: usize,
+        bytes_available: usize,
+    },
     /// `batch_length` smaller than the fixed header.
-    LengthInvalid { batch_length: i32 },
+    LengthInvalid {
+        batch_length: i32,
+    },
     /// magic 0 or 1 (or anything not 2).
-    MagicUnsupported { magic: i8 },
-    CrcMismatch { crc_stored: u32, crc_computed: u32 },
+    MagicUnsupported {
+        magic: i8,
+    },
+    CrcMismatch {
+        crc_stored: u32,
+        crc_computed: u32,
+    },
     /// records_count must be `last_offset_delta + 1` and at least 1.
-    RecordCountInvalid { records_count: i32, last_offset_delta: i32 },
+    RecordCountInvalid {
+        records_count: i32,
+        last_offset_delta: i32,
+    },
 }
 
 impl fmt::Display for BatchError {
@@ -134,7 +147,9 @@ impl BatchHeader {
             // Report the magic first when we can see it: a v0/v1 message set is
             // usually shorter than a v2 header.
             if bytes.len() > OFFSET_MAGIC && bytes[OFFSET_MAGIC] as i8 != MAGIC_V2 {
-                return Err(BatchError::MagicUnsupported { magic: bytes[OFFSET_MAGIC] as i8 });
+                return Err(BatchError::MagicUnsupported {
+                    magic: bytes[OFFSET_MAGIC] as i8,
+                });
             }
             return Err(BatchError::Truncated {
                 bytes_needed: HEADER_BYTES,
@@ -157,10 +172,14 @@ impl BatchHeader {
             records_count: be_i32(bytes, OFFSET_RECORDS_COUNT),
         };
         if header.magic != MAGIC_V2 {
-            return Err(BatchError::MagicUnsupported { magic: header.magic });
+            return Err(BatchError::MagicUnsupported {
+                magic: header.magic,
+            });
         }
         if (header.batch_length as i64) < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i64 {
-            return Err(BatchError::LengthInvalid { batch_length: header.batch_length });
+            return Err(BatchError::LengthInvalid {
+                batch_length: header.batch_length,
+            });
         }
         Ok(header)
     }
@@ -204,7 +223,9 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = validate_batch_prefix(bytes)?;
     if header.total_bytes() != bytes.len() {
         // Trailing bytes after the announced batch: treat as a length mismatch.
-        return Err(BatchError::LengthInvalid { batch_length: header.batch_length });
+        return Err(BatchError::LengthInvalid {
+            batch_length: header.batch_length,
+        });
     }
     Ok(header)
 }
@@ -214,11 +235,17 @@ pub fn validate_batch_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let total = header.total_bytes();
     if bytes.len() < total {
-        return Err(BatchError::Truncated { bytes_needed: total, bytes_available: bytes.len() });
+        return Err(BatchError::Truncated {
+            bytes_needed: total,
+            bytes_available: bytes.len(),
+        });
     }
     let crc_computed = compute_crc(&bytes[..total]);
     if crc_computed != header.crc {
-        return Err(BatchError::CrcMismatch { crc_stored: header.crc, crc_computed });
+        return Err(BatchError::CrcMismatch {
+            crc_stored: header.crc,
+            crc_computed,
+        });
     }
     if header.records_count < 1
         || header.last_offset_delta < 0
@@ -269,7 +296,10 @@ pub fn build_batch_with_producer(
     producer_epoch: i16,
     base_sequence: i32,
 ) -> Vec<u8> {
-    assert!(!values.is_empty(), "a record batch holds at least one record");
+    assert!(
+        !values.is_empty(),
+        "a record batch holds at least one record"
+    );
     let mut records = Vec::new();
     for (index, value) in values.iter().enumerate() {
         let mut body = Vec::new();
@@ -392,7 +422,10 @@ mod tests {
         for at in OFFSET_ATTRIBUTES..batch.len() {
             let mut corrupt = batch.clone();
             corrupt[at] ^= 0x10;
-            assert!(validate_batch(&corrupt).is_err(), "flip at byte {at} not detected");
+            assert!(
+                validate_batch(&corrupt).is_err(),
+                "flip at byte {at} not detected"
+            );
         }
     }
 
@@ -403,13 +436,22 @@ mod tests {
             validate_batch(&batch[..batch.len() - 1]),
             Err(BatchError::Truncated { .. })
         ));
-        assert!(matches!(validate_batch(&batch[..20]), Err(BatchError::Truncated { .. })));
+        assert!(matches!(
+            validate_batch(&batch[..20]),
+            Err(BatchError::Truncated { .. })
+        ));
         let mut old = batch.clone();
         old[OFFSET_MAGIC] = 1;
-        assert_eq!(validate_batch(&old), Err(BatchError::MagicUnsupported { magic: 1 }));
+        assert_eq!(
+            validate_batch(&old),
+            Err(BatchError::MagicUnsupported { magic: 1 })
+        );
         let mut extra = batch.clone();
         extra.push(0);
-        assert!(matches!(validate_batch(&extra), Err(BatchError::LengthInvalid { .. })));
+        assert!(matches!(
+            validate_batch(&extra),
+            Err(BatchError::LengthInvalid { .. })
+        ));
     }
 
     #[test]
@@ -420,7 +462,10 @@ mod tests {
         batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(
             validate_batch(&batch),
-            Err(BatchError::RecordCountInvalid { records_count: 5, last_offset_delta: 1 })
+            Err(BatchError::RecordCountInvalid {
+                records_count: 5,
+                last_offset_delta: 1
+            })
         );
     }
 
@@ -436,6 +481,9 @@ mod tests {
     #[test]
     fn record_timestamps_of_uncompressed_batch() {
         let batch = build_batch(1000, &[b"a", b"b"]);
-        assert_eq!(record_timestamps(&batch).unwrap(), vec![(0, 1000), (1, 1000)]);
+        assert_eq!(
+            record_timestamps(&batch).unwrap(),
+            vec![(0, 1000), (1, 1000)]
+        );
     }
 }

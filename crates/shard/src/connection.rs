@@ -43,7 +43,9 @@ struct InFlight(Rc<Shard>);
 
 impl InFlight {
     fn new(shard: &Rc<Shard>) -> InFlight {
-        shard.requests_in_flight.set(shard.requests_in_flight.get() + 1);
+        shard
+            .requests_in_flight
+            .set(shard.requests_in_flight.get() + 1);
         InFlight(shard.clone())
     }
 }
@@ -64,7 +66,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (queue, responses) = local_channel::new_bounded::<Response>(shard.settings.max_in_flight_per_connection.max(1));
+    let (queue, responses) =
+        local_channel::new_bounded::<Response>(shard.settings.max_in_flight_per_connection.max(1));
     let writer_shard = shard.clone();
     let writer_task = glommio::spawn_local(async move {
         while let Some(task) = responses.recv().await {
@@ -92,7 +95,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 fn log_connection_error(shard: &Shard, peer: Option<SocketAddr>, reason: &str) {
-    let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+    let peer = peer
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown".into());
     tracing::warn!(shard = shard.id, %peer, "closing connection: {reason}");
 }
 
@@ -115,14 +120,20 @@ async fn read_requests(
         }
         let size = i32::from_be_bytes(size);
         if size < 0 || size as usize > max_frame_bytes {
-            return Err(format!("request frame of {size} bytes is over max_frame_bytes {max_frame_bytes}"));
+            return Err(format!(
+                "request frame of {size} bytes is over max_frame_bytes {max_frame_bytes}"
+            ));
         }
         let mut body = BytesMut::zeroed(size as usize);
-        reader.read_exact(&mut body).await.map_err(|e| format!("truncated request ({size} bytes announced): {e}"))?;
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| format!("truncated request ({size} bytes announced): {e}"))?;
         let frame = parse_request(body.freeze()).map_err(|e| e.to_string())?;
         let in_flight = InFlight::new(shard);
         let handler_shard = shard.clone();
-        let (api_key, api_version, correlation_id) = (frame.api_key, frame.api_version, frame.correlation_id);
+        let (api_key, api_version, correlation_id) =
+            (frame.api_key, frame.api_version, frame.correlation_id);
         let task = glommio::spawn_local(async move {
             let _in_flight = in_flight;
             handlers::handle(&handler_shard, frame)

@@ -10,9 +10,17 @@ use std::time::Instant;
 /// Work on one partition, done by the shard that owns it.
 #[derive(Debug)]
 pub enum PartitionOp {
-    Produce { records: Bytes },
-    Fetch { offset: i64, max_bytes: usize, strict_max_bytes: bool },
-    ListOffsets { timestamp: i64 },
+    Produce {
+        records: Bytes,
+    },
+    Fetch {
+        offset: i64,
+        max_bytes: usize,
+        strict_max_bytes: bool,
+    },
+    ListOffsets {
+        timestamp: i64,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -49,9 +57,20 @@ pub enum PartitionReply {
 /// Changes to topic metadata, executed by the metadata writer (shard 0).
 #[derive(Debug, Clone)]
 pub enum AdminOp {
-    CreateTopic { name: String, partitions: i32, configs: BTreeMap<String, String>, validate_only: bool },
-    DeleteTopic { name: String },
-    CreatePartitions { name: String, count: i32, validate_only: bool },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        validate_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -61,21 +80,52 @@ pub struct AdminReply {
 }
 
 pub enum ShardMsg {
-    Partition { topic: String, partition: i32, op: PartitionOp, reply: flume::Sender<PartitionReply> },
+    Partition {
+        topic: String,
+        partition: i32,
+        op: PartitionOp,
+        reply: flume::Sender<PartitionReply>,
+    },
     /// Reply once any of these partitions holds data past the offset, or at the deadline.
-    WaitForData { parts: Vec<(String, i32, i64)>, deadline: Instant, reply: flume::Sender<()> },
-    Admin { op: AdminOp, reply: flume::Sender<AdminReply> },
+    WaitForData {
+        parts: Vec<(String, i32, i64)>,
+        deadline: Instant,
+        reply: flume::Sender<()>,
+    },
+    Admin {
+        op: AdminOp,
+        reply: flume::Sender<AdminReply>,
+    },
     /// Open the partitions of this topic that this shard owns.
-    OpenTopic { topic: Arc<TopicMeta>, reply: flume::Sender<()> },
+    OpenTopic {
+        topic: Arc<TopicMeta>,
+        reply: flume::Sender<()>,
+    },
     /// Close and delete this shard's partitions of a deleted topic.
-    DropTopic { topic: Arc<TopicMeta>, reply: flume::Sender<()> },
+    DropTopic {
+        topic: Arc<TopicMeta>,
+        reply: flume::Sender<()>,
+    },
     /// A whole request for a group coordinated by the receiving shard.
-    Forward { frame: sluice_protocol::frame::RequestFrame, reply: flume::Sender<Result<Option<Bytes>, String>> },
+    Forward {
+        frame: sluice_protocol::frame::RequestFrame,
+        reply: flume::Sender<Result<Option<Bytes>, String>>,
+    },
     /// (group id, protocol type, state) of every group coordinated here.
-    ListGroups { reply: flume::Sender<Vec<(String, String, String)>> },
-    DescribeGroup { group: String, reply: flume::Sender<Option<GroupInfo>> },
-    DeleteGroup { group: String, reply: flume::Sender<i16> },
-    AllocateProducerId { reply: flume::Sender<Result<i64, String>> },
+    ListGroups {
+        reply: flume::Sender<Vec<(String, String, String)>>,
+    },
+    DescribeGroup {
+        group: String,
+        reply: flume::Sender<Option<GroupInfo>>,
+    },
+    DeleteGroup {
+        group: String,
+        reply: flume::Sender<i16>,
+    },
+    AllocateProducerId {
+        reply: flume::Sender<Result<i64, String>>,
+    },
     Shutdown,
 }
 

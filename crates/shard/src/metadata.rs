@@ -28,7 +28,9 @@ impl TopicMeta {
     }
 
     pub fn shard_of(&self, partition: i32, shard_count: usize) -> Option<usize> {
-        let shard = *self.partition_shards.get(usize::try_from(partition).ok()?)?;
+        let shard = *self
+            .partition_shards
+            .get(usize::try_from(partition).ok()?)?;
         Some(shard as usize % shard_count)
     }
 
@@ -64,12 +66,21 @@ impl MetadataStore {
             Ok(text) => {
                 let file: MetadataFile =
                     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                Snapshot { topics: file.topic.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect() }
+                Snapshot {
+                    topics: file
+                        .topic
+                        .into_iter()
+                        .map(|t| (t.name.clone(), Arc::new(t)))
+                        .collect(),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Ok(MetadataStore { path, current: ArcSwap::from_pointee(snapshot) })
+        Ok(MetadataStore {
+            path,
+            current: ArcSwap::from_pointee(snapshot),
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -78,7 +89,9 @@ impl MetadataStore {
 
     /// Persists `next` durably, then publishes it. Only the writer shard calls this.
     pub fn replace(&self, next: Snapshot) -> std::io::Result<()> {
-        let file = MetadataFile { topic: next.topics.values().map(|t| (**t).clone()).collect() };
+        let file = MetadataFile {
+            topic: next.topics.values().map(|t| (**t).clone()).collect(),
+        };
         let text = toml::to_string(&file).map_err(std::io::Error::other)?;
         let temp = self.path.with_extension("toml.tmp");
         {
@@ -104,10 +117,18 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name `{name}` is not allowed"));
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters long, at most 249 allowed", name.len()));
+        return Err(format!(
+            "topic name is {} characters long, at most 249 allowed",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("topic name `{name}` has the illegal character `{c}`"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name `{name}` has the illegal character `{c}`"
+        ));
     }
     Ok(())
 }

@@ -89,9 +89,17 @@ impl PartitionProducers {
                 if first != 0 {
                     return SequenceCheck::Reject(UNKNOWN_PRODUCER_ID);
                 }
-                producers.insert(header.producer_id, Producer { epoch: header.producer_epoch, batches: VecDeque::new() });
+                producers.insert(
+                    header.producer_id,
+                    Producer {
+                        epoch: header.producer_epoch,
+                        batches: VecDeque::new(),
+                    },
+                );
             }
-            Some(p) if header.producer_epoch < p.epoch => return SequenceCheck::Reject(INVALID_PRODUCER_EPOCH),
+            Some(p) if header.producer_epoch < p.epoch => {
+                return SequenceCheck::Reject(INVALID_PRODUCER_EPOCH)
+            }
             Some(p) if header.producer_epoch > p.epoch => {
                 if first != 0 {
                     return SequenceCheck::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER);
@@ -100,17 +108,29 @@ impl PartitionProducers {
                 p.batches.clear();
             }
             Some(p) => {
-                if let Some(dup) = p.batches.iter().find(|b| b.first_sequence == first && b.last_sequence == last) {
+                if let Some(dup) = p
+                    .batches
+                    .iter()
+                    .find(|b| b.first_sequence == first && b.last_sequence == last)
+                {
                     return SequenceCheck::Duplicate(*dup);
                 }
-                let expected = p.batches.back().map_or(0, |b| increment_sequence(b.last_sequence, 1));
+                let expected = p
+                    .batches
+                    .back()
+                    .map_or(0, |b| increment_sequence(b.last_sequence, 1));
                 if first != expected {
                     return SequenceCheck::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER);
                 }
             }
         }
         let p = producers.get_mut(&header.producer_id).unwrap();
-        p.batches.push_back(SeqBatch { first_sequence: first, last_sequence: last, base_offset: -1, last_offset: -1 });
+        p.batches.push_back(SeqBatch {
+            first_sequence: first,
+            last_sequence: last,
+            base_offset: -1,
+            last_offset: -1,
+        });
         if p.batches.len() > BATCHES_REMEMBERED {
             p.batches.pop_front();
         }
@@ -123,7 +143,11 @@ impl PartitionProducers {
             return;
         }
         if let Some(p) = self.producers.borrow_mut().get_mut(&header.producer_id) {
-            if let Some(b) = p.batches.iter_mut().find(|b| b.first_sequence == header.base_sequence) {
+            if let Some(b) = p
+                .batches
+                .iter_mut()
+                .find(|b| b.first_sequence == header.base_sequence)
+            {
                 b.base_offset = base_offset;
                 b.last_offset = last_offset;
             }
@@ -136,7 +160,8 @@ impl PartitionProducers {
             return;
         }
         if let Some(p) = self.producers.borrow_mut().get_mut(&header.producer_id) {
-            p.batches.retain(|b| !(b.first_sequence == header.base_sequence && b.base_offset < 0));
+            p.batches
+                .retain(|b| !(b.first_sequence == header.base_sequence && b.base_offset < 0));
         }
     }
 
@@ -168,7 +193,10 @@ impl PartitionProducers {
     /// may already be below `covered_offset`).
     pub fn encode_snapshot(&self, covered_offset: i64) -> Option<Vec<u8>> {
         let producers = self.producers.borrow();
-        if producers.values().any(|p| p.batches.iter().any(|b| b.base_offset < 0)) {
+        if producers
+            .values()
+            .any(|p| p.batches.iter().any(|b| b.base_offset < 0))
+        {
             return None;
         }
         let mut out = Vec::new();
@@ -176,7 +204,11 @@ impl PartitionProducers {
         out.extend_from_slice(&covered_offset.to_le_bytes());
         out.extend_from_slice(&(producers.len() as u32).to_le_bytes());
         for (id, p) in producers.iter() {
-            let confirmed: Vec<&SeqBatch> = p.batches.iter().filter(|b| b.base_offset >= 0 && b.last_offset < covered_offset).collect();
+            let confirmed: Vec<&SeqBatch> = p
+                .batches
+                .iter()
+                .filter(|b| b.base_offset >= 0 && b.last_offset < covered_offset)
+                .collect();
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&p.epoch.to_le_bytes());
             out.push(confirmed.len() as u8);
@@ -195,7 +227,9 @@ impl PartitionProducers {
     /// Loads a snapshot; returns the offset it covers, or `None` if damaged.
     pub fn load_snapshot(&self, bytes: &[u8]) -> Option<i64> {
         let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
-        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) || body.get(..8)? != SNAPSHOT_MAGIC {
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?)
+            || body.get(..8)? != SNAPSHOT_MAGIC
+        {
             return None;
         }
         let mut at = 8;
@@ -211,7 +245,10 @@ impl PartitionProducers {
             let id = i64::from_le_bytes(take(8)?.try_into().ok()?);
             let epoch = i16::from_le_bytes(take(2)?.try_into().ok()?);
             let batches = take(1)?[0];
-            let mut p = Producer { epoch, batches: VecDeque::new() };
+            let mut p = Producer {
+                epoch,
+                batches: VecDeque::new(),
+            };
             for _ in 0..batches {
                 p.batches.push_back(SeqBatch {
                     first_sequence: i32::from_le_bytes(take(4)?.try_into().ok()?),
@@ -238,11 +275,18 @@ impl ProducerIds {
     pub fn open(data_dir: &std::path::Path) -> Result<ProducerIds, String> {
         let path = data_dir.join("producer_ids");
         let start = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<i64>().map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(text) => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| format!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Ok(ProducerIds { path, next: RefCell::new(start), reserved_until: RefCell::new(start) })
+        Ok(ProducerIds {
+            path,
+            next: RefCell::new(start),
+            reserved_until: RefCell::new(start),
+        })
     }
 
     /// A fresh producer id, never handed out before (even across restarts).
@@ -283,15 +327,36 @@ mod tests {
         let first = header(7, 0, 0, 3);
         assert_eq!(state.check(&first), SequenceCheck::Append);
         state.confirm(&first, 100, 102);
-        assert_eq!(state.check(&first), SequenceCheck::Duplicate(SeqBatch { first_sequence: 0, last_sequence: 2, base_offset: 100, last_offset: 102 }));
-        assert_eq!(state.check(&header(7, 0, 5, 1)), SequenceCheck::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(
+            state.check(&first),
+            SequenceCheck::Duplicate(SeqBatch {
+                first_sequence: 0,
+                last_sequence: 2,
+                base_offset: 100,
+                last_offset: 102
+            })
+        );
+        assert_eq!(
+            state.check(&header(7, 0, 5, 1)),
+            SequenceCheck::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
         let second = header(7, 0, 3, 1);
         assert_eq!(state.check(&second), SequenceCheck::Append);
         state.forget(&second);
-        assert_eq!(state.check(&second), SequenceCheck::Append, "a failed append may be retried");
-        assert_eq!(state.check(&header(8, 0, 4, 1)), SequenceCheck::Reject(UNKNOWN_PRODUCER_ID));
+        assert_eq!(
+            state.check(&second),
+            SequenceCheck::Append,
+            "a failed append may be retried"
+        );
+        assert_eq!(
+            state.check(&header(8, 0, 4, 1)),
+            SequenceCheck::Reject(UNKNOWN_PRODUCER_ID)
+        );
         assert_eq!(state.check(&header(7, 1, 0, 1)), SequenceCheck::Append);
-        assert_eq!(state.check(&header(7, 0, 4, 1)), SequenceCheck::Reject(INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            state.check(&header(7, 0, 4, 1)),
+            SequenceCheck::Reject(INVALID_PRODUCER_EPOCH)
+        );
     }
 
     #[test]
@@ -313,7 +378,13 @@ mod tests {
         let bytes = state.encode_snapshot(14).unwrap();
         let loaded = PartitionProducers::default();
         assert_eq!(loaded.load_snapshot(&bytes), Some(14));
-        assert!(matches!(loaded.check(&h), SequenceCheck::Duplicate(SeqBatch { base_offset: 10, .. })));
+        assert!(matches!(
+            loaded.check(&h),
+            SequenceCheck::Duplicate(SeqBatch {
+                base_offset: 10,
+                ..
+            })
+        ));
         let mut bad = bytes.clone();
         bad[12] ^= 1;
         assert_eq!(PartitionProducers::default().load_snapshot(&bad), None);

@@ -4,11 +4,12 @@
 
 use crate::groups::coordinator::Coordinator;
 use crate::groups::offsets::{coordinator_shard, OffsetStore};
-use crate::producers::{PartitionProducers, ProducerIds, SequenceCheck};
-use crate::mesh::{GroupInfo, 
-    AdminOp, AdminReply, FetchOutcome, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome, ShardMsg,
+use crate::mesh::{
+    AdminOp, AdminReply, FetchOutcome, GroupInfo, ListOffsetsOutcome, PartitionOp, PartitionReply,
+    ProduceOutcome, ShardMsg,
 };
 use crate::metadata::{validate_topic_name, MetadataStore, Snapshot, TopicMeta};
+use crate::producers::{PartitionProducers, ProducerIds, SequenceCheck};
 use crate::settings::BrokerSettings;
 use crate::topic_config::{effective, EffectiveTopicConfig};
 use sluice_protocol::api::error_code;
@@ -62,13 +63,17 @@ pub struct Shard {
 /// Kafka error code for a storage error; disk trouble is logged by storage.
 pub fn log_error_code(error: &LogError) -> i16 {
     match error {
-        LogError::InvalidBatch(BatchError::MagicUnsupported { .. }) => error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        LogError::InvalidBatch(BatchError::MagicUnsupported { .. }) => {
+            error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT
+        }
         LogError::InvalidBatch(_) => error_code::CORRUPT_MESSAGE,
         LogError::BatchTooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
-        LogError::Io(_) | LogError::SyncFailed(_) | LogError::Corrupt { .. } | LogError::Closed | LogError::Busy => {
-            error_code::KAFKA_STORAGE_ERROR
-        }
+        LogError::Io(_)
+        | LogError::SyncFailed(_)
+        | LogError::Corrupt { .. }
+        | LogError::Closed
+        | LogError::Busy => error_code::KAFKA_STORAGE_ERROR,
     }
 }
 
@@ -117,22 +122,43 @@ impl Shard {
         if self.id == 0 {
             let ids = self.producer_ids.borrow();
             let ids = ids.as_ref().ok_or("producer ids are not open")?;
-            return ids.allocate().map_err(|e| format!("reserving producer ids: {e}"));
+            return ids
+                .allocate()
+                .map_err(|e| format!("reserving producer ids: {e}"));
         }
         let (reply, answer) = flume::bounded(1);
-        self.peers[0].send_async(ShardMsg::AllocateProducerId { reply }).await.map_err(|_| "shard 0 is gone".to_string())?;
-        answer.recv_async().await.map_err(|_| "shard 0 dropped the request".to_string())?
+        self.peers[0]
+            .send_async(ShardMsg::AllocateProducerId { reply })
+            .await
+            .map_err(|_| "shard 0 is gone".to_string())?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| "shard 0 dropped the request".to_string())?
     }
 
     pub fn coordinator(&self) -> Result<Rc<Coordinator>, String> {
-        self.coordinator.borrow().clone().ok_or_else(|| "the group coordinator is not open".to_string())
+        self.coordinator
+            .borrow()
+            .clone()
+            .ok_or_else(|| "the group coordinator is not open".to_string())
     }
 
     /// Sends a request to the shard that coordinates its group and returns its answer.
-    pub async fn forward(&self, owner: usize, frame: sluice_protocol::frame::RequestFrame) -> Result<Option<bytes::Bytes>, String> {
+    pub async fn forward(
+        &self,
+        owner: usize,
+        frame: sluice_protocol::frame::RequestFrame,
+    ) -> Result<Option<bytes::Bytes>, String> {
         let (reply, answer) = flume::bounded(1);
-        self.peers[owner].send_async(ShardMsg::Forward { frame, reply }).await.map_err(|_| "coordinator shard is gone".to_string())?;
-        answer.recv_async().await.map_err(|_| "coordinator shard dropped the request".to_string())?
+        self.peers[owner]
+            .send_async(ShardMsg::Forward { frame, reply })
+            .await
+            .map_err(|_| "coordinator shard is gone".to_string())?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| "coordinator shard dropped the request".to_string())?
     }
 
     /// Every group of every shard.
@@ -140,7 +166,11 @@ impl Shard {
         let mut out = Vec::new();
         for peer in &self.peers {
             let (reply, answer) = flume::bounded(1);
-            if peer.send_async(ShardMsg::ListGroups { reply }).await.is_ok() {
+            if peer
+                .send_async(ShardMsg::ListGroups { reply })
+                .await
+                .is_ok()
+            {
                 out.extend(answer.recv_async().await.unwrap_or_default());
             }
         }
@@ -150,14 +180,23 @@ impl Shard {
 
     fn local_groups(&self) -> Vec<(String, String, String)> {
         match self.coordinator.borrow().as_ref() {
-            Some(c) => c.list().into_iter().map(|g| (g.group_id, g.protocol_type, g.state)).collect(),
+            Some(c) => c
+                .list()
+                .into_iter()
+                .map(|g| (g.group_id, g.protocol_type, g.state))
+                .collect(),
             None => Vec::new(),
         }
     }
 
     fn local_describe(&self, group: &str) -> Option<GroupInfo> {
         let coordinator = self.coordinator.borrow().clone()?;
-        coordinator.describe(group).map(|d| GroupInfo { state: d.state, protocol_type: d.protocol_type, protocol: d.protocol, members: d.members })
+        coordinator.describe(group).map(|d| GroupInfo {
+            state: d.state,
+            protocol_type: d.protocol_type,
+            protocol: d.protocol,
+            members: d.members,
+        })
     }
 
     pub async fn describe_group(&self, group: &str) -> Option<GroupInfo> {
@@ -166,7 +205,13 @@ impl Shard {
             return self.local_describe(group);
         }
         let (reply, answer) = flume::bounded(1);
-        self.peers[owner].send_async(ShardMsg::DescribeGroup { group: group.to_string(), reply }).await.ok()?;
+        self.peers[owner]
+            .send_async(ShardMsg::DescribeGroup {
+                group: group.to_string(),
+                reply,
+            })
+            .await
+            .ok()?;
         answer.recv_async().await.ok().flatten()
     }
 
@@ -179,10 +224,20 @@ impl Shard {
             };
         }
         let (reply, answer) = flume::bounded(1);
-        if self.peers[owner].send_async(ShardMsg::DeleteGroup { group: group.to_string(), reply }).await.is_err() {
+        if self.peers[owner]
+            .send_async(ShardMsg::DeleteGroup {
+                group: group.to_string(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
             return error_code::UNKNOWN_SERVER_ERROR;
         }
-        answer.recv_async().await.unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
+        answer
+            .recv_async()
+            .await
+            .unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
     }
 
     /// Opens (and recovers) every partition this shard owns.
@@ -203,10 +258,17 @@ impl Shard {
         Ok(())
     }
 
-    async fn open_partition(&self, topic: &TopicMeta, partition: i32) -> Result<Rc<PartitionEntry>, String> {
+    async fn open_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+    ) -> Result<Rc<PartitionEntry>, String> {
         let _permit = self.open_lock.acquire_permit(1).await;
         if self.closing.get() {
-            return Err(format!("shard {} is stopping: not opening {}-{partition}", self.id, topic.name));
+            return Err(format!(
+                "shard {} is stopping: not opening {}-{partition}",
+                self.id, topic.name
+            ));
         }
         let key = (topic.name.clone(), partition);
         if let Some(entry) = self.partitions.borrow().get(&key) {
@@ -223,17 +285,31 @@ impl Shard {
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
         let mut producers = PartitionProducers::default();
-        rebuild_producers(&log, &mut producers, &path.join(crate::producers::SNAPSHOT_FILE))
-            .await
-            .map_err(|e| format!("partition {name}: {e}"))?;
-        let entry = Rc::new(PartitionEntry { log, config, producers, dir: path, producers_snapshot_at: Cell::new(-1) });
+        rebuild_producers(
+            &log,
+            &mut producers,
+            &path.join(crate::producers::SNAPSHOT_FILE),
+        )
+        .await
+        .map_err(|e| format!("partition {name}: {e}"))?;
+        let entry = Rc::new(PartitionEntry {
+            log,
+            config,
+            producers,
+            dir: path,
+            producers_snapshot_at: Cell::new(-1),
+        });
         self.partitions.borrow_mut().insert(key, entry.clone());
         Ok(entry)
     }
 
     /// The partition's entry if this shard owns it (opening it if needed).
     async fn local_partition(&self, topic: &str, partition: i32) -> Option<Rc<PartitionEntry>> {
-        if let Some(entry) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
+        if let Some(entry) = self
+            .partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+        {
             return Some(entry.clone());
         }
         let snapshot = self.snapshot();
@@ -254,23 +330,39 @@ impl Shard {
     /// Without an `.await` before the hand-off, so ops issued in order by one
     /// task reach each partition in that order.
     pub async fn call(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
-        let owner = self.snapshot().topics.get(topic).and_then(|t| t.shard_of(partition, self.shard_count));
+        let owner = self
+            .snapshot()
+            .topics
+            .get(topic)
+            .and_then(|t| t.shard_of(partition, self.shard_count));
         match owner {
             None => unknown_partition_reply(&op),
             Some(owner) if owner == self.id => self.execute(topic, partition, op).await,
             Some(owner) => {
                 let (reply, answer) = flume::bounded(1);
-                let message = ShardMsg::Partition { topic: topic.to_string(), partition, op, reply };
+                let message = ShardMsg::Partition {
+                    topic: topic.to_string(),
+                    partition,
+                    op,
+                    reply,
+                };
                 if self.peers[owner].send_async(message).await.is_err() {
                     return storage_error_reply();
                 }
-                answer.recv_async().await.unwrap_or_else(|_| storage_error_reply())
+                answer
+                    .recv_async()
+                    .await
+                    .unwrap_or_else(|_| storage_error_reply())
             }
         }
     }
 
     async fn execute(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
-        let entry = self.partitions.borrow().get(&(topic.to_string(), partition)).cloned();
+        let entry = self
+            .partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned();
         let entry = match entry {
             Some(entry) => entry,
             None if self.closing.get() => return storage_error_reply(),
@@ -280,11 +372,17 @@ impl Shard {
             },
         };
         match op {
-            PartitionOp::Produce { records } => PartitionReply::Produce(self.produce(&entry, records).await),
-            PartitionOp::Fetch { offset, max_bytes, strict_max_bytes } => {
-                PartitionReply::Fetch(fetch(&entry, offset, max_bytes, strict_max_bytes).await)
+            PartitionOp::Produce { records } => {
+                PartitionReply::Produce(self.produce(&entry, records).await)
             }
-            PartitionOp::ListOffsets { timestamp } => PartitionReply::ListOffsets(list_offsets(&entry, timestamp).await),
+            PartitionOp::Fetch {
+                offset,
+                max_bytes,
+                strict_max_bytes,
+            } => PartitionReply::Fetch(fetch(&entry, offset, max_bytes, strict_max_bytes).await),
+            PartitionOp::ListOffsets { timestamp } => {
+                PartitionReply::ListOffsets(list_offsets(&entry, timestamp).await)
+            }
         }
     }
 
@@ -300,12 +398,19 @@ impl Shard {
         if records.len() as i64 > entry.config.max_message_bytes {
             return fail(
                 error_code::MESSAGE_TOO_LARGE,
-                format!("record batch of {} bytes exceeds max.message.bytes {}", records.len(), entry.config.max_message_bytes),
+                format!(
+                    "record batch of {} bytes exceeds max.message.bytes {}",
+                    records.len(),
+                    entry.config.max_message_bytes
+                ),
             );
         }
         if let Ok(header) = BatchHeader::parse(&records) {
             if header.total_bytes() < records.len() {
-                return fail(error_code::INVALID_RECORD, "a produce request must carry exactly one record batch per partition".into());
+                return fail(
+                    error_code::INVALID_RECORD,
+                    "a produce request must carry exactly one record batch per partition".into(),
+                );
             }
         }
         // Idempotent producers: a retried batch gets its original offsets.
@@ -317,12 +422,20 @@ impl Shard {
                     // The original may still be on its way to disk.
                     while original.base_offset < 0 || log.high_watermark() <= original.last_offset {
                         // Bounded: the original's failure may be recorded after the last flush notice.
-                        futures_lite::future::or(log.wait_for_flush(), glommio::timer::sleep(Duration::from_millis(20))).await;
+                        futures_lite::future::or(
+                            log.wait_for_flush(),
+                            glommio::timer::sleep(Duration::from_millis(20)),
+                        )
+                        .await;
                         match entry.producers.check(header) {
                             SequenceCheck::Duplicate(now) => original = now,
                             // The original failed and was forgotten: this retry is appended.
-                            SequenceCheck::Append => return Box::pin(self.append_checked(entry, records, header)).await,
-                            SequenceCheck::Reject(code) => return fail(code, "producer sequence refused".into()),
+                            SequenceCheck::Append => {
+                                return Box::pin(self.append_checked(entry, records, header)).await
+                            }
+                            SequenceCheck::Reject(code) => {
+                                return fail(code, "producer sequence refused".into())
+                            }
                         }
                     }
                     return ProduceOutcome {
@@ -334,7 +447,13 @@ impl Shard {
                     };
                 }
                 SequenceCheck::Reject(code) => {
-                    return fail(code, format!("producer {} epoch {} sequence {} refused", header.producer_id, header.producer_epoch, header.base_sequence));
+                    return fail(
+                        code,
+                        format!(
+                            "producer {} epoch {} sequence {} refused",
+                            header.producer_id, header.producer_epoch, header.base_sequence
+                        ),
+                    );
                 }
             }
         }
@@ -345,18 +464,29 @@ impl Shard {
     }
 
     /// Appends a batch already accepted by the producer-sequence check.
-    async fn append_checked(&self, entry: &PartitionEntry, records: bytes::Bytes, header: &BatchHeader) -> ProduceOutcome {
+    async fn append_checked(
+        &self,
+        entry: &PartitionEntry,
+        records: bytes::Bytes,
+        header: &BatchHeader,
+    ) -> ProduceOutcome {
         let outcome = self.append_unchecked(entry, records).await;
         if outcome.error_code == error_code::NONE {
             let last_offset = outcome.base_offset + header.last_offset_delta as i64;
-            entry.producers.confirm(header, outcome.base_offset, last_offset);
+            entry
+                .producers
+                .confirm(header, outcome.base_offset, last_offset);
         } else {
             entry.producers.forget(header);
         }
         outcome
     }
 
-    async fn append_unchecked(&self, entry: &PartitionEntry, records: bytes::Bytes) -> ProduceOutcome {
+    async fn append_unchecked(
+        &self,
+        entry: &PartitionEntry,
+        records: bytes::Bytes,
+    ) -> ProduceOutcome {
         let log = &entry.log;
         let fail = |error_code: i16, message: String| ProduceOutcome {
             error_code,
@@ -365,8 +495,14 @@ impl Shard {
             log_append_time_ms: -1,
             log_start_offset: log.log_start_offset(),
         };
-        let log_append_time_ms = entry.config.log_append_time.then(|| sluice_storage::now_ms() as i64);
-        let options = AppendOptions { log_append_time_ms, partition_leader_epoch: 0 };
+        let log_append_time_ms = entry
+            .config
+            .log_append_time
+            .then(|| sluice_storage::now_ms() as i64);
+        let options = AppendOptions {
+            log_append_time_ms,
+            partition_leader_epoch: 0,
+        };
         let result = log.append(&records, options).await;
         match result {
             Ok(info) => {
@@ -393,8 +529,15 @@ impl Shard {
         let mut by_owner: HashMap<usize, Vec<(String, i32, i64)>> = HashMap::new();
         let snapshot = self.snapshot();
         for (topic, partition, offset) in parts {
-            if let Some(owner) = snapshot.topics.get(&topic).and_then(|t| t.shard_of(partition, self.shard_count)) {
-                by_owner.entry(owner).or_default().push((topic, partition, offset));
+            if let Some(owner) = snapshot
+                .topics
+                .get(&topic)
+                .and_then(|t| t.shard_of(partition, self.shard_count))
+            {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((topic, partition, offset));
             }
         }
         if by_owner.is_empty() {
@@ -407,7 +550,11 @@ impl Shard {
             if owner == self.id {
                 local = Some(parts);
             } else {
-                let message = ShardMsg::WaitForData { parts, deadline, reply: tx.clone() };
+                let message = ShardMsg::WaitForData {
+                    parts,
+                    deadline,
+                    reply: tx.clone(),
+                };
                 let _ = self.peers[owner].send_async(message).await;
             }
         }
@@ -415,10 +562,15 @@ impl Shard {
             let _ = rx.recv_async().await;
         };
         match local {
-            Some(parts) => futures_lite::future::or(self.wait_local(&parts, deadline), remote).await,
+            Some(parts) => {
+                futures_lite::future::or(self.wait_local(&parts, deadline), remote).await
+            }
             None => {
-                futures_lite::future::or(remote, glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())))
-                    .await
+                futures_lite::future::or(
+                    remote,
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())),
+                )
+                .await
             }
         }
     }
@@ -428,7 +580,9 @@ impl Shard {
             let partitions = self.partitions.borrow();
             parts.iter().any(|(topic, partition, offset)| {
                 // `offset` is the high watermark the fetch last saw: wait for more.
-                partitions.get(&(topic.clone(), *partition)).is_some_and(|e| e.log.high_watermark() > *offset)
+                partitions
+                    .get(&(topic.clone(), *partition))
+                    .is_some_and(|e| e.log.high_watermark() > *offset)
             })
         };
         let wait = async {
@@ -440,7 +594,11 @@ impl Shard {
                 listen.await;
             }
         };
-        futures_lite::future::or(wait, glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()))).await
+        futures_lite::future::or(
+            wait,
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await
     }
 
     /// Sends a metadata change to the writer (shard 0) and waits for it.
@@ -449,8 +607,15 @@ impl Shard {
             return self.execute_admin(op).await;
         }
         let (reply, answer) = flume::bounded(1);
-        if self.peers[0].send_async(ShardMsg::Admin { op, reply }).await.is_err() {
-            return AdminReply { error_code: error_code::UNKNOWN_SERVER_ERROR, error_message: Some("shard 0 is gone".into()) };
+        if self.peers[0]
+            .send_async(ShardMsg::Admin { op, reply })
+            .await
+            .is_err()
+        {
+            return AdminReply {
+                error_code: error_code::UNKNOWN_SERVER_ERROR,
+                error_message: Some("shard 0 is gone".into()),
+            };
         }
         answer.recv_async().await.unwrap_or_default()
     }
@@ -459,19 +624,33 @@ impl Shard {
         assert_eq!(self.id, 0, "metadata has one writer: shard 0");
         let _permit = self.admin_lock.acquire_permit(1).await;
         let snapshot = self.snapshot();
-        let error = |code: i16, message: String| AdminReply { error_code: code, error_message: Some(message) };
+        let error = |code: i16, message: String| AdminReply {
+            error_code: code,
+            error_message: Some(message),
+        };
         let (next, opened, dropped) = match op {
-            AdminOp::CreateTopic { name, partitions, configs, validate_only } => {
+            AdminOp::CreateTopic {
+                name,
+                partitions,
+                configs,
+                validate_only,
+            } => {
                 if let Err(e) = validate_topic_name(&name) {
                     return error(error_code::INVALID_TOPIC_EXCEPTION, e);
                 }
                 if snapshot.topics.contains_key(&name) {
-                    return error(error_code::TOPIC_ALREADY_EXISTS, format!("topic `{name}` already exists"));
+                    return error(
+                        error_code::TOPIC_ALREADY_EXISTS,
+                        format!("topic `{name}` already exists"),
+                    );
                 }
                 if partitions < 1 || partitions > self.settings.max_partitions_per_topic {
                     return error(
                         error_code::INVALID_PARTITIONS,
-                        format!("number of partitions must be 1..={}, got {partitions}", self.settings.max_partitions_per_topic),
+                        format!(
+                            "number of partitions must be 1..={}, got {partitions}",
+                            self.settings.max_partitions_per_topic
+                        ),
                     );
                 }
                 if validate_only {
@@ -481,7 +660,9 @@ impl Shard {
                 let topic = TopicMeta {
                     name: name.clone(),
                     id: uuid::Uuid::new_v4().to_string(),
-                    partition_shards: (0..partitions as usize).map(|p| ((first + p) % self.shard_count) as u32).collect(),
+                    partition_shards: (0..partitions as usize)
+                        .map(|p| ((first + p) % self.shard_count) as u32)
+                        .collect(),
                     configs,
                 };
                 let topic = Arc::new(topic);
@@ -492,21 +673,34 @@ impl Shard {
             }
             AdminOp::DeleteTopic { name } => {
                 let Some(topic) = snapshot.topics.get(&name) else {
-                    return error(error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic `{name}` does not exist"));
+                    return error(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic `{name}` does not exist"),
+                    );
                 };
                 let mut next = (*snapshot).clone();
                 next.topics.remove(&name);
                 tracing::info!(topic = %name, "topic deleted");
                 (next, None, Some(topic.clone()))
             }
-            AdminOp::CreatePartitions { name, count, validate_only } => {
+            AdminOp::CreatePartitions {
+                name,
+                count,
+                validate_only,
+            } => {
                 let Some(topic) = snapshot.topics.get(&name) else {
-                    return error(error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic `{name}` does not exist"));
+                    return error(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic `{name}` does not exist"),
+                    );
                 };
                 if count > self.settings.max_partitions_per_topic {
                     return error(
                         error_code::INVALID_PARTITIONS,
-                        format!("at most {} partitions per topic, asked for {count}", self.settings.max_partitions_per_topic),
+                        format!(
+                            "at most {} partitions per topic, asked for {count}",
+                            self.settings.max_partitions_per_topic
+                        ),
                     );
                 }
                 if count <= topic.partition_count() {
@@ -521,7 +715,9 @@ impl Shard {
                 let mut grown = (**topic).clone();
                 let first = fnv(&name) as usize % self.shard_count;
                 for p in topic.partition_count() as usize..count as usize {
-                    grown.partition_shards.push(((first + p) % self.shard_count) as u32);
+                    grown
+                        .partition_shards
+                        .push(((first + p) % self.shard_count) as u32);
                 }
                 let grown = Arc::new(grown);
                 let mut next = (*snapshot).clone();
@@ -532,13 +728,24 @@ impl Shard {
         };
         if let Err(e) = self.metadata.replace(next) {
             tracing::error!(error = %e, "writing topic metadata failed");
-            return error(error_code::KAFKA_STORAGE_ERROR, format!("writing topic metadata failed: {e}"));
+            return error(
+                error_code::KAFKA_STORAGE_ERROR,
+                format!("writing topic metadata failed: {e}"),
+            );
         }
         if let Some(topic) = opened {
-            self.broadcast(|reply| ShardMsg::OpenTopic { topic: topic.clone(), reply }).await;
+            self.broadcast(|reply| ShardMsg::OpenTopic {
+                topic: topic.clone(),
+                reply,
+            })
+            .await;
         }
         if let Some(topic) = dropped {
-            self.broadcast(|reply| ShardMsg::DropTopic { topic: topic.clone(), reply }).await;
+            self.broadcast(|reply| ShardMsg::DropTopic {
+                topic: topic.clone(),
+                reply,
+            })
+            .await;
         }
         AdminReply::default()
     }
@@ -582,11 +789,20 @@ impl Shard {
     /// Handles one message from another shard (spawned as its own task).
     pub async fn handle_message(self: Rc<Self>, message: ShardMsg) {
         match message {
-            ShardMsg::Partition { topic, partition, op, reply } => {
+            ShardMsg::Partition {
+                topic,
+                partition,
+                op,
+                reply,
+            } => {
                 let answer = self.execute(&topic, partition, op).await;
                 let _ = reply.send_async(answer).await;
             }
-            ShardMsg::WaitForData { parts, deadline, reply } => {
+            ShardMsg::WaitForData {
+                parts,
+                deadline,
+                reply,
+            } => {
                 self.wait_local(&parts, deadline).await;
                 let _ = reply.send_async(()).await;
             }
@@ -668,7 +884,12 @@ impl Shard {
         if let Some(c) = coordinator {
             c.offsets.close().await;
         }
-        let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow_mut().drain().map(|(_, e)| e).collect();
+        let entries: Vec<Rc<PartitionEntry>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
         for entry in entries {
             let _ = entry.log.flush().await;
             write_producer_snapshot(&entry, &entry.dir);
@@ -690,7 +911,9 @@ impl Shard {
 }
 
 fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
@@ -703,24 +926,41 @@ fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
             log_append_time_ms: -1,
             log_start_offset: -1,
         }),
-        PartitionOp::Fetch { .. } => {
-            PartitionReply::Fetch(FetchOutcome { error_code: code, high_watermark: -1, log_start_offset: -1, ..Default::default() })
-        }
-        PartitionOp::ListOffsets { .. } => {
-            PartitionReply::ListOffsets(ListOffsetsOutcome { error_code: code, offset: -1, timestamp: -1 })
-        }
+        PartitionOp::Fetch { .. } => PartitionReply::Fetch(FetchOutcome {
+            error_code: code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            ..Default::default()
+        }),
+        PartitionOp::ListOffsets { .. } => PartitionReply::ListOffsets(ListOffsetsOutcome {
+            error_code: code,
+            offset: -1,
+            timestamp: -1,
+        }),
     }
 }
 
 fn storage_error_reply() -> PartitionReply {
-    PartitionReply::Fetch(FetchOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, ..Default::default() })
+    PartitionReply::Fetch(FetchOutcome {
+        error_code: error_code::KAFKA_STORAGE_ERROR,
+        ..Default::default()
+    })
 }
 
-async fn fetch(entry: &PartitionEntry, offset: i64, max_bytes: usize, strict: bool) -> FetchOutcome {
+async fn fetch(
+    entry: &PartitionEntry,
+    offset: i64,
+    max_bytes: usize,
+    strict: bool,
+) -> FetchOutcome {
     let log = &entry.log;
     match log.read(offset, max_bytes.max(1)).await {
         Ok(read) => {
-            let records = if strict && read.records.len() > max_bytes { bytes::Bytes::new() } else { read.records };
+            let records = if strict && read.records.len() > max_bytes {
+                bytes::Bytes::new()
+            } else {
+                read.records
+            };
             FetchOutcome {
                 error_code: error_code::NONE,
                 high_watermark: read.high_watermark,
@@ -740,7 +980,11 @@ async fn fetch(entry: &PartitionEntry, offset: i64, max_bytes: usize, strict: bo
 /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
 async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutcome {
     let log = &entry.log;
-    let found = |offset: i64, timestamp: i64| ListOffsetsOutcome { error_code: error_code::NONE, offset, timestamp };
+    let found = |offset: i64, timestamp: i64| ListOffsetsOutcome {
+        error_code: error_code::NONE,
+        offset,
+        timestamp,
+    };
     match timestamp {
         -2 => found(log.log_start_offset(), -1),
         -1 => found(log.high_watermark(), -1),
@@ -751,22 +995,42 @@ async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutc
         t if t >= 0 => match log.offset_for_timestamp(t).await {
             Ok(Some((offset, ts))) => found(offset, ts),
             Ok(None) => found(-1, -1),
-            Err(e) => ListOffsetsOutcome { error_code: log_error_code(&e), offset: -1, timestamp: -1 },
+            Err(e) => ListOffsetsOutcome {
+                error_code: log_error_code(&e),
+                offset: -1,
+                timestamp: -1,
+            },
         },
-        _ => ListOffsetsOutcome { error_code: error_code::INVALID_REQUEST, offset: -1, timestamp: -1 },
+        _ => ListOffsetsOutcome {
+            error_code: error_code::INVALID_REQUEST,
+            offset: -1,
+            timestamp: -1,
+        },
     }
 }
 
 /// Rebuilds idempotent-producer state: from the snapshot if there is a usable
 /// one, then the batches after it; else from the active segment's batches.
-async fn rebuild_producers(log: &Rc<Log>, producers: &mut PartitionProducers, snapshot: &std::path::Path) -> Result<(), String> {
-    let Some(&active) = log.segment_base_offsets().last() else { return Ok(()) };
+async fn rebuild_producers(
+    log: &Rc<Log>,
+    producers: &mut PartitionProducers,
+    snapshot: &std::path::Path,
+) -> Result<(), String> {
+    let Some(&active) = log.segment_base_offsets().last() else {
+        return Ok(());
+    };
     let mut offset = active.max(log.log_start_offset());
     if let Ok(bytes) = std::fs::read(snapshot) {
         match producers.load_snapshot(&bytes) {
-            Some(covered) if covered >= log.log_start_offset() && covered <= log.high_watermark() => offset = covered,
+            Some(covered)
+                if covered >= log.log_start_offset() && covered <= log.high_watermark() =>
+            {
+                offset = covered
+            }
             Some(_) => *producers = PartitionProducers::default(),
-            None => tracing::warn!(path = %snapshot.display(), "producer snapshot damaged: reading the active segment"),
+            None => {
+                tracing::warn!(path = %snapshot.display(), "producer snapshot damaged: reading the active segment")
+            }
         }
     }
     loop {
@@ -793,7 +1057,9 @@ fn write_producer_snapshot(entry: &PartitionEntry, dir: &std::path::Path) {
         return;
     }
     // Only with every append confirmed: the state must equal the log below `covered`.
-    let Some(bytes) = entry.producers.encode_snapshot(covered) else { return };
+    let Some(bytes) = entry.producers.encode_snapshot(covered) else {
+        return;
+    };
     entry.producers_snapshot_at.set(covered);
     let path = dir.join(crate::producers::SNAPSHOT_FILE);
     let temp = path.with_extension("tmp");

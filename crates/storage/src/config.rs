@@ -23,13 +23,17 @@ impl FlushPolicy {
             return Ok(FlushPolicy::Always);
         }
         if let Some(ms) = text.strip_prefix("unsafe_interval_ms=") {
-            let ms: u64 = ms.parse().map_err(|_| format!("flush: `{ms}` is not a number of ms"))?;
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("flush: `{ms}` is not a number of ms"))?;
             if ms == 0 {
                 return Ok(FlushPolicy::Always);
             }
             return Ok(FlushPolicy::UnsafeIntervalMs(ms));
         }
-        Err(format!("flush: expected `always` or `unsafe_interval_ms=N`, got `{text}`"))
+        Err(format!(
+            "flush: expected `always` or `unsafe_interval_ms=N`, got `{text}`"
+        ))
     }
 }
 
@@ -97,10 +101,14 @@ impl LogConfig {
             return Err("index_interval_bytes: must be at least 1".into());
         }
         if !self.preallocate_bytes.is_multiple_of(PAGE_BYTES) {
-            return Err(format!("preallocate_bytes: must be a multiple of {PAGE_BYTES}"));
+            return Err(format!(
+                "preallocate_bytes: must be a multiple of {PAGE_BYTES}"
+            ));
         }
         if self.write_buffer_bytes < PAGE_BYTES || !self.write_buffer_bytes.is_power_of_two() {
-            return Err(format!("write_buffer_bytes: must be a power of two of at least {PAGE_BYTES}"));
+            return Err(format!(
+                "write_buffer_bytes: must be a power of two of at least {PAGE_BYTES}"
+            ));
         }
         if self.segment_ms == Some(0) {
             return Err("segment_ms: must be at least 1".into());

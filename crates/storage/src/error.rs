@@ -11,9 +11,16 @@ pub enum LogError {
     /// The batch handed to `append` is not a valid v2 batch; nothing was written.
     InvalidBatch(BatchError),
     /// The batch is larger than a segment may hold.
-    BatchTooLarge { batch_bytes: u64, segment_bytes: u64 },
+    BatchTooLarge {
+        batch_bytes: u64,
+        segment_bytes: u64,
+    },
     /// The offset is outside `[log_start_offset, high_watermark]`.
-    OffsetOutOfRange { offset: i64, log_start_offset: i64, high_watermark: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        high_watermark: i64,
+    },
     /// A write failed (ENOSPC, EIO). The appends of that round failed; the log
     /// is back at its last durable state and accepts appends again.
     Io(Arc<io::Error>),
@@ -22,7 +29,11 @@ pub enum LogError {
     /// appends until it is closed and recovered.
     SyncFailed(Arc<io::Error>),
     /// Stored bytes failed their check when read back: not served.
-    Corrupt { segment_base_offset: i64, position: u64, detail: String },
+    Corrupt {
+        segment_base_offset: i64,
+        position: u64,
+        detail: String,
+    },
     /// The log was closed.
     Closed,
     /// The log is being truncated; retry.
@@ -44,19 +55,33 @@ impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LogError::InvalidBatch(e) => write!(f, "invalid record batch: {e}"),
-            LogError::BatchTooLarge { batch_bytes, segment_bytes } => write!(
+            LogError::BatchTooLarge {
+                batch_bytes,
+                segment_bytes,
+            } => write!(
                 f,
                 "record batch of {batch_bytes} bytes is larger than segment_bytes {segment_bytes}"
             ),
-            LogError::OffsetOutOfRange { offset, log_start_offset, high_watermark } => write!(
+            LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark,
+            } => write!(
                 f,
                 "offset {offset} is outside the log [{log_start_offset}, {high_watermark}]"
             ),
             LogError::Io(e) => write!(f, "write failed: {e}"),
             LogError::SyncFailed(e) => {
-                write!(f, "fdatasync failed, log refuses appends until recovered: {e}")
+                write!(
+                    f,
+                    "fdatasync failed, log refuses appends until recovered: {e}"
+                )
             }
-            LogError::Corrupt { segment_base_offset, position, detail } => write!(
+            LogError::Corrupt {
+                segment_base_offset,
+                position,
+                detail,
+            } => write!(
                 f,
                 "corrupt data in segment {segment_base_offset:020} at byte {position}: {detail}"
             ),

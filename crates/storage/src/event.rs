@@ -19,7 +19,10 @@ struct EventState {
 impl Event {
     /// A future that completes at the first `notify` after this call.
     pub fn listen(&self) -> Listen<'_> {
-        Listen { event: self, generation: self.state.borrow().generation }
+        Listen {
+            event: self,
+            generation: self.state.borrow().generation,
+        }
     }
 
     pub fn notify(&self) {
@@ -75,5 +78,8 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    outputs.into_iter().map(|o| o.expect("every future completed")).collect()
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }

@@ -36,17 +36,28 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     pub fn push(&mut self, entry: OffsetEntry) {
         if let Some(last) = self.entries.last() {
-            assert!(entry.relative_offset > last.relative_offset, "offset index not increasing");
-            assert!(entry.position > last.position, "offset index positions not increasing");
+            assert!(
+                entry.relative_offset > last.relative_offset,
+                "offset index not increasing"
+            );
+            assert!(
+                entry.position > last.position,
+                "offset index positions not increasing"
+            );
         }
         self.entries.push(entry);
     }
 
     /// The last entry at or before `relative_offset` (the segment start if none).
     pub fn lookup(&self, relative_offset: u32) -> OffsetEntry {
-        let index = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        let index = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
         if index == 0 {
-            OffsetEntry { relative_offset: 0, position: 0 }
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            }
         } else {
             self.entries[index - 1]
         }
@@ -81,7 +92,8 @@ impl OffsetIndex {
                 position: u32::from_le_bytes(chunk[4..8].try_into().unwrap()),
             };
             if let Some(last) = index.entries.last() {
-                if entry.relative_offset <= last.relative_offset || entry.position <= last.position {
+                if entry.relative_offset <= last.relative_offset || entry.position <= last.position
+                {
                     return None;
                 }
             }
@@ -102,7 +114,10 @@ impl TimeIndex {
         match self.entries.last() {
             Some(last) if entry.max_timestamp <= last.max_timestamp => {}
             Some(last) => {
-                assert!(entry.relative_offset >= last.relative_offset, "time index offsets go back");
+                assert!(
+                    entry.relative_offset >= last.relative_offset,
+                    "time index offsets go back"
+                );
                 if entry.relative_offset == last.relative_offset {
                     self.entries.pop();
                 }
@@ -115,7 +130,9 @@ impl TimeIndex {
     /// The relative offset to start scanning from to find the first record with
     /// timestamp ≥ `timestamp`: the offset of the last entry strictly below it.
     pub fn scan_start(&self, timestamp: i64) -> u32 {
-        let index = self.entries.partition_point(|e| e.max_timestamp < timestamp);
+        let index = self
+            .entries
+            .partition_point(|e| e.max_timestamp < timestamp);
         if index == 0 {
             0
         } else {
@@ -169,8 +186,14 @@ mod tests {
     #[test]
     fn offset_index_round_trips_and_looks_up() {
         let mut index = OffsetIndex::default();
-        index.push(OffsetEntry { relative_offset: 10, position: 4096 });
-        index.push(OffsetEntry { relative_offset: 20, position: 8200 });
+        index.push(OffsetEntry {
+            relative_offset: 10,
+            position: 4096,
+        });
+        index.push(OffsetEntry {
+            relative_offset: 20,
+            position: 8200,
+        });
         let decoded = OffsetIndex::decode(&index.encode()).unwrap();
         assert_eq!(decoded, index);
         assert_eq!(index.lookup(5).position, 0);
@@ -182,7 +205,10 @@ mod tests {
     #[test]
     fn offset_index_rejects_flipped_bits_and_partial_entries() {
         let mut index = OffsetIndex::default();
-        index.push(OffsetEntry { relative_offset: 1, position: 100 });
+        index.push(OffsetEntry {
+            relative_offset: 1,
+            position: 100,
+        });
         let bytes = index.encode();
         for at in 0..bytes.len() {
             let mut bad = bytes.clone();
@@ -190,15 +216,27 @@ mod tests {
             assert!(OffsetIndex::decode(&bad).is_none(), "flip at {at} accepted");
         }
         assert!(OffsetIndex::decode(&bytes[..5]).is_none());
-        assert!(OffsetIndex::decode(&[0u8; OFFSET_ENTRY_BYTES]).is_none(), "zero page accepted");
+        assert!(
+            OffsetIndex::decode(&[0u8; OFFSET_ENTRY_BYTES]).is_none(),
+            "zero page accepted"
+        );
     }
 
     #[test]
     fn time_index_keeps_only_increasing_maxima() {
         let mut index = TimeIndex::default();
-        index.maybe_push(TimeEntry { max_timestamp: 100, relative_offset: 0 });
-        index.maybe_push(TimeEntry { max_timestamp: 90, relative_offset: 5 });
-        index.maybe_push(TimeEntry { max_timestamp: 200, relative_offset: 9 });
+        index.maybe_push(TimeEntry {
+            max_timestamp: 100,
+            relative_offset: 0,
+        });
+        index.maybe_push(TimeEntry {
+            max_timestamp: 90,
+            relative_offset: 5,
+        });
+        index.maybe_push(TimeEntry {
+            max_timestamp: 200,
+            relative_offset: 9,
+        });
         assert_eq!(index.entries.len(), 2);
         assert_eq!(index.scan_start(50), 0);
         assert_eq!(index.scan_start(150), 0);

@@ -9,16 +9,16 @@ use crate::error::{LogError, LogResult};
 use crate::event::Event;
 use crate::io::{StorageDir, StorageFile};
 use crate::segment::{
-    align_up, segment_file_name, ChunkWrite, Segment, SegmentIndexes, TailWriter, INDEX_SUFFIX, LOG_SUFFIX,
-    TIME_INDEX_SUFFIX,
+    align_up, segment_file_name, ChunkWrite, Segment, SegmentIndexes, TailWriter, INDEX_SUFFIX,
+    LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use bytes::Bytes;
 use sluice_protocol::record_batch::{
     self, record_timestamps, validate_batch, validate_batch_prefix, BatchHeader, HEADER_BYTES,
 };
 use std::cell::RefCell;
-use std::ops::Not;
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Not;
 use std::rc::Rc;
 
 /// How an append should rewrite the batch (fields a broker owns).
@@ -130,7 +130,10 @@ impl<F: StorageFile> LogState<F> {
     }
 
     pub(crate) fn active(&mut self) -> &mut Segment<F> {
-        self.segments.values_mut().next_back().expect("a log has a segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log has a segment")
     }
 }
 
@@ -230,11 +233,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
     /// Validates `batch`, assigns its offsets, and completes once it is durable
     /// (per the flush policy). A bad batch is rejected with nothing written.
-    pub async fn append(self: &Rc<Self>, batch: &[u8], options: AppendOptions) -> LogResult<AppendInfo> {
+    pub async fn append(
+        self: &Rc<Self>,
+        batch: &[u8],
+        options: AppendOptions,
+    ) -> LogResult<AppendInfo> {
         let mut header = validate_batch(batch)?;
         let batch_bytes = batch.len() as u64;
         if batch_bytes > self.config.segment_bytes {
-            return Err(LogError::BatchTooLarge { batch_bytes, segment_bytes: self.config.segment_bytes });
+            return Err(LogError::BatchTooLarge {
+                batch_bytes,
+                segment_bytes: self.config.segment_bytes,
+            });
         }
         let (info, target, epoch) = {
             let mut state = self.state.borrow_mut();
@@ -255,11 +265,17 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 active.tail.append(&self.dir, batch)
             };
             active.tail.patch(position, 0, &base_offset.to_be_bytes());
-            active.tail.patch(position, 12, &options.partition_leader_epoch.to_be_bytes());
+            active
+                .tail
+                .patch(position, 12, &options.partition_leader_epoch.to_be_bytes());
             header.base_offset = base_offset;
             header.partition_leader_epoch = options.partition_leader_epoch;
             let segment_base = active.base_offset;
-            state.pending.push_back(PendingBatch { segment_base, position, header });
+            state.pending.push_back(PendingBatch {
+                segment_base,
+                position,
+                header,
+            });
             state.next_offset = header.last_offset() + 1;
             let info = AppendInfo {
                 base_offset,
@@ -391,7 +407,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let finalize = finalize.then(|| {
                 let mut indexes = segment.indexes.clone();
                 for batch in pending.iter().filter(|b| b.segment_base == *base) {
-                    indexes.observe_batch(*base, batch.position, &batch.header, self.config.index_interval_bytes);
+                    indexes.observe_batch(
+                        *base,
+                        batch.position,
+                        &batch.header,
+                        self.config.index_interval_bytes,
+                    );
                 }
                 indexes.seal(*base);
                 (indexes, segment.tail.pending_end())
@@ -413,7 +434,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     async fn execute_round(&self, flights: Vec<SegmentFlight<D::File>>) -> RoundResult<D::File> {
         let mut result = RoundResult {
             planned: flights.iter().map(|f| f.base_offset).collect(),
-            finalizing: flights.iter().filter(|f| f.finalize.is_some()).map(|f| f.base_offset).collect(),
+            finalizing: flights
+                .iter()
+                .filter(|f| f.finalize.is_some())
+                .map(|f| f.base_offset)
+                .collect(),
             created: Vec::new(),
             allocated: Vec::new(),
             completed: 0,
@@ -421,7 +446,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         };
         let sync_now = match self.config.flush {
             FlushPolicy::Always => true,
-            FlushPolicy::UnsafeIntervalMs(ms) => now_ms().saturating_sub(self.state.borrow().last_sync_ms) >= ms,
+            FlushPolicy::UnsafeIntervalMs(ms) => {
+                now_ms().saturating_sub(self.state.borrow().last_sync_ms) >= ms
+            }
         };
         for flight in flights {
             match self.execute_segment(flight, sync_now, &mut result).await {
@@ -438,7 +465,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 let mut state = self.state.borrow_mut();
                 state.last_sync_ms = now_ms();
                 let bases = std::mem::take(&mut state.unsynced_files);
-                bases.iter().filter_map(|b| state.segments.get(b).and_then(|s| s.file.clone())).collect()
+                bases
+                    .iter()
+                    .filter_map(|b| state.segments.get(b).and_then(|s| s.file.clone()))
+                    .collect()
             };
             for file in earlier {
                 if let Err(e) = file.sync_data().await {
@@ -460,9 +490,15 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let file = match flight.file {
             Some(file) => file,
             None => {
-                let file = match self.dir.open(&segment_file_name(base, LOG_SUFFIX), true).await {
+                let file = match self
+                    .dir
+                    .open(&segment_file_name(base, LOG_SUFFIX), true)
+                    .await
+                {
                     Ok(file) => Rc::new(file),
-                    Err(e) => return FlightOutcome::WriteFailed(self.io_failure("create segment", e)),
+                    Err(e) => {
+                        return FlightOutcome::WriteFailed(self.io_failure("create segment", e))
+                    }
                 };
                 result.created.push((base, file.clone()));
                 // A failed directory fsync is a failed fsync: no silent retry.
@@ -483,7 +519,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             if write_end > flight.allocated_bytes && self.config.preallocate_bytes > 0 {
                 let step = self.config.preallocate_bytes;
                 let target = write_end.div_ceil(step) * step;
-                let target = target.min(align_up(self.config.segment_bytes)).max(write_end);
+                let target = target
+                    .min(align_up(self.config.segment_bytes))
+                    .max(write_end);
                 match file.allocate(target).await {
                     Ok(()) => result.allocated.push((base, target)),
                     // Not fatal: a full disk may still take this write; if not,
@@ -493,7 +531,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             // All chunks in flight at once; the first error wins.
             let results = crate::event::join_all(
-                writes.iter().map(|(position, buf)| file.write_at(buf.clone(), *position)).collect(),
+                writes
+                    .iter()
+                    .map(|(position, buf)| file.write_at(buf.clone(), *position))
+                    .collect(),
             )
             .await;
             for (_, buf) in writes {
@@ -508,7 +549,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         if let Some((indexes, size)) = flight.finalize {
             match self.finalize_segment(&file, base, &indexes, size).await {
                 Ok(()) => {}
-                Err(IoStep::Write(e)) => return FlightOutcome::WriteFailed(self.io_failure("seal segment", e)),
+                Err(IoStep::Write(e)) => {
+                    return FlightOutcome::WriteFailed(self.io_failure("seal segment", e))
+                }
                 Err(IoStep::Sync(e)) => {
                     tracing::error!(log = %self.name, segment = base, error = %e, "fdatasync failed while sealing: log refuses appends until recovered");
                     return FlightOutcome::SyncFailed(LogError::SyncFailed(e.into()));
@@ -548,8 +591,16 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         size: u64,
     ) -> Result<(), IoStep> {
         file.set_len(size).await.map_err(IoStep::Write)?;
-        self.write_whole_file(&segment_file_name(base, INDEX_SUFFIX), &indexes.offset_index.encode()).await?;
-        self.write_whole_file(&segment_file_name(base, TIME_INDEX_SUFFIX), &indexes.time_index.encode()).await?;
+        self.write_whole_file(
+            &segment_file_name(base, INDEX_SUFFIX),
+            &indexes.offset_index.encode(),
+        )
+        .await?;
+        self.write_whole_file(
+            &segment_file_name(base, TIME_INDEX_SUFFIX),
+            &indexes.time_index.encode(),
+        )
+        .await?;
         file.sync_data().await.map_err(IoStep::Sync)?;
         self.dir.sync().await.map_err(IoStep::Sync)
     }
@@ -574,7 +625,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 }
             }
             // The first `completed` planned segments made it.
-            let completed: Vec<i64> = result.planned.iter().take(result.completed).copied().collect();
+            let completed: Vec<i64> = result
+                .planned
+                .iter()
+                .take(result.completed)
+                .copied()
+                .collect();
             for base in &completed {
                 let segment = state.segments.get_mut(base).unwrap();
                 segment.tail.complete_flight();
@@ -644,7 +700,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         // retried batch written over it later must not make
                         // stale batches behind it look valid after a crash.
                         segment.cut_before_write = Some(segment.tail.durable_end);
-                        segment.allocated_bytes = segment.allocated_bytes.min(segment.tail.durable_end);
+                        segment.allocated_bytes =
+                            segment.allocated_bytes.min(segment.tail.durable_end);
                     }
                 }
                 let active = state.active();
@@ -662,7 +719,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// Under `UnsafeIntervalMs`, syncs files written since the last sync if the
     /// interval has passed. The shard calls this from a timer.
     pub async fn flush_if_due(self: &Rc<Self>) -> LogResult<()> {
-        let FlushPolicy::UnsafeIntervalMs(ms) = self.config.flush else { return Ok(()) };
+        let FlushPolicy::UnsafeIntervalMs(ms) = self.config.flush else {
+            return Ok(());
+        };
         let files: Vec<Rc<D::File>> = {
             let mut state = self.state.borrow_mut();
             if state.flusher_running || now_ms().saturating_sub(state.last_sync_ms) < ms {
@@ -670,7 +729,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             state.last_sync_ms = now_ms();
             let bases = std::mem::take(&mut state.unsynced_files);
-            bases.iter().filter_map(|b| state.segments.get(b).and_then(|s| s.file.clone())).collect()
+            bases
+                .iter()
+                .filter_map(|b| state.segments.get(b).and_then(|s| s.file.clone()))
+                .collect()
         };
         for file in files {
             if let Err(e) = file.sync_data().await {
@@ -723,15 +785,25 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 if next >= state.high_watermark {
                     None
                 } else {
-                    let (base, segment) = state.segments.range(..=next).next_back().expect("segment for offset");
+                    let (base, segment) = state
+                        .segments
+                        .range(..=next)
+                        .next_back()
+                        .expect("segment for offset");
                     let relative = u32::try_from(next - base).expect("offset within segment");
                     let entry = segment.indexes.offset_index.lookup(relative);
-                    let file = segment.file.clone().expect("a segment with durable data has a file");
+                    let file = segment
+                        .file
+                        .clone()
+                        .expect("a segment with durable data has a file");
                     Some((*base, file, entry.position as u64, segment.durable_bytes()))
                 }
             };
-            let Some((base, file, position, end)) = located else { break };
-            let budget = max_bytes.saturating_sub(records.len() + records_bytes.as_ref().map_or(0, |b| b.len()));
+            let Some((base, file, position, end)) = located else {
+                break;
+            };
+            let budget = max_bytes
+                .saturating_sub(records.len() + records_bytes.as_ref().map_or(0, |b| b.len()));
             let first = records.is_empty() && records_bytes.is_none();
             let chunk = self
                 .read_batches_from(&file, base, position, end, next, budget, first)
@@ -744,7 +816,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 let (gap_end, budget_left) = {
                     let state = self.state.borrow();
                     let after = state.segments.range(next + 1..).next().map(|(b, _)| *b);
-                    (after.filter(|_| next < state.high_watermark && chunk.budget_exhausted.not()), budget > 0)
+                    (
+                        after.filter(|_| {
+                            next < state.high_watermark && chunk.budget_exhausted.not()
+                        }),
+                        budget > 0,
+                    )
                 };
                 match gap_end {
                     Some(after) if records.is_empty() && records_bytes.is_none() && budget_left => {
@@ -792,7 +869,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let window = (budget.max(HEADER_BYTES) as u64)
             .saturating_add(self.config.index_interval_bytes + HEADER_BYTES as u64)
             .min(end - position);
-        let mut chunk = self.read_checked(file, base, position, (end - position).min(window)).await?;
+        let mut chunk = self
+            .read_checked(file, base, position, (end - position).min(window))
+            .await?;
         let mut at = 0usize;
         // Skip batches that end before `offset`.
         loop {
@@ -801,18 +880,26 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 if position >= end {
                     return Ok(SegmentRead::empty(offset));
                 }
-                chunk = self.read_checked(file, base, position, (end - position).min(window)).await?;
+                chunk = self
+                    .read_checked(file, base, position, (end - position).min(window))
+                    .await?;
                 at = 0;
                 continue;
             }
             let header = self.header_at(&chunk, at, base, position)?;
             // Header fields outside the CRC are checked against the file.
             if position + (at + header.total_bytes()) as u64 > end {
-                return Err(self.corrupt(base, position + at as u64, "batch length runs past the segment end".into()));
+                return Err(self.corrupt(
+                    base,
+                    position + at as u64,
+                    "batch length runs past the segment end".into(),
+                ));
             }
             if header.total_bytes() > chunk.len() - at {
                 position += at as u64;
-                let want = (header.total_bytes() as u64).max(window).min(end - position);
+                let want = (header.total_bytes() as u64)
+                    .max(window)
+                    .min(end - position);
                 chunk = self.read_checked(file, base, position, want).await?;
                 at = 0;
                 continue;
@@ -838,7 +925,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             if at + total > chunk.len() {
                 if at == start {
                     // The first batch is larger than the window: read it whole.
-                    let batch = self.read_checked(file, base, position + at as u64, total as u64).await?;
+                    let batch = self
+                        .read_checked(file, base, position + at as u64, total as u64)
+                        .await?;
                     self.check_batch(&batch, base, position + at as u64)?;
                     return Ok(SegmentRead {
                         segment_next_offset_hint: header.last_offset() + 1,
@@ -863,7 +952,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 return Err(self.corrupt(
                     base,
                     position + at as u64,
-                    format!("batch base offset {} where {next_offset} was expected", header.base_offset),
+                    format!(
+                        "batch base offset {} where {next_offset} was expected",
+                        header.base_offset
+                    ),
                 ));
             }
             next_offset = header.last_offset() + 1;
@@ -873,35 +965,62 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         Ok(SegmentRead {
             records: chunk.slice(start..at),
             next_offset,
-            segment_next_offset_hint: if consumed_segment { next_offset } else { i64::MAX },
+            segment_next_offset_hint: if consumed_segment {
+                next_offset
+            } else {
+                i64::MAX
+            },
             budget_exhausted,
         })
     }
 
-    async fn read_checked(&self, file: &D::File, base: i64, position: u64, len: u64) -> LogResult<Bytes> {
+    async fn read_checked(
+        &self,
+        file: &D::File,
+        base: i64,
+        position: u64,
+        len: u64,
+    ) -> LogResult<Bytes> {
         let bytes = file.read_at(position, len as usize).await.map_err(|e| {
             tracing::error!(log = %self.name, segment = base, error = %e, "read failed");
             LogError::io(e)
         })?;
         if (bytes.len() as u64) < len.min(HEADER_BYTES as u64) {
-            return Err(self.corrupt(base, position, format!("short read: {} of {len} bytes", bytes.len())));
+            return Err(self.corrupt(
+                base,
+                position,
+                format!("short read: {} of {len} bytes", bytes.len()),
+            ));
         }
         Ok(bytes)
     }
 
-    fn header_at(&self, chunk: &[u8], at: usize, base: i64, position: u64) -> LogResult<BatchHeader> {
-        BatchHeader::parse(&chunk[at..]).map_err(|e| self.corrupt(base, position + at as u64, e.to_string()))
+    fn header_at(
+        &self,
+        chunk: &[u8],
+        at: usize,
+        base: i64,
+        position: u64,
+    ) -> LogResult<BatchHeader> {
+        BatchHeader::parse(&chunk[at..])
+            .map_err(|e| self.corrupt(base, position + at as u64, e.to_string()))
     }
 
     /// The paired check: a batch's CRC was validated on append and is validated
     /// again here, before any byte of it is served.
     fn check_batch(&self, batch: &[u8], base: i64, position: u64) -> LogResult<()> {
-        validate_batch_prefix(batch).map(|_| ()).map_err(|e| self.corrupt(base, position, e.to_string()))
+        validate_batch_prefix(batch)
+            .map(|_| ())
+            .map_err(|e| self.corrupt(base, position, e.to_string()))
     }
 
     fn corrupt(&self, base: i64, position: u64, detail: String) -> LogError {
         tracing::error!(log = %self.name, segment = base, position, %detail, "corrupt batch not served");
-        LogError::Corrupt { segment_base_offset: base, position, detail }
+        LogError::Corrupt {
+            segment_base_offset: base,
+            position,
+            detail,
+        }
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -966,14 +1085,15 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     }
                     match record_timestamps(batch) {
                         Some(records) => {
-                            if let Some((delta, ts)) = records
-                                .iter()
-                                .find(|(d, ts)| *ts >= timestamp && header.base_offset + *d as i64 >= offset)
-                            {
+                            if let Some((delta, ts)) = records.iter().find(|(d, ts)| {
+                                *ts >= timestamp && header.base_offset + *d as i64 >= offset
+                            }) {
                                 return Ok(Some((header.base_offset + *delta as i64, *ts)));
                             }
                         }
-                        None => return Ok(Some((header.base_offset.max(offset), header.max_timestamp))),
+                        None => {
+                            return Ok(Some((header.base_offset.max(offset), header.max_timestamp)))
+                        }
                     }
                 }
                 offset = read.next_offset;
@@ -993,20 +1113,33 @@ struct SegmentRead {
 
 impl SegmentRead {
     fn empty(offset: i64) -> SegmentRead {
-        SegmentRead { records: Bytes::new(), next_offset: offset, segment_next_offset_hint: offset, budget_exhausted: false }
+        SegmentRead {
+            records: Bytes::new(),
+            next_offset: offset,
+            segment_next_offset_hint: offset,
+            budget_exhausted: false,
+        }
     }
 }
 
 /// Writes a small file whole with O_DIRECT (padded to pages, then cut to its
 /// exact length) and syncs it.
-pub(crate) async fn write_whole_file<D: StorageDir>(dir: &D, name: &str, bytes: &[u8]) -> Result<(), IoStep> {
+pub(crate) async fn write_whole_file<D: StorageDir>(
+    dir: &D,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), IoStep> {
     let file = dir.open(name, true).await.map_err(IoStep::Write)?;
     let padded = align_up(bytes.len() as u64).max(crate::io::PAGE_BYTES) as usize;
     let mut buf = dir.alloc_buf(padded);
     crate::io::IoBuf::as_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
     crate::io::IoBuf::as_bytes_mut(&mut buf)[bytes.len()..].fill(0);
-    file.write_at(Rc::new(buf), 0).await.map_err(IoStep::Write)?;
-    file.set_len(bytes.len() as u64).await.map_err(IoStep::Write)?;
+    file.write_at(Rc::new(buf), 0)
+        .await
+        .map_err(IoStep::Write)?;
+    file.set_len(bytes.len() as u64)
+        .await
+        .map_err(IoStep::Write)?;
     file.sync_data().await.map_err(IoStep::Sync)?;
     file.close().await.map_err(IoStep::Write)
 }

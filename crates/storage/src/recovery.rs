@@ -99,7 +99,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             .validate()
             .map_err(|e| LogError::io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let names = dir.list().map_err(io_err)?;
-        let marker = match read_whole(&dir, CLEAN_SHUTDOWN_FILE).await.map_err(io_err)? {
+        let marker = match read_whole(&dir, CLEAN_SHUTDOWN_FILE)
+            .await
+            .map_err(io_err)?
+        {
             Some(bytes) => {
                 let marker = CleanShutdown::decode(&bytes);
                 if marker.is_none() {
@@ -112,7 +115,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let mut bases: Vec<i64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         bases.sort_unstable();
         for stray in names.iter().filter(|n| {
-            let base = n.strip_suffix(INDEX_SUFFIX).or_else(|| n.strip_suffix(TIME_INDEX_SUFFIX));
+            let base = n
+                .strip_suffix(INDEX_SUFFIX)
+                .or_else(|| n.strip_suffix(TIME_INDEX_SUFFIX));
             base.is_some_and(|b| b.parse::<i64>().map_or(true, |b| !bases.contains(&b)))
         }) {
             tracing::info!(log = %name, file = %stray, "removing index without segment");
@@ -125,11 +130,17 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             segments.insert(0, empty_segment(&dir, 0, &config));
         }
         for (i, &base) in bases.iter().enumerate() {
-            let file = Rc::new(dir.open(&segment_file_name(base, LOG_SUFFIX), false).await.map_err(io_err)?);
+            let file = Rc::new(
+                dir.open(&segment_file_name(base, LOG_SUFFIX), false)
+                    .await
+                    .map_err(io_err)?,
+            );
             let file_bytes = file.len().await.map_err(io_err)?;
             let is_last = i + 1 == bases.len();
             let segment = if !is_last {
-                let indexes = load_or_rebuild_indexes(&dir, &file, base, file_bytes, &config, &name, true).await?;
+                let indexes =
+                    load_or_rebuild_indexes(&dir, &file, base, file_bytes, &config, &name, true)
+                        .await?;
                 Segment {
                     base_offset: base,
                     file: Some(file),
@@ -143,11 +154,14 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     cut_before_write: None,
                 }
             } else {
-                let clean = marker.filter(|m| m.active_base_offset == base && m.active_bytes == file_bytes);
+                let clean =
+                    marker.filter(|m| m.active_base_offset == base && m.active_bytes == file_bytes);
                 let (indexes, valid_end, segment_next) = match clean {
                     Some(m) => {
-                        let mut indexes =
-                            load_or_rebuild_indexes(&dir, &file, base, file_bytes, &config, &name, false).await?;
+                        let mut indexes = load_or_rebuild_indexes(
+                            &dir, &file, base, file_bytes, &config, &name, false,
+                        )
+                        .await?;
                         indexes.max_timestamp = m.max_timestamp;
                         indexes.offset_of_max_timestamp = m.offset_of_max_timestamp;
                         (indexes, file_bytes, m.next_offset)
@@ -156,14 +170,22 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 };
                 next_offset = segment_next;
                 let page_start = align_down(valid_end);
-                let page = file.read_at(page_start, (valid_end - page_start) as usize).await.map_err(io_err)?;
+                let page = file
+                    .read_at(page_start, (valid_end - page_start) as usize)
+                    .await
+                    .map_err(io_err)?;
                 Segment {
                     base_offset: base,
                     file: Some(file),
                     indexes,
                     next_offset: segment_next,
                     allocated_bytes: valid_end,
-                    tail: TailWriter::new(&dir, valid_end, page.to_vec(), config.write_buffer_bytes),
+                    tail: TailWriter::new(
+                        &dir,
+                        valid_end,
+                        page.to_vec(),
+                        config.write_buffer_bytes,
+                    ),
                     sealed: false,
                     finalized: false,
                     created_at_ms: now_ms(),
@@ -182,7 +204,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         let state = LogState::new(segments, next_offset);
         tracing::debug!(log = %name, log_start_offset = state.log_start_offset, next_offset, "log opened");
-        Ok(Rc::new(PartitionLog { dir, config, name, state: RefCell::new(state), flushed: Event::default() }))
+        Ok(Rc::new(PartitionLog {
+            dir,
+            config,
+            name,
+            state: RefCell::new(state),
+            flushed: Event::default(),
+        }))
     }
 
     /// Completes pending appends, writes the active segment's indexes, cuts its
@@ -192,28 +220,38 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let (files, active) = {
             let mut state = self.state.borrow_mut();
             state.closed = true;
-            let files: Vec<Rc<D::File>> = state.segments.values().filter_map(|s| s.file.clone()).collect();
-            let active = state.segments.values().next_back().and_then(|active| active.file.clone().map(|file| {
-                (
-                    file,
-                    active.base_offset,
-                    active.indexes.clone(),
-                    active.durable_bytes(),
-                    CleanShutdown {
-                        active_base_offset: active.base_offset,
-                        active_bytes: active.durable_bytes(),
-                        next_offset: active.next_offset,
-                        max_timestamp: active.indexes.max_timestamp,
-                        offset_of_max_timestamp: active.indexes.offset_of_max_timestamp,
-                    },
-                )
-            }));
+            let files: Vec<Rc<D::File>> = state
+                .segments
+                .values()
+                .filter_map(|s| s.file.clone())
+                .collect();
+            let active = state.segments.values().next_back().and_then(|active| {
+                active.file.clone().map(|file| {
+                    (
+                        file,
+                        active.base_offset,
+                        active.indexes.clone(),
+                        active.durable_bytes(),
+                        CleanShutdown {
+                            active_base_offset: active.base_offset,
+                            active_bytes: active.durable_bytes(),
+                            next_offset: active.next_offset,
+                            max_timestamp: active.indexes.max_timestamp,
+                            offset_of_max_timestamp: active.indexes.offset_of_max_timestamp,
+                        },
+                    )
+                })
+            });
             let healthy = flushed.is_ok() && state.poisoned.is_none();
             (files, if healthy { active } else { None })
         };
         if let Some((file, base, indexes, size, marker)) = active {
-            self.finalize_segment(&file, base, &indexes, size).await.map_err(|e| e.into_log_error())?;
-            self.write_whole_file(CLEAN_SHUTDOWN_FILE, &marker.encode()).await.map_err(|e| e.into_log_error())?;
+            self.finalize_segment(&file, base, &indexes, size)
+                .await
+                .map_err(|e| e.into_log_error())?;
+            self.write_whole_file(CLEAN_SHUTDOWN_FILE, &marker.encode())
+                .await
+                .map_err(|e| e.into_log_error())?;
             self.dir.sync().await.map_err(io_err)?;
         }
         {
@@ -245,7 +283,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     break;
                 }
                 let size = segment.durable_bytes();
-                let over_size = self.config.retention_bytes.is_some_and(|limit| total - size >= limit);
+                let over_size = self
+                    .config
+                    .retention_bytes
+                    .is_some_and(|limit| total - size >= limit);
                 let expired = self.config.retention_ms.is_some_and(|ms| {
                     segment.indexes.max_timestamp >= 0
                         && (now_ms as i64).saturating_sub(segment.indexes.max_timestamp) > ms as i64
@@ -296,7 +337,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     break;
                 }
             }
-            let doomed: Vec<_> = doomed.into_iter().map(|b| (b, state.segments.remove(&b).unwrap().file)).collect();
+            let doomed: Vec<_> = doomed
+                .into_iter()
+                .map(|b| (b, state.segments.remove(&b).unwrap().file))
+                .collect();
             if !doomed.is_empty() {
                 state.log_start_offset = *state.segments.keys().next().unwrap();
             }
@@ -317,7 +361,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
     async fn remove_segment_files(&self, base: i64) -> LogResult<()> {
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-            remove_if_exists(&self.dir, &segment_file_name(base, suffix)).await.map_err(io_err)?;
+            remove_if_exists(&self.dir, &segment_file_name(base, suffix))
+                .await
+                .map_err(io_err)?;
         }
         Ok(())
     }
@@ -345,14 +391,26 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             state.truncating = true;
             let full = offset <= state.log_start_offset;
             let cut_from = if full { i64::MIN } else { offset };
-            let doomed_bases: Vec<i64> = state.segments.range(cut_from.max(0)..).map(|(b, _)| *b).collect();
-            let doomed_bases = if full { state.segments.keys().copied().collect() } else { doomed_bases };
+            let doomed_bases: Vec<i64> = state
+                .segments
+                .range(cut_from.max(0)..)
+                .map(|(b, _)| *b)
+                .collect();
+            let doomed_bases = if full {
+                state.segments.keys().copied().collect()
+            } else {
+                doomed_bases
+            };
             let doomed: Vec<(i64, Option<Rc<D::File>>)> = doomed_bases
                 .into_iter()
                 .map(|b| (b, state.segments.remove(&b).unwrap().file))
                 .collect();
             let containing = state.segments.values().next_back().map(|s| {
-                (s.base_offset, s.file.clone().expect("segment with data has a file"), s.durable_bytes())
+                (
+                    s.base_offset,
+                    s.file.clone().expect("segment with data has a file"),
+                    s.durable_bytes(),
+                )
             });
             (doomed, containing)
         };
@@ -396,7 +454,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let segment = match containing {
             None => {
                 let base = offset.max(0);
-                let file = self.dir.open(&segment_file_name(base, LOG_SUFFIX), true).await.map_err(io_err)?;
+                let file = self
+                    .dir
+                    .open(&segment_file_name(base, LOG_SUFFIX), true)
+                    .await
+                    .map_err(io_err)?;
                 let mut segment = empty_segment(&self.dir, base, &self.config);
                 segment.file = Some(Rc::new(file));
                 segment
@@ -419,7 +481,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 file.set_len(end).await.map_err(io_err)?;
                 file.sync_data().await.map_err(io_err)?;
                 let page_start = align_down(end);
-                let page = file.read_at(page_start, (end - page_start) as usize).await.map_err(io_err)?;
+                let page = file
+                    .read_at(page_start, (end - page_start) as usize)
+                    .await
+                    .map_err(io_err)?;
                 let next = scan.next_offset.unwrap_or(base);
                 Segment {
                     base_offset: base,
@@ -427,7 +492,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     indexes,
                     next_offset: next,
                     allocated_bytes: end,
-                    tail: TailWriter::new(&self.dir, end, page.to_vec(), self.config.write_buffer_bytes),
+                    tail: TailWriter::new(
+                        &self.dir,
+                        end,
+                        page.to_vec(),
+                        self.config.write_buffer_bytes,
+                    ),
                     sealed: false,
                     finalized: false,
                     created_at_ms: now_ms(),
@@ -466,11 +536,26 @@ async fn recover_tail<D: StorageDir>(
     name: &str,
 ) -> LogResult<(SegmentIndexes, u64, i64)> {
     let mut indexes = SegmentIndexes::new();
-    let scan = scan_batches(file, base, 0, file_bytes, Some(base), None, &mut indexes, config.index_interval_bytes)
-        .await
-        .map_err(io_err)?;
+    let scan = scan_batches(
+        file,
+        base,
+        0,
+        file_bytes,
+        Some(base),
+        None,
+        &mut indexes,
+        config.index_interval_bytes,
+    )
+    .await
+    .map_err(io_err)?;
     if scan.valid_end < file_bytes {
-        let tail_is_zero = match file.read_at(scan.valid_end, 4096.min((file_bytes - scan.valid_end) as usize)).await {
+        let tail_is_zero = match file
+            .read_at(
+                scan.valid_end,
+                4096.min((file_bytes - scan.valid_end) as usize),
+            )
+            .await
+        {
             Ok(bytes) => bytes.iter().all(|b| *b == 0),
             Err(_) => false,
         };
@@ -488,7 +573,9 @@ async fn recover_tail<D: StorageDir>(
     }
     // Index files of the active segment are rewritten at seal or clean close.
     for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-        remove_if_exists(dir, &segment_file_name(base, suffix)).await.map_err(io_err)?;
+        remove_if_exists(dir, &segment_file_name(base, suffix))
+            .await
+            .map_err(io_err)?;
     }
     let next = scan.next_offset.unwrap_or(base);
     Ok((indexes, scan.valid_end, next))
@@ -516,10 +603,10 @@ async fn load_or_rebuild_indexes<D: StorageDir>(
     if let (Some(offset_index), Some(time_index)) = (offset_index, time_index) {
         if index_matches(file, base, file_bytes, &offset_index).await {
             let last_position = offset_index.entries.last().map_or(0, |e| e.position as u64);
-            let (max_timestamp, offset_of_max_timestamp) = time_index
-                .entries
-                .last()
-                .map_or((-1, -1), |e| (e.max_timestamp, base + e.relative_offset as i64));
+            let (max_timestamp, offset_of_max_timestamp) =
+                time_index.entries.last().map_or((-1, -1), |e| {
+                    (e.max_timestamp, base + e.relative_offset as i64)
+                });
             return Ok(SegmentIndexes {
                 offset_index,
                 time_index,
@@ -531,9 +618,18 @@ async fn load_or_rebuild_indexes<D: StorageDir>(
     }
     tracing::warn!(log = %name, segment = base, "index missing or does not match data: rebuilding");
     let mut indexes = SegmentIndexes::new();
-    let scan = scan_batches(file, base, 0, file_bytes, Some(base), None, &mut indexes, config.index_interval_bytes)
-        .await
-        .map_err(io_err)?;
+    let scan = scan_batches(
+        file,
+        base,
+        0,
+        file_bytes,
+        Some(base),
+        None,
+        &mut indexes,
+        config.index_interval_bytes,
+    )
+    .await
+    .map_err(io_err)?;
     if let Some(reason) = scan.stopped_by {
         tracing::error!(log = %name, segment = base, position = scan.valid_end, %reason,
             "sealed segment has a bad batch: kept, reads past it fail");
@@ -545,25 +641,46 @@ async fn load_or_rebuild_indexes<D: StorageDir>(
     Ok(indexes)
 }
 
-async fn write_index_files<D: StorageDir>(dir: &D, base: i64, indexes: &SegmentIndexes) -> LogResult<()> {
+async fn write_index_files<D: StorageDir>(
+    dir: &D,
+    base: i64,
+    indexes: &SegmentIndexes,
+) -> LogResult<()> {
     for (suffix, bytes) in [
         (INDEX_SUFFIX, indexes.offset_index.encode()),
         (TIME_INDEX_SUFFIX, indexes.time_index.encode()),
     ] {
-        write_whole_file(dir, &segment_file_name(base, suffix), &bytes).await.map_err(|e| e.into_log_error())?;
+        write_whole_file(dir, &segment_file_name(base, suffix), &bytes)
+            .await
+            .map_err(|e| e.into_log_error())?;
     }
     dir.sync().await.map_err(io_err)
 }
 
 /// The last index entry must point at a batch with the offset it claims.
-async fn index_matches<F: StorageFile>(file: &F, base: i64, file_bytes: u64, index: &OffsetIndex) -> bool {
-    let Some(last) = index.entries.last() else { return true };
+async fn index_matches<F: StorageFile>(
+    file: &F,
+    base: i64,
+    file_bytes: u64,
+    index: &OffsetIndex,
+) -> bool {
+    let Some(last) = index.entries.last() else {
+        return true;
+    };
     if last.position as u64 >= file_bytes {
         return false;
     }
-    match file.read_at(last.position as u64, sluice_protocol::record_batch::HEADER_BYTES).await {
-        Ok(bytes) => BatchHeader::parse(&bytes)
-            .is_ok_and(|h| h.base_offset == base + last.relative_offset as i64 && last.position as u64 + h.total_bytes() as u64 <= file_bytes),
+    match file
+        .read_at(
+            last.position as u64,
+            sluice_protocol::record_batch::HEADER_BYTES,
+        )
+        .await
+    {
+        Ok(bytes) => BatchHeader::parse(&bytes).is_ok_and(|h| {
+            h.base_offset == base + last.relative_offset as i64
+                && last.position as u64 + h.total_bytes() as u64 <= file_bytes
+        }),
         Err(_) => false,
     }
 }

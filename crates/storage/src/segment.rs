@@ -44,7 +44,11 @@ pub struct SegmentIndexes {
 
 impl SegmentIndexes {
     pub fn new() -> SegmentIndexes {
-        SegmentIndexes { max_timestamp: -1, offset_of_max_timestamp: -1, ..Default::default() }
+        SegmentIndexes {
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            ..Default::default()
+        }
     }
 
     /// Records a batch stored at `position` of a segment based at `base_offset`.
@@ -67,7 +71,10 @@ impl SegmentIndexes {
                 relative_offset,
                 position: u32::try_from(position).expect("segment position within u32"),
             });
-            self.time_index.maybe_push(TimeEntry { max_timestamp: self.max_timestamp, relative_offset });
+            self.time_index.maybe_push(TimeEntry {
+                max_timestamp: self.max_timestamp,
+                relative_offset,
+            });
             self.bytes_since_entry = 0;
         }
         self.bytes_since_entry += header.total_bytes() as u64;
@@ -78,7 +85,12 @@ impl SegmentIndexes {
         if self.max_timestamp >= 0 {
             let relative_offset = u32::try_from(self.offset_of_max_timestamp - base_offset)
                 .expect("offset within u32 of its segment base");
-            let floor = self.time_index.entries.last().map(|e| e.relative_offset).unwrap_or(0);
+            let floor = self
+                .time_index
+                .entries
+                .last()
+                .map(|e| e.relative_offset)
+                .unwrap_or(0);
             self.time_index.maybe_push(TimeEntry {
                 max_timestamp: self.max_timestamp,
                 relative_offset: relative_offset.max(floor),
@@ -123,7 +135,10 @@ impl<B: IoBuf> TailWriter<B> {
         durable_page: Vec<u8>,
         chunk_bytes: u64,
     ) -> TailWriter<B> {
-        assert_eq!(durable_page.len() as u64, durable_end - align_down(durable_end));
+        assert_eq!(
+            durable_page.len() as u64,
+            durable_end - align_down(durable_end)
+        );
         assert!(chunk_bytes >= PAGE_BYTES && chunk_bytes.is_power_of_two());
         // The first chunk starts at one page and later ones follow the size of
         // the last flush: a core with a thousand quiet partitions holds a
@@ -156,7 +171,10 @@ impl<B: IoBuf> TailWriter<B> {
 
     fn bytes_before_last(&self) -> usize {
         let n = self.chunks.len();
-        self.chunks[..n.saturating_sub(1)].iter().map(|c| c.as_bytes().len()).sum()
+        self.chunks[..n.saturating_sub(1)]
+            .iter()
+            .map(|c| c.as_bytes().len())
+            .sum()
     }
 
     pub fn pending_end(&self) -> u64 {
@@ -183,7 +201,8 @@ impl<B: IoBuf> TailWriter<B> {
                 continue;
             }
             let take = room.min(bytes.len());
-            last.as_bytes_mut()[self.last_filled..self.last_filled + take].copy_from_slice(&bytes[..take]);
+            last.as_bytes_mut()[self.last_filled..self.last_filled + take]
+                .copy_from_slice(&bytes[..take]);
             self.last_filled += take;
             bytes = &bytes[take..];
         }
@@ -194,7 +213,10 @@ impl<B: IoBuf> TailWriter<B> {
     /// leader epoch of a batch just appended); may straddle two chunks.
     pub fn patch(&mut self, position: u64, offset_in_batch: usize, bytes: &[u8]) {
         let mut at = position + offset_in_batch as u64;
-        assert!(at >= self.flight_end && at + bytes.len() as u64 <= self.pending_end(), "patching bytes not pending");
+        assert!(
+            at >= self.flight_end && at + bytes.len() as u64 <= self.pending_end(),
+            "patching bytes not pending"
+        );
         let mut chunk_start = self.buf_start;
         let mut rest = bytes;
         for chunk in self.chunks.iter_mut() {
@@ -235,7 +257,8 @@ impl<B: IoBuf> TailWriter<B> {
         let mut next = dir.alloc_buf(capacity);
         let mut chunks = std::mem::take(&mut self.chunks);
         let mut last = chunks.pop().unwrap();
-        next.as_bytes_mut()[..last_filled - keep_from].copy_from_slice(&last.as_bytes()[keep_from..last_filled]);
+        next.as_bytes_mut()[..last_filled - keep_from]
+            .copy_from_slice(&last.as_bytes()[keep_from..last_filled]);
         let mut writes = Vec::with_capacity(chunks.len() + 1);
         let mut position = self.buf_start;
         for chunk in chunks {
@@ -259,7 +282,10 @@ impl<B: IoBuf> TailWriter<B> {
     pub fn complete_flight(&mut self) {
         self.durable_end = self.flight_end;
         let page_start = align_down(self.durable_end);
-        assert_eq!(page_start, self.buf_start, "the partial page heads the first chunk");
+        assert_eq!(
+            page_start, self.buf_start,
+            "the partial page heads the first chunk"
+        );
         let len = (self.durable_end - page_start) as usize;
         self.durable_page = self.chunks[0].as_bytes()[..len].to_vec();
     }
@@ -297,7 +323,8 @@ pub async fn scan_batches<F: StorageFile>(
     indexes: &mut SegmentIndexes,
     index_interval_bytes: u64,
 ) -> std::io::Result<ScanResult> {
-    let reaches = |header: &BatchHeader| stop_before_offset.is_some_and(|o| header.last_offset() >= o);
+    let reaches =
+        |header: &BatchHeader| stop_before_offset.is_some_and(|o| header.last_offset() >= o);
     const CHUNK_BYTES: usize = 1 << 20;
     let mut next_offset = None;
     while position < end {
@@ -309,15 +336,25 @@ pub async fn scan_batches<F: StorageFile>(
             let rest = &chunk[at..];
             let header = match BatchHeader::parse(rest) {
                 Ok(h) => h,
-                Err(_) if rest.len() < HEADER_BYTES && (position + chunk.len() as u64) < end => break,
+                Err(_) if rest.len() < HEADER_BYTES && (position + chunk.len() as u64) < end => {
+                    break
+                }
                 Err(e) => return Ok(stop(position + at as u64, next_offset, e.to_string())),
             };
             if reaches(&header) {
-                return Ok(ScanResult { valid_end: position + at as u64, next_offset, stopped_by: None });
+                return Ok(ScanResult {
+                    valid_end: position + at as u64,
+                    next_offset,
+                    stopped_by: None,
+                });
             }
             let total = header.total_bytes();
             if position + (at + total) as u64 > end {
-                return Ok(stop(position + at as u64, next_offset, "batch runs past end of file".into()));
+                return Ok(stop(
+                    position + at as u64,
+                    next_offset,
+                    "batch runs past end of file".into(),
+                ));
             }
             if total > rest.len() {
                 if at == 0 {
@@ -344,10 +381,19 @@ pub async fn scan_batches<F: StorageFile>(
             }
             if let Some(expected) = expected_offset {
                 if header.base_offset != expected {
-                    return Ok(stop(position + at as u64, next_offset, offset_gap(expected, &header)));
+                    return Ok(stop(
+                        position + at as u64,
+                        next_offset,
+                        offset_gap(expected, &header),
+                    ));
                 }
             }
-            indexes.observe_batch(base_offset, position + at as u64, &header, index_interval_bytes);
+            indexes.observe_batch(
+                base_offset,
+                position + at as u64,
+                &header,
+                index_interval_bytes,
+            );
             next_offset = Some(header.last_offset() + 1);
             expected_offset = next_offset;
             at += total;
@@ -359,15 +405,26 @@ pub async fn scan_batches<F: StorageFile>(
             return Ok(stop(position, next_offset, "short read".into()));
         }
     }
-    Ok(ScanResult { valid_end: position, next_offset, stopped_by: None })
+    Ok(ScanResult {
+        valid_end: position,
+        next_offset,
+        stopped_by: None,
+    })
 }
 
 fn stop(position: u64, next_offset: Option<i64>, why: String) -> ScanResult {
-    ScanResult { valid_end: position, next_offset, stopped_by: Some(why) }
+    ScanResult {
+        valid_end: position,
+        next_offset,
+        stopped_by: Some(why),
+    }
 }
 
 fn offset_gap(expected: i64, header: &BatchHeader) -> String {
-    format!("batch base offset {} where {expected} was expected", header.base_offset)
+    format!(
+        "batch base offset {} where {expected} was expected",
+        header.base_offset
+    )
 }
 
 /// One segment of a partition log.

@@ -39,19 +39,29 @@ pub struct GroupDescription {
 
 async fn wait_until(changed: &Event, deadline_ms: u64) {
     let wait = deadline_ms.saturating_sub(now_ms()).clamp(1, 1000);
-    futures_lite::future::or(changed.listen(), glommio::timer::sleep(Duration::from_millis(wait))).await;
+    futures_lite::future::or(
+        changed.listen(),
+        glommio::timer::sleep(Duration::from_millis(wait)),
+    )
+    .await;
 }
 
 impl Coordinator {
     pub fn new(offsets: OffsetStore) -> Coordinator {
-        Coordinator { groups: RefCell::new(HashMap::new()), changed: Event::default(), offsets }
+        Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            changed: Event::default(),
+            offsets,
+        }
     }
 
     pub async fn join(&self, group_id: &str, request: JoinRequest) -> JoinResult {
         let asked_member = request.member_id.clone();
         let (outcome, round) = {
             let mut groups = self.groups.borrow_mut();
-            let group = groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id));
+            let group = groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id));
             let outcome = group.join(request, now_ms(), INITIAL_REBALANCE_DELAY_MS);
             (outcome, group.join_rounds)
         };
@@ -73,7 +83,9 @@ impl Coordinator {
         loop {
             let deadline = {
                 let mut groups = self.groups.borrow_mut();
-                let Some(group) = groups.get_mut(group_id) else { return failed(code::UNKNOWN_MEMBER_ID, member_id) };
+                let Some(group) = groups.get_mut(group_id) else {
+                    return failed(code::UNKNOWN_MEMBER_ID, member_id);
+                };
                 if group.join_rounds > round {
                     return group.join_result(&member_id);
                 }
@@ -83,19 +95,34 @@ impl Coordinator {
                     self.changed.notify();
                     return result;
                 }
-                group.join_deadline_ms.min(group.join_gate_ms.max(now_ms() + 1))
+                group
+                    .join_deadline_ms
+                    .min(group.join_gate_ms.max(now_ms() + 1))
             };
             wait_until(&self.changed, deadline).await;
         }
     }
 
-    pub async fn sync(&self, group_id: &str, member_id: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> (i16, Bytes) {
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> (i16, Bytes) {
         let mut assignments = Some(assignments);
         loop {
             let outcome = {
                 let mut groups = self.groups.borrow_mut();
-                let Some(group) = groups.get_mut(group_id) else { return (code::UNKNOWN_MEMBER_ID, Bytes::new()) };
-                group.sync(member_id, generation, assignments.take().unwrap_or_default(), now_ms())
+                let Some(group) = groups.get_mut(group_id) else {
+                    return (code::UNKNOWN_MEMBER_ID, Bytes::new());
+                };
+                group.sync(
+                    member_id,
+                    generation,
+                    assignments.take().unwrap_or_default(),
+                    now_ms(),
+                )
             };
             match outcome {
                 Sync::Done(assignment) => {
@@ -117,14 +144,21 @@ impl Coordinator {
 
     pub fn leave(&self, group_id: &str, member_id: &str, instance_id: Option<&str>) -> i16 {
         let result = match self.groups.borrow_mut().get_mut(group_id) {
-            Some(group) => group.leave(member_id, instance_id, now_ms(), INITIAL_REBALANCE_DELAY_MS),
+            Some(group) => {
+                group.leave(member_id, instance_id, now_ms(), INITIAL_REBALANCE_DELAY_MS)
+            }
             None => code::UNKNOWN_MEMBER_ID,
         };
         self.changed.notify();
         result
     }
 
-    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), i16> {
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), i16> {
         match self.groups.borrow().get(group_id) {
             Some(group) => group.check_commit(member_id, generation),
             None if generation < 0 || member_id.is_empty() => Ok(()),
@@ -132,7 +166,11 @@ impl Coordinator {
         }
     }
 
-    pub async fn commit(&self, group_id: &str, commits: Vec<(String, i32, Committed)>) -> Result<(), sluice_storage::LogError> {
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        commits: Vec<(String, i32, Committed)>,
+    ) -> Result<(), sluice_storage::LogError> {
         self.offsets.commit(group_id, commits).await
     }
 
@@ -151,7 +189,11 @@ impl Coordinator {
         }
         // Forget groups nobody is in and that hold no offsets.
         let offsets = &self.offsets;
-        self.groups.borrow_mut().retain(|id, g| !(g.members.is_empty() && g.pending_member_ids.is_empty() && offsets.fetch(id).is_empty()));
+        self.groups.borrow_mut().retain(|id, g| {
+            !(g.members.is_empty()
+                && g.pending_member_ids.is_empty()
+                && offsets.fetch(id).is_empty())
+        });
         if any {
             self.changed.notify();
         }
@@ -163,12 +205,19 @@ impl Coordinator {
             .offsets
             .stale_groups(now_ms() as i64, retention_ms)
             .into_iter()
-            .filter(|g| self.groups.borrow().get(g).is_none_or(|group| group.members.is_empty()))
+            .filter(|g| {
+                self.groups
+                    .borrow()
+                    .get(g)
+                    .is_none_or(|group| group.members.is_empty())
+            })
             .collect();
         for group in stale {
             if self.offsets.delete_group(&group).await.is_ok() {
                 // Members may have joined during the await: keep such a group.
-                self.groups.borrow_mut().retain(|id, g| *id != group || !g.members.is_empty());
+                self.groups
+                    .borrow_mut()
+                    .retain(|id, g| *id != group || !g.members.is_empty());
                 tracing::info!(%group, "committed offsets expired");
             }
         }
@@ -186,7 +235,11 @@ impl Coordinator {
             .collect();
         for group in self.offsets.groups_with_offsets() {
             if !groups.contains_key(&group) {
-                out.push(GroupSummary { group_id: group, protocol_type: "consumer".into(), state: GroupState::Empty.name().into() });
+                out.push(GroupSummary {
+                    group_id: group,
+                    protocol_type: "consumer".into(),
+                    state: GroupState::Empty.name().into(),
+                });
             }
         }
         out
@@ -211,8 +264,20 @@ impl Coordinator {
                 .members
                 .values()
                 .map(|m| {
-                    let metadata = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
-                    (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), metadata, m.assignment.clone())
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        metadata,
+                        m.assignment.clone(),
+                    )
                 })
                 .collect(),
         })
@@ -220,7 +285,11 @@ impl Coordinator {
 
     /// DeleteGroups: only groups without members.
     pub async fn delete(&self, group_id: &str) -> i16 {
-        let known = self.groups.borrow().get(group_id).map(|g| g.members.is_empty());
+        let known = self
+            .groups
+            .borrow()
+            .get(group_id)
+            .map(|g| g.members.is_empty());
         let has_offsets = !self.offsets.fetch(group_id).is_empty();
         match known {
             Some(false) => return code::NON_EMPTY_GROUP,
@@ -230,7 +299,9 @@ impl Coordinator {
         if self.offsets.delete_group(group_id).await.is_err() {
             return sluice_protocol::api::error_code::KAFKA_STORAGE_ERROR;
         }
-        self.groups.borrow_mut().retain(|id, g| id != group_id || !g.members.is_empty());
+        self.groups
+            .borrow_mut()
+            .retain(|id, g| id != group_id || !g.members.is_empty());
         code::NONE
     }
 }

@@ -100,7 +100,9 @@ const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
 
 pub fn bucket_of(group: &str) -> u32 {
-    let hash = group.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let hash = group.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     (hash % OFFSET_BUCKETS as u64) as u32
 }
 
@@ -174,14 +176,17 @@ impl Reader<'_> {
         self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
     }
     fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
     }
     fn i64(&mut self) -> Option<i64> {
-        self.take(8).map(|b| i64::from_be_bytes(b.try_into().unwrap()))
+        self.take(8)
+            .map(|b| i64::from_be_bytes(b.try_into().unwrap()))
     }
     fn str(&mut self) -> Option<String> {
         let len = self.i16()? as u16 as usize;
-        self.take(len).map(|b| String::from_utf8_lossy(b).into_owned())
+        self.take(len)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 }
 
@@ -198,15 +203,32 @@ fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
     let offset = r.i64()?;
     let leader_epoch = r.i32()?;
     let metadata_len = r.i16()?;
-    let metadata = if metadata_len < 0 { None } else { Some(String::from_utf8_lossy(r.take(metadata_len as usize)?).into_owned()) };
+    let metadata = if metadata_len < 0 {
+        None
+    } else {
+        Some(String::from_utf8_lossy(r.take(metadata_len as usize)?).into_owned())
+    };
     let commit_ms = r.i64()?;
-    Some((kind, group, topic, partition, Committed { offset, leader_epoch, metadata, commit_ms }))
+    Some((
+        kind,
+        group,
+        topic,
+        partition,
+        Committed {
+            offset,
+            leader_epoch,
+            metadata,
+            commit_ms,
+        },
+    ))
 }
 
 /// The record values of an uncompressed batch built by `build_batch`.
 fn record_values(batch: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let Ok(header) = BatchHeader::parse(batch) else { return out };
+    let Ok(header) = BatchHeader::parse(batch) else {
+        return out;
+    };
     let mut at = HEADER_BYTES;
     let end = header.total_bytes().min(batch.len());
     let varint = |at: &mut usize| -> Option<i64> {
@@ -247,7 +269,11 @@ fn record_values(batch: &[u8]) -> Vec<&[u8]> {
 
 impl OffsetStore {
     /// Opens (and replays) the buckets this shard owns.
-    pub async fn open(settings: &BrokerSettings, shard: usize, shard_count: usize) -> Result<OffsetStore, String> {
+    pub async fn open(
+        settings: &BrokerSettings,
+        shard: usize,
+        shard_count: usize,
+    ) -> Result<OffsetStore, String> {
         let snapshot_dir = settings.data_dir.join("offsets");
         let store = OffsetStore {
             logs: RefCell::new(HashMap::new()),
@@ -258,7 +284,10 @@ impl OffsetStore {
             rewrite_snapshot: RefCell::new(Vec::new()),
         };
         for bucket in (0..OFFSET_BUCKETS).filter(|b| *b as usize % shard_count == shard) {
-            let path = settings.data_dir.join("offsets").join(format!("bucket-{bucket:02}"));
+            let path = settings
+                .data_dir
+                .join("offsets")
+                .join(format!("bucket-{bucket:02}"));
             let dir = DmaDir::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let config = sluice_storage::LogConfig {
                 segment_bytes: 4 << 20,
@@ -282,28 +311,40 @@ impl OffsetStore {
                             // The log lost its tail (a relaxed flush policy and a power
                             // cut): new commits will reuse those offsets, so the
                             // snapshot is rewritten at the current end below.
-                            tracing::warn!(bucket, next_log_offset, high_watermark = log.high_watermark(),
-                                "offset snapshot is ahead of the log: rewriting it");
+                            tracing::warn!(
+                                bucket,
+                                next_log_offset,
+                                high_watermark = log.high_watermark(),
+                                "offset snapshot is ahead of the log: rewriting it"
+                            );
                             store.rewrite_snapshot.borrow_mut().push(bucket);
                         }
                         offset = offset.max(next_log_offset).min(log.high_watermark());
                     }
-                    None => tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log"),
+                    None => {
+                        tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log")
+                    }
                 }
             }
             let mut replayed = 0u64;
             loop {
-                let read = log.read(offset, 1 << 20).await.map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
+                let read = log
+                    .read(offset, 1 << 20)
+                    .await
+                    .map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
                 if read.records.is_empty() {
                     break;
                 }
                 let mut at = 0;
                 while at < read.records.len() {
-                    let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
+                    let header =
+                        BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
                     for value in record_values(&read.records[at..at + header.total_bytes()]) {
                         match decode(value) {
                             Some(record) => store.apply(record),
-                            None => tracing::warn!(bucket, "offset record with a bad checksum dropped"),
+                            None => {
+                                tracing::warn!(bucket, "offset record with a bad checksum dropped")
+                            }
                         }
                         replayed += 1;
                     }
@@ -325,15 +366,26 @@ impl OffsetStore {
     }
 
     fn snapshot_path(&self, bucket: u32) -> std::path::PathBuf {
-        self.snapshot_dir.join(format!("bucket-{bucket:02}.snapshot"))
+        self.snapshot_dir
+            .join(format!("bucket-{bucket:02}.snapshot"))
     }
 
     /// Writes a snapshot of each bucket that has enough new records (or of
     /// all, with `force`) and no commit in flight, then drops covered segments.
     pub async fn snapshot(&self, force: bool) {
-        let buckets: Vec<(u32, Rc<Log>)> = self.logs.borrow().iter().map(|(b, l)| (*b, l.clone())).collect();
+        let buckets: Vec<(u32, Rc<Log>)> = self
+            .logs
+            .borrow()
+            .iter()
+            .map(|(b, l)| (*b, l.clone()))
+            .collect();
         for (bucket, log) in buckets {
-            let since = self.since_snapshot.borrow().get(&bucket).copied().unwrap_or(0);
+            let since = self
+                .since_snapshot
+                .borrow()
+                .get(&bucket)
+                .copied()
+                .unwrap_or(0);
             let busy = self.pending.borrow().get(&bucket).copied().unwrap_or(0) > 0;
             if busy || since == 0 || (!force && since < SNAPSHOT_EVERY_RECORDS) {
                 continue;
@@ -346,18 +398,23 @@ impl OffsetStore {
                 .iter()
                 .filter(|(group, _)| bucket_of(group) == bucket)
                 .flat_map(|(group, offsets)| {
-                    offsets.iter().map(move |((topic, partition), c)| SnapshotEntry {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: c.offset,
-                        leader_epoch: c.leader_epoch,
-                        metadata: c.metadata.clone(),
-                        commit_ms: c.commit_ms,
-                    })
+                    offsets
+                        .iter()
+                        .map(move |((topic, partition), c)| SnapshotEntry {
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: c.offset,
+                            leader_epoch: c.leader_epoch,
+                            metadata: c.metadata.clone(),
+                            commit_ms: c.commit_ms,
+                        })
                 })
                 .collect();
-            let bytes = encode_snapshot(&OffsetSnapshot { next_log_offset, entries });
+            let bytes = encode_snapshot(&OffsetSnapshot {
+                next_log_offset,
+                entries,
+            });
             let path = self.snapshot_path(bucket);
             if let Err(e) = write_durably(&path, &bytes) {
                 tracing::error!(path = %path.display(), error = %e, "writing offset snapshot failed");
@@ -370,11 +427,17 @@ impl OffsetStore {
         }
     }
 
-    fn apply(&self, (kind, group, topic, partition, committed): (u8, String, String, i32, Committed)) {
+    fn apply(
+        &self,
+        (kind, group, topic, partition, committed): (u8, String, String, i32, Committed),
+    ) {
         let mut offsets = self.offsets.borrow_mut();
         match kind {
             KIND_COMMIT => {
-                offsets.entry(group).or_default().insert((topic, partition), committed);
+                offsets
+                    .entry(group)
+                    .or_default()
+                    .insert((topic, partition), committed);
             }
             KIND_DELETE_GROUP => {
                 offsets.remove(&group);
@@ -384,11 +447,18 @@ impl OffsetStore {
     }
 
     /// Durably records the commits, then makes them visible.
-    pub async fn commit(&self, group: &str, commits: Vec<(String, i32, Committed)>) -> Result<(), LogError> {
+    pub async fn commit(
+        &self,
+        group: &str,
+        commits: Vec<(String, i32, Committed)>,
+    ) -> Result<(), LogError> {
         if commits.is_empty() {
             return Ok(());
         }
-        let values: Vec<Vec<u8>> = commits.iter().map(|(t, p, c)| encode(KIND_COMMIT, group, t, *p, c)).collect();
+        let values: Vec<Vec<u8>> = commits
+            .iter()
+            .map(|(t, p, c)| encode(KIND_COMMIT, group, t, *p, c))
+            .collect();
         self.append(group, values).await?;
         for (topic, partition, committed) in commits {
             self.apply((KIND_COMMIT, group.to_string(), topic, partition, committed));
@@ -397,26 +467,44 @@ impl OffsetStore {
     }
 
     pub async fn delete_group(&self, group: &str) -> Result<(), LogError> {
-        let none = Committed { offset: 0, leader_epoch: 0, metadata: None, commit_ms: 0 };
-        self.append(group, vec![encode(KIND_DELETE_GROUP, group, "", 0, &none)]).await?;
+        let none = Committed {
+            offset: 0,
+            leader_epoch: 0,
+            metadata: None,
+            commit_ms: 0,
+        };
+        self.append(group, vec![encode(KIND_DELETE_GROUP, group, "", 0, &none)])
+            .await?;
         self.offsets.borrow_mut().remove(group);
         Ok(())
     }
 
     async fn append(&self, group: &str, values: Vec<Vec<u8>>) -> Result<(), LogError> {
         let bucket = bucket_of(group);
-        let log = self.logs.borrow().get(&bucket).cloned().ok_or(LogError::Closed)?;
+        let log = self
+            .logs
+            .borrow()
+            .get(&bucket)
+            .cloned()
+            .ok_or(LogError::Closed)?;
         let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
         let batch = build_batch(sluice_storage::now_ms() as i64, &refs);
         *self.pending.borrow_mut().entry(bucket).or_default() += 1;
-        let result = log.append(&batch, AppendOptions::default()).await.map(|_| ());
+        let result = log
+            .append(&batch, AppendOptions::default())
+            .await
+            .map(|_| ());
         *self.pending.borrow_mut().entry(bucket).or_default() -= 1;
         *self.since_snapshot.borrow_mut().entry(bucket).or_default() += values.len() as u64;
         result
     }
 
     pub fn fetch(&self, group: &str) -> GroupOffsets {
-        self.offsets.borrow().get(group).cloned().unwrap_or_default()
+        self.offsets
+            .borrow()
+            .get(group)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn groups_with_offsets(&self) -> Vec<String> {
@@ -428,7 +516,13 @@ impl OffsetStore {
         self.offsets
             .borrow()
             .iter()
-            .filter(|(_, offsets)| offsets.values().map(|c| c.commit_ms).max().is_some_and(|t| now_ms - t > retention_ms))
+            .filter(|(_, offsets)| {
+                offsets
+                    .values()
+                    .map(|c| c.commit_ms)
+                    .max()
+                    .is_some_and(|t| now_ms - t > retention_ms)
+            })
             .map(|(g, _)| g.clone())
             .collect()
     }
@@ -490,20 +584,32 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_a_batch() {
-        let c = Committed { offset: 42, leader_epoch: 3, metadata: Some("meta".into()), commit_ms: 99 };
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: Some("meta".into()),
+            commit_ms: 99,
+        };
         let value = encode(KIND_COMMIT, "group-a", "orders", 5, &c);
         let batch = build_batch(1, &[&value, &value]);
         let values = record_values(&batch);
         assert_eq!(values.len(), 2);
         let (kind, group, topic, partition, committed) = decode(values[0]).unwrap();
-        assert_eq!((kind, group.as_str(), topic.as_str(), partition), (KIND_COMMIT, "group-a", "orders", 5));
+        assert_eq!(
+            (kind, group.as_str(), topic.as_str(), partition),
+            (KIND_COMMIT, "group-a", "orders", 5)
+        );
         assert_eq!(committed, c);
-        assert!(decode(&value[..value.len() - 1]).is_none(), "a torn record is refused");
+        assert!(
+            decode(&value[..value.len() - 1]).is_none(),
+            "a torn record is refused"
+        );
     }
 
     #[test]
     fn groups_spread_over_buckets_and_shards() {
-        let buckets: std::collections::BTreeSet<u32> = (0..200).map(|i| bucket_of(&format!("g{i}"))).collect();
+        let buckets: std::collections::BTreeSet<u32> =
+            (0..200).map(|i| bucket_of(&format!("g{i}"))).collect();
         assert!(buckets.len() > 8);
         assert!(coordinator_shard("any", 1) == 0);
     }

@@ -79,7 +79,9 @@ pub enum Join {
     MemberIdRequired(String),
     Error(i16),
     /// Joined as `member_id`; wait for the round to complete.
-    Waiting { member_id: String },
+    Waiting {
+        member_id: String,
+    },
 }
 
 /// What a member gets when the join round completes.
@@ -146,10 +148,19 @@ impl Group {
         if self.state == GroupState::PreparingRebalance {
             return;
         }
-        let rebalance_timeout = self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0);
+        let rebalance_timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout_ms.max(0) as u64)
+            .max()
+            .unwrap_or(0);
         // An empty group waits a little to gather the members starting together
         // (Kafka's group.initial.rebalance.delay.ms), even once all have joined.
-        self.join_gate_ms = if self.state == GroupState::Empty { now_ms + initial_delay_ms } else { now_ms };
+        self.join_gate_ms = if self.state == GroupState::Empty {
+            now_ms + initial_delay_ms
+        } else {
+            now_ms
+        };
         self.state = GroupState::PreparingRebalance;
         self.join_deadline_ms = now_ms + rebalance_timeout.max(initial_delay_ms);
         for member in self.members.values_mut() {
@@ -159,7 +170,8 @@ impl Group {
     }
 
     pub fn join(&mut self, request: JoinRequest, now_ms: u64, initial_delay_ms: u64) -> Join {
-        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms)
+        {
             return Join::Error(code::INVALID_SESSION_TIMEOUT);
         }
         if request.protocols.is_empty() || request.protocol_type.is_empty() {
@@ -173,11 +185,16 @@ impl Group {
             if self.protocol_type.as_deref() != Some(request.protocol_type.as_str()) {
                 return Join::Error(code::INCONSISTENT_GROUP_PROTOCOL);
             }
-            let others: Vec<&Member> = self.members.values().filter(|m| m.id != request.member_id).collect();
-            let shared = request
-                .protocols
-                .iter()
-                .any(|(name, _)| others.iter().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+            let others: Vec<&Member> = self
+                .members
+                .values()
+                .filter(|m| m.id != request.member_id)
+                .collect();
+            let shared = request.protocols.iter().any(|(name, _)| {
+                others
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            });
             if !shared {
                 return Join::Error(code::INCONSISTENT_GROUP_PROTOCOL);
             }
@@ -185,7 +202,11 @@ impl Group {
         let mut member_id = request.member_id.clone();
         // Static membership: a known instance id takes over its member.
         if let Some(instance) = &request.instance_id {
-            let existing = self.members.values().find(|m| m.instance_id.as_ref() == Some(instance)).map(|m| m.id.clone());
+            let existing = self
+                .members
+                .values()
+                .find(|m| m.instance_id.as_ref() == Some(instance))
+                .map(|m| m.id.clone());
             if let Some(existing) = existing {
                 if member_id.is_empty() || member_id == existing {
                     member_id = existing;
@@ -231,24 +252,29 @@ impl Group {
         if self.members.is_empty() {
             self.protocol_type = Some(request.protocol_type.clone());
         }
-        let member = self.members.entry(member_id.clone()).or_insert_with(|| Member {
-            id: member_id.clone(),
-            instance_id: request.instance_id.clone(),
-            client_id: request.client_id.clone(),
-            client_host: request.client_host.clone(),
-            session_timeout_ms: request.session_timeout_ms,
-            rebalance_timeout_ms: request.rebalance_timeout_ms,
-            protocols: request.protocols.clone(),
-            assignment: Bytes::new(),
-            last_seen_ms: now_ms,
-            joined: false,
-        });
+        let member = self
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                id: member_id.clone(),
+                instance_id: request.instance_id.clone(),
+                client_id: request.client_id.clone(),
+                client_host: request.client_host.clone(),
+                session_timeout_ms: request.session_timeout_ms,
+                rebalance_timeout_ms: request.rebalance_timeout_ms,
+                protocols: request.protocols.clone(),
+                assignment: Bytes::new(),
+                last_seen_ms: now_ms,
+                joined: false,
+            });
         member.protocols = request.protocols;
         member.session_timeout_ms = request.session_timeout_ms;
         member.rebalance_timeout_ms = request.rebalance_timeout_ms.max(request.session_timeout_ms);
         member.last_seen_ms = now_ms;
         match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance if !is_new && !changed && self.state == GroupState::Stable => {
+            GroupState::Stable | GroupState::CompletingRebalance
+                if !is_new && !changed && self.state == GroupState::Stable =>
+            {
                 // A stable member rejoining unchanged (e.g. after a lost
                 // response) still triggers a rebalance, as Kafka does.
                 self.start_rebalance(now_ms, initial_delay_ms);
@@ -292,7 +318,11 @@ impl Group {
             .protocols
             .iter()
             .map(|(n, _)| n.clone())
-            .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+            .find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            });
         self.protocol = chosen;
         self.leader = Some(leader);
         self.state = GroupState::CompletingRebalance;
@@ -350,7 +380,13 @@ impl Group {
         Ok(())
     }
 
-    pub fn sync(&mut self, member_id: &str, generation: i32, assignments: Vec<(String, Bytes)>, now_ms: u64) -> Sync {
+    pub fn sync(
+        &mut self,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+        now_ms: u64,
+    ) -> Sync {
         if let Err(code) = self.check_member(member_id, generation) {
             return Sync::Error(code);
         }
@@ -390,10 +426,20 @@ impl Group {
         code::NONE
     }
 
-    pub fn leave(&mut self, member_id: &str, instance_id: Option<&str>, now_ms: u64, initial_delay_ms: u64) -> i16 {
+    pub fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: u64,
+        initial_delay_ms: u64,
+    ) -> i16 {
         let id = match (self.members.contains_key(member_id), instance_id) {
             (true, _) => member_id.to_string(),
-            (false, Some(instance)) => match self.members.values().find(|m| m.instance_id.as_deref() == Some(instance)) {
+            (false, Some(instance)) => match self
+                .members
+                .values()
+                .find(|m| m.instance_id.as_deref() == Some(instance))
+            {
                 Some(m) => m.id.clone(),
                 None => return code::UNKNOWN_MEMBER_ID,
             },
@@ -439,7 +485,11 @@ impl Group {
     /// an empty member id is a simple (non-group) commit, allowed when empty.
     pub fn check_commit(&self, member_id: &str, generation: i32) -> Result<(), i16> {
         if generation < 0 && member_id.is_empty() {
-            return if self.members.is_empty() { Ok(()) } else { Err(code::UNKNOWN_MEMBER_ID) };
+            return if self.members.is_empty() {
+                Ok(())
+            } else {
+                Err(code::UNKNOWN_MEMBER_ID)
+            };
         }
         if self.state == GroupState::PreparingRebalance && self.members.contains_key(member_id) {
             return Err(code::REBALANCE_IN_PROGRESS);
@@ -461,14 +511,21 @@ mod tests {
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 30_000,
             protocol_type: "consumer".into(),
-            protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(p.to_string()))).collect(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(p.to_string())))
+                .collect(),
             require_known_member_id: true,
         }
     }
 
     fn join_new(group: &mut Group, protocols: &[&str], now: u64) -> String {
-        let Join::MemberIdRequired(id) = group.join(join_request("", protocols), now, 0) else { panic!() };
-        let Join::Waiting { member_id } = group.join(join_request(&id, protocols), now, 0) else { panic!() };
+        let Join::MemberIdRequired(id) = group.join(join_request("", protocols), now, 0) else {
+            panic!()
+        };
+        let Join::Waiting { member_id } = group.join(join_request(&id, protocols), now, 0) else {
+            panic!()
+        };
         member_id
     }
 
@@ -488,10 +545,16 @@ mod tests {
         let follower = if leader == a { b.clone() } else { a.clone() };
         assert!(g.join_result(&follower).members.is_empty());
         assert_eq!(g.sync(&follower, 1, vec![], 2), Sync::Waiting);
-        let assignments = vec![(a.clone(), Bytes::from_static(b"A")), (b.clone(), Bytes::from_static(b"B"))];
+        let assignments = vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (b.clone(), Bytes::from_static(b"B")),
+        ];
         assert!(matches!(g.sync(&leader, 1, assignments, 2), Sync::Done(_)));
         assert_eq!(g.state, GroupState::Stable);
-        assert_eq!(g.sync(&a, 1, vec![], 3), Sync::Done(Bytes::from_static(b"A")));
+        assert_eq!(
+            g.sync(&a, 1, vec![], 3),
+            Sync::Done(Bytes::from_static(b"A"))
+        );
         assert_eq!(g.heartbeat(&a, 1, 4), code::NONE);
         assert_eq!(g.heartbeat(&a, 0, 4), code::ILLEGAL_GENERATION);
         assert_eq!(g.heartbeat("nobody", 1, 4), code::UNKNOWN_MEMBER_ID);
@@ -535,8 +598,14 @@ mod tests {
         let mut g = Group::new("g");
         join_new(&mut g, &["range"], 0);
         // As Kafka: the protocol check comes before a member id is handed out.
-        assert_eq!(g.join(join_request("", &["sticky"]), 0, 0), Join::Error(code::INCONSISTENT_GROUP_PROTOCOL));
-        assert_eq!(g.join(join_request("made-up", &["range"]), 0, 0), Join::Error(code::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            g.join(join_request("", &["sticky"]), 0, 0),
+            Join::Error(code::INCONSISTENT_GROUP_PROTOCOL)
+        );
+        assert_eq!(
+            g.join(join_request("made-up", &["range"]), 0, 0),
+            Join::Error(code::UNKNOWN_MEMBER_ID)
+        );
     }
 
     #[test]
@@ -552,6 +621,8 @@ mod tests {
         g.join(join_request(&a, &["range"]), 100, 0);
         assert!(!g.try_complete_join(200));
         assert!(g.try_complete_join(100 + 30_000));
-        assert!(g.members.contains_key(&a) && g.members.contains_key(&c) && !g.members.contains_key(&b));
+        assert!(
+            g.members.contains_key(&a) && g.members.contains_key(&c) && !g.members.contains_key(&b)
+        );
     }
 }

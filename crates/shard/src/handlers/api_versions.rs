@@ -3,24 +3,33 @@
 //! any client can read it); the response header is always v0.
 
 use super::HandlerResult;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 use sluice_protocol::api::{error_code, SUPPORTED_APIS};
 use sluice_protocol::frame::{decode_body, encode_response, RequestFrame};
 use sluice_protocol::kafka_protocol;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
 
 const MAX_VERSION: i16 = 3;
 
 pub fn handle(frame: RequestFrame) -> HandlerResult {
     let api_keys: Vec<ApiVersion> = SUPPORTED_APIS
         .iter()
-        .map(|(key, min, max)| ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max))
+        .map(|(key, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
         .collect();
     if frame.api_version > MAX_VERSION || frame.api_version < 0 {
-        let body = ApiVersionsResponse::default().with_error_code(error_code::UNSUPPORTED_VERSION).with_api_keys(api_keys);
+        let body = ApiVersionsResponse::default()
+            .with_error_code(error_code::UNSUPPORTED_VERSION)
+            .with_api_keys(api_keys);
         return encode_response(frame.correlation_id, 0, &body, 0).map(Some);
     }
     let _request: ApiVersionsRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let body = ApiVersionsResponse::default().with_error_code(error_code::NONE).with_api_keys(api_keys);
+    let body = ApiVersionsResponse::default()
+        .with_error_code(error_code::NONE)
+        .with_api_keys(api_keys);
     encode_response(frame.correlation_id, 0, &body, frame.api_version).map(Some)
 }

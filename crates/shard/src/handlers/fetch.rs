@@ -20,15 +20,24 @@ const MAX_WAIT_MS_MAX: i32 = 30_000;
 
 pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
-    let max_bytes = if request.max_bytes <= 0 { i32::MAX as usize } else { request.max_bytes as usize };
+    let deadline = Instant::now()
+        + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
+    let max_bytes = if request.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        request.max_bytes as usize
+    };
     let min_bytes = request.min_bytes.max(0) as usize;
     let mut outcomes;
     loop {
         outcomes = read_all(shard, &request, max_bytes).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
         let errored = outcomes.iter().any(|o| o.error_code != error_code::NONE);
-        if ready >= min_bytes.max(1) || errored || Instant::now() >= deadline || shard.stopping.get() {
+        if ready >= min_bytes.max(1)
+            || errored
+            || Instant::now() >= deadline
+            || shard.stopping.get()
+        {
             break;
         }
         // Wait for the high watermark to pass what this read saw, so a fetch
@@ -38,7 +47,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         for topic in &request.topics {
             for partition in &topic.partitions {
                 let observed = seen.next().map_or(-1, |o| o.high_watermark);
-                waiting.push((topic.topic.0.to_string(), partition.partition, observed.max(partition.fetch_offset)));
+                waiting.push((
+                    topic.topic.0.to_string(),
+                    partition.partition,
+                    observed.max(partition.fetch_offset),
+                ));
             }
         }
         shard.wait_for_data(waiting, deadline).await;
@@ -62,19 +75,32 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         .with_error_code(outcome.error_code)
                         .with_high_watermark(outcome.high_watermark)
                         .with_last_stable_offset(outcome.high_watermark)
-                        .with_log_start_offset(if frame.api_version >= 5 { outcome.log_start_offset } else { -1 })
+                        .with_log_start_offset(if frame.api_version >= 5 {
+                            outcome.log_start_offset
+                        } else {
+                            -1
+                        })
                         .with_aborted_transactions(Some(Vec::new()))
                         .with_records(Some(outcome.records))
                 })
                 .collect();
-            FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions)
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
         })
         .collect();
-    let body = FetchResponse::default().with_error_code(error_code::NONE).with_session_id(0).with_responses(responses);
+    let body = FetchResponse::default()
+        .with_error_code(error_code::NONE)
+        .with_session_id(0)
+        .with_responses(responses);
     respond(&frame, &body)
 }
 
-async fn read_all(shard: &Rc<Shard>, request: &FetchRequest, max_bytes: usize) -> Vec<FetchOutcome> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    request: &FetchRequest,
+    max_bytes: usize,
+) -> Vec<FetchOutcome> {
     let mut outcomes = Vec::new();
     let mut remaining = max_bytes;
     let mut any_data = false;
@@ -90,7 +116,10 @@ async fn read_all(shard: &Rc<Shard>, request: &FetchRequest, max_bytes: usize) -
             };
             let outcome = match shard.call(&name, partition.partition, op).await {
                 PartitionReply::Fetch(outcome) => outcome,
-                _ => FetchOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, ..Default::default() },
+                _ => FetchOutcome {
+                    error_code: error_code::KAFKA_STORAGE_ERROR,
+                    ..Default::default()
+                },
             };
             if !outcome.records.is_empty() {
                 any_data = true;

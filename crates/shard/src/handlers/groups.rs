@@ -8,14 +8,18 @@ use crate::groups::offsets::{coordinator_shard, Committed};
 use crate::groups::state::{code, JoinRequest};
 use crate::shard::Shard;
 use bytes::Bytes;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
-use kafka_protocol::messages::offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic};
-use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
 use kafka_protocol::messages::*;
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
@@ -28,12 +32,30 @@ pub fn owner_of(shard: &Shard, frame: &RequestFrame) -> Result<Option<usize>, St
     let body = frame.body.clone();
     let v = frame.api_version;
     let group = match key {
-        ApiKey::JoinGroup => decode_body::<JoinGroupRequest>(body, v)?.group_id.0.to_string(),
-        ApiKey::SyncGroup => decode_body::<SyncGroupRequest>(body, v)?.group_id.0.to_string(),
-        ApiKey::Heartbeat => decode_body::<HeartbeatRequest>(body, v)?.group_id.0.to_string(),
-        ApiKey::LeaveGroup => decode_body::<LeaveGroupRequest>(body, v)?.group_id.0.to_string(),
-        ApiKey::OffsetCommit => decode_body::<OffsetCommitRequest>(body, v)?.group_id.0.to_string(),
-        ApiKey::OffsetFetch => decode_body::<OffsetFetchRequest>(body, v)?.group_id.0.to_string(),
+        ApiKey::JoinGroup => decode_body::<JoinGroupRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
+        ApiKey::SyncGroup => decode_body::<SyncGroupRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
+        ApiKey::Heartbeat => decode_body::<HeartbeatRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
+        ApiKey::LeaveGroup => decode_body::<LeaveGroupRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
+        ApiKey::OffsetCommit => decode_body::<OffsetCommitRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
+        ApiKey::OffsetFetch => decode_body::<OffsetFetchRequest>(body, v)?
+            .group_id
+            .0
+            .to_string(),
         _ => return Ok(None),
     };
     // Offset records store group ids with a 16-bit length.
@@ -52,7 +74,10 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         if key_type == 0 {
             (error_code::NONE, None)
         } else {
-            (15, Some("transactions are not supported: no transaction coordinator".into())) // COORDINATOR_NOT_AVAILABLE
+            (
+                15,
+                Some("transactions are not supported: no transaction coordinator".into()),
+            ) // COORDINATOR_NOT_AVAILABLE
         }
     };
     let body = if frame.api_version >= 4 {
@@ -64,8 +89,16 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                 CoordinatorEntry::default()
                     .with_key(key.clone())
                     .with_node_id(if code == 0 { node } else { BrokerId(-1) })
-                    .with_host(if code == 0 { str_bytes(&settings.advertised_host) } else { str_bytes("") })
-                    .with_port(if code == 0 { settings.advertised_port } else { -1 })
+                    .with_host(if code == 0 {
+                        str_bytes(&settings.advertised_host)
+                    } else {
+                        str_bytes("")
+                    })
+                    .with_port(if code == 0 {
+                        settings.advertised_port
+                    } else {
+                        -1
+                    })
                     .with_error_code(code)
                     .with_error_message(message.map(|m| str_bytes(&m)))
             })
@@ -76,8 +109,16 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         let response = FindCoordinatorResponse::default()
             .with_error_code(code)
             .with_node_id(if code == 0 { node } else { BrokerId(-1) })
-            .with_host(if code == 0 { str_bytes(&settings.advertised_host) } else { str_bytes("") })
-            .with_port(if code == 0 { settings.advertised_port } else { -1 });
+            .with_host(if code == 0 {
+                str_bytes(&settings.advertised_host)
+            } else {
+                str_bytes("")
+            })
+            .with_port(if code == 0 {
+                settings.advertised_port
+            } else {
+                -1
+            });
         if frame.api_version >= 1 {
             response.with_error_message(message.map(|m| str_bytes(&m)))
         } else {
@@ -98,9 +139,17 @@ pub async fn join_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
         client_id: frame.client_id.clone().unwrap_or_default(),
         client_host: "/127.0.0.1".into(),
         session_timeout_ms: request.session_timeout_ms,
-        rebalance_timeout_ms: if v >= 1 { request.rebalance_timeout_ms } else { request.session_timeout_ms },
+        rebalance_timeout_ms: if v >= 1 {
+            request.rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        },
         protocol_type: request.protocol_type.to_string(),
-        protocols: request.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
         require_known_member_id: v >= 4,
     };
     let result = if group_id.is_empty() {
@@ -120,7 +169,9 @@ pub async fn join_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
         .members
         .iter()
         .map(|(id, instance, metadata)| {
-            let member = JoinGroupResponseMember::default().with_member_id(str_bytes(id)).with_metadata(metadata.clone());
+            let member = JoinGroupResponseMember::default()
+                .with_member_id(str_bytes(id))
+                .with_metadata(metadata.clone());
             if v >= 5 {
                 member.with_group_instance_id(instance.as_ref().map(|i| str_bytes(i)))
             } else {
@@ -131,12 +182,16 @@ pub async fn join_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
     let mut body = JoinGroupResponse::default()
         .with_error_code(result.error_code)
         .with_generation_id(result.generation)
-        .with_protocol_name(Some(str_bytes(result.protocol_name.as_deref().unwrap_or(""))))
+        .with_protocol_name(Some(str_bytes(
+            result.protocol_name.as_deref().unwrap_or(""),
+        )))
         .with_leader(str_bytes(&result.leader))
         .with_member_id(str_bytes(&result.member_id))
         .with_members(members);
     if v >= 7 {
-        body = body.with_protocol_type(result.protocol_type.as_ref().map(|t| str_bytes(t))).with_protocol_name(result.protocol_name.as_ref().map(|n| str_bytes(n)));
+        body = body
+            .with_protocol_type(result.protocol_type.as_ref().map(|t| str_bytes(t)))
+            .with_protocol_name(result.protocol_name.as_ref().map(|n| str_bytes(n)));
     }
     respond(&frame, &body)
 }
@@ -144,19 +199,37 @@ pub async fn join_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
 pub async fn sync_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: SyncGroupRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let coordinator = shard.coordinator()?;
-    let assignments = request.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
-    let (error, assignment) =
-        coordinator.sync(&request.group_id.0, &request.member_id, request.generation_id, assignments).await;
-    let mut body = SyncGroupResponse::default().with_error_code(error).with_assignment(assignment);
+    let assignments = request
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let (error, assignment) = coordinator
+        .sync(
+            &request.group_id.0,
+            &request.member_id,
+            request.generation_id,
+            assignments,
+        )
+        .await;
+    let mut body = SyncGroupResponse::default()
+        .with_error_code(error)
+        .with_assignment(assignment);
     if frame.api_version >= 5 {
-        body = body.with_protocol_type(request.protocol_type.clone()).with_protocol_name(request.protocol_name.clone());
+        body = body
+            .with_protocol_type(request.protocol_type.clone())
+            .with_protocol_name(request.protocol_name.clone());
     }
     respond(&frame, &body)
 }
 
 pub async fn heartbeat(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: HeartbeatRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let error = shard.coordinator()?.heartbeat(&request.group_id.0, &request.member_id, request.generation_id);
+    let error = shard.coordinator()?.heartbeat(
+        &request.group_id.0,
+        &request.member_id,
+        request.generation_id,
+    );
     respond(&frame, &HeartbeatResponse::default().with_error_code(error))
 }
 
@@ -166,7 +239,10 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
     let group = request.group_id.0.to_string();
     if frame.api_version < 3 {
         let error = coordinator.leave(&group, &request.member_id, None);
-        return respond(&frame, &LeaveGroupResponse::default().with_error_code(error));
+        return respond(
+            &frame,
+            &LeaveGroupResponse::default().with_error_code(error),
+        );
     }
     let members: Vec<MemberResponse> = request
         .members
@@ -179,7 +255,12 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
                 .with_error_code(error)
         })
         .collect();
-    respond(&frame, &LeaveGroupResponse::default().with_error_code(code::NONE).with_members(members))
+    respond(
+        &frame,
+        &LeaveGroupResponse::default()
+            .with_error_code(code::NONE)
+            .with_members(members),
+    )
 }
 
 pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
@@ -187,21 +268,38 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     let coordinator = shard.coordinator()?;
     let group = request.group_id.0.to_string();
     let snapshot = shard.snapshot();
-    let check = coordinator.check_commit(&group, &request.member_id, request.generation_id_or_member_epoch);
+    let check = coordinator.check_commit(
+        &group,
+        &request.member_id,
+        request.generation_id_or_member_epoch,
+    );
     let now = sluice_storage::now_ms() as i64;
     let mut commits = Vec::new();
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
-        let partitions = snapshot.topics.get(&name).map(|t| t.partition_count()).unwrap_or(0);
+        let partitions = snapshot
+            .topics
+            .get(&name)
+            .map(|t| t.partition_count())
+            .unwrap_or(0);
         let mut codes = Vec::new();
         for partition in &topic.partitions {
             let error = match check {
                 Err(e) => e,
-                Ok(()) if partition.partition_index < 0 || partition.partition_index >= partitions => {
+                Ok(())
+                    if partition.partition_index < 0 || partition.partition_index >= partitions =>
+                {
                     error_code::UNKNOWN_TOPIC_OR_PARTITION
                 }
-                Ok(()) if partition.committed_metadata.as_ref().is_some_and(|m| m.len() > 4096) => 12, // OFFSET_METADATA_TOO_LARGE
+                Ok(())
+                    if partition
+                        .committed_metadata
+                        .as_ref()
+                        .is_some_and(|m| m.len() > 4096) =>
+                {
+                    12
+                } // OFFSET_METADATA_TOO_LARGE
                 Ok(()) => {
                     commits.push((
                         name.clone(),
@@ -233,12 +331,18 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     let topics = results
         .into_iter()
         .map(|(name, codes)| {
-            OffsetCommitResponseTopic::default().with_name(name).with_partitions(
-                codes
-                    .into_iter()
-                    .map(|(p, e)| OffsetCommitResponsePartition::default().with_partition_index(p).with_error_code(e))
-                    .collect(),
-            )
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    codes
+                        .into_iter()
+                        .map(|(p, e)| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(e)
+                        })
+                        .collect(),
+                )
         })
         .collect();
     respond(&frame, &OffsetCommitResponse::default().with_topics(topics))
@@ -254,7 +358,9 @@ pub async fn offset_fetch(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResu
         let answer = OffsetFetchResponsePartition::default()
             .with_partition_index(partition)
             .with_committed_offset(found.map_or(-1, |c| c.offset))
-            .with_metadata(Some(str_bytes(found.and_then(|c| c.metadata.as_deref()).unwrap_or(""))))
+            .with_metadata(Some(str_bytes(
+                found.and_then(|c| c.metadata.as_deref()).unwrap_or(""),
+            )))
             .with_error_code(code::NONE);
         if v >= 5 {
             answer.with_committed_leader_epoch(found.map_or(-1, |c| c.leader_epoch))
@@ -269,7 +375,12 @@ pub async fn offset_fetch(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResu
                 let name = t.name.0.to_string();
                 OffsetFetchResponseTopic::default()
                     .with_name(t.name.clone())
-                    .with_partitions(t.partition_indexes.iter().map(|p| partition_answer(&name, *p)).collect())
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|p| partition_answer(&name, *p))
+                            .collect(),
+                    )
             })
             .collect(),
         None => {
@@ -282,7 +393,12 @@ pub async fn offset_fetch(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResu
                 .map(|(name, partitions)| {
                     OffsetFetchResponseTopic::default()
                         .with_name(TopicName(str_bytes(&name)))
-                        .with_partitions(partitions.iter().map(|p| partition_answer(&name, *p)).collect())
+                        .with_partitions(
+                            partitions
+                                .iter()
+                                .map(|p| partition_answer(&name, *p))
+                                .collect(),
+                        )
                 })
                 .collect()
         }
@@ -300,7 +416,9 @@ pub async fn list_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
     let listed = groups
         .into_iter()
         .map(|(id, protocol_type, state)| {
-            let group = ListedGroup::default().with_group_id(GroupId(str_bytes(&id))).with_protocol_type(str_bytes(&protocol_type));
+            let group = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(&id)))
+                .with_protocol_type(str_bytes(&protocol_type));
             if frame.api_version >= 4 {
                 group.with_group_state(str_bytes(&state))
             } else {
@@ -308,7 +426,12 @@ pub async fn list_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
             }
         })
         .collect();
-    respond(&frame, &ListGroupsResponse::default().with_error_code(code::NONE).with_groups(listed))
+    respond(
+        &frame,
+        &ListGroupsResponse::default()
+            .with_error_code(code::NONE)
+            .with_groups(listed),
+    )
 }
 
 pub async fn describe_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
@@ -319,7 +442,9 @@ pub async fn describe_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerR
         let description = shard.describe_group(&id).await;
         let entry = DescribedGroup::default().with_group_id(group.clone());
         described.push(match description {
-            None => entry.with_error_code(code::NONE).with_group_state(str_bytes("Dead")),
+            None => entry
+                .with_error_code(code::NONE)
+                .with_group_state(str_bytes("Dead")),
             Some(d) => entry
                 .with_error_code(code::NONE)
                 .with_group_state(str_bytes(&d.state))
@@ -328,24 +453,29 @@ pub async fn describe_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerR
                 .with_members(
                     d.members
                         .into_iter()
-                        .map(|(member, instance, client_id, host, metadata, assignment)| {
-                            let m = DescribedGroupMember::default()
-                                .with_member_id(str_bytes(&member))
-                                .with_client_id(str_bytes(&client_id))
-                                .with_client_host(str_bytes(&host))
-                                .with_member_metadata(metadata)
-                                .with_member_assignment(assignment);
-                            if frame.api_version >= 4 {
-                                m.with_group_instance_id(instance.map(|i| str_bytes(&i)))
-                            } else {
-                                m
-                            }
-                        })
+                        .map(
+                            |(member, instance, client_id, host, metadata, assignment)| {
+                                let m = DescribedGroupMember::default()
+                                    .with_member_id(str_bytes(&member))
+                                    .with_client_id(str_bytes(&client_id))
+                                    .with_client_host(str_bytes(&host))
+                                    .with_member_metadata(metadata)
+                                    .with_member_assignment(assignment);
+                                if frame.api_version >= 4 {
+                                    m.with_group_instance_id(instance.map(|i| str_bytes(&i)))
+                                } else {
+                                    m
+                                }
+                            },
+                        )
                         .collect(),
                 ),
         });
     }
-    respond(&frame, &DescribeGroupsResponse::default().with_groups(described))
+    respond(
+        &frame,
+        &DescribeGroupsResponse::default().with_groups(described),
+    )
 }
 
 pub async fn delete_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
@@ -353,9 +483,16 @@ pub async fn delete_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     let mut results = Vec::new();
     for group in &request.groups_names {
         let error = shard.delete_group(&group.0).await;
-        results.push(DeletableGroupResult::default().with_group_id(group.clone()).with_error_code(error));
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group.clone())
+                .with_error_code(error),
+        );
     }
-    respond(&frame, &DeleteGroupsResponse::default().with_results(results))
+    respond(
+        &frame,
+        &DeleteGroupsResponse::default().with_results(results),
+    )
 }
 
 #[allow(dead_code)]

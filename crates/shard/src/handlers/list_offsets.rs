@@ -4,7 +4,9 @@
 use super::{respond, HandlerResult};
 use crate::mesh::{ListOffsetsOutcome, PartitionOp, PartitionReply};
 use crate::shard::Shard;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
@@ -18,10 +20,16 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         let name = topic.name.0.to_string();
         let mut partitions = Vec::new();
         for partition in &topic.partitions {
-            let op = PartitionOp::ListOffsets { timestamp: partition.timestamp };
+            let op = PartitionOp::ListOffsets {
+                timestamp: partition.timestamp,
+            };
             let outcome = match shard.call(&name, partition.partition_index, op).await {
                 PartitionReply::ListOffsets(outcome) => outcome,
-                _ => ListOffsetsOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, offset: -1, timestamp: -1 },
+                _ => ListOffsetsOutcome {
+                    error_code: error_code::KAFKA_STORAGE_ERROR,
+                    offset: -1,
+                    timestamp: -1,
+                },
             };
             partitions.push(
                 ListOffsetsPartitionResponse::default()
@@ -32,7 +40,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     .with_leader_epoch(if frame.api_version >= 4 { 0 } else { -1 }),
             );
         }
-        topics.push(ListOffsetsTopicResponse::default().with_name(topic.name.clone()).with_partitions(partitions));
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions),
+        );
     }
     respond(&frame, &ListOffsetsResponse::default().with_topics(topics))
 }

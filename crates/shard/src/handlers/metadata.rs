@@ -6,7 +6,9 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::AdminOp;
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::shard::Shard;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
@@ -18,7 +20,8 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: MetadataRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let settings = &shard.settings;
     let node = BrokerId(settings.node_id);
-    let may_create = settings.auto_create_topics && (frame.api_version < 4 || request.allow_auto_topic_creation);
+    let may_create =
+        settings.auto_create_topics && (frame.api_version < 4 || request.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match request.topics {
         None => {
@@ -33,7 +36,10 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     continue;
                 };
                 if validate_topic_name(&name).is_err() {
-                    topics.push(error_topic(Some(&name), error_code::INVALID_TOPIC_EXCEPTION));
+                    topics.push(error_topic(
+                        Some(&name),
+                        error_code::INVALID_TOPIC_EXCEPTION,
+                    ));
                     continue;
                 }
                 let mut existing = shard.snapshot().topics.get(&name).cloned();
@@ -45,7 +51,9 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         validate_only: false,
                     };
                     let reply = shard.admin(op).await;
-                    if reply.error_code != error_code::NONE && reply.error_code != error_code::TOPIC_ALREADY_EXISTS {
+                    if reply.error_code != error_code::NONE
+                        && reply.error_code != error_code::TOPIC_ALREADY_EXISTS
+                    {
                         topics.push(error_topic(Some(&name), reply.error_code));
                         continue;
                     }
@@ -53,7 +61,10 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                 }
                 match existing {
                     Some(topic) => topics.push(topic_metadata(&topic, node, frame.api_version)),
-                    None => topics.push(error_topic(Some(&name), error_code::UNKNOWN_TOPIC_OR_PARTITION)),
+                    None => topics.push(error_topic(
+                        Some(&name),
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    )),
                 }
             }
         }
@@ -85,10 +96,16 @@ fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataRe
     MetadataResponseTopic::default()
         .with_error_code(error_code::NONE)
         .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_topic_id(if version >= 10 { topic.uuid() } else { Default::default() })
+        .with_topic_id(if version >= 10 {
+            topic.uuid()
+        } else {
+            Default::default()
+        })
         .with_partitions(partitions)
 }
 
 fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
-    MetadataResponseTopic::default().with_error_code(code).with_name(name.map(|n| TopicName(str_bytes(n))))
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name.map(|n| TopicName(str_bytes(n))))
 }

@@ -32,7 +32,9 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         return Err(format!("unsupported API key {api_key} (v{version})"));
     };
     if version < min || version > max {
-        return Err(format!("unsupported version {version} of {key:?} (supported {min}..={max})"));
+        return Err(format!(
+            "unsupported version {version} of {key:?} (supported {min}..={max})"
+        ));
     }
     // A group's requests run on its coordinator shard.
     if let Some(owner) = groups::owner_of(shard, &frame)? {
@@ -43,7 +45,8 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
 
 /// Handles a request on this shard (after any forwarding decision).
 pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
-    let key = ApiKey::try_from(frame.api_key).map_err(|_| format!("unsupported API key {}", frame.api_key))?;
+    let key = ApiKey::try_from(frame.api_key)
+        .map_err(|_| format!("unsupported API key {}", frame.api_key))?;
     match key {
         ApiKey::FindCoordinator => groups::find_coordinator(shard, frame).await,
         ApiKey::JoinGroup => groups::join_group(shard, frame).await,
@@ -72,7 +75,13 @@ pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
 pub fn respond<T: Encodable>(frame: &RequestFrame, body: &T) -> HandlerResult {
     let key = ApiKey::try_from(frame.api_key).map_err(|_| "unknown api key".to_string())?;
     let header_version = key.response_header_version(frame.api_version);
-    encode_response(frame.correlation_id, header_version, body, frame.api_version).map(Some)
+    encode_response(
+        frame.correlation_id,
+        header_version,
+        body,
+        frame.api_version,
+    )
+    .map(Some)
 }
 
 pub fn str_bytes(text: &str) -> StrBytes {

@@ -6,7 +6,9 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
 use crate::shard::Shard;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
@@ -17,9 +19,15 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: ProduceRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let acks = request.acks;
     let refuse = if !matches!(acks, -1..=1) {
-        Some((error_code::INVALID_REQUIRED_ACKS, format!("acks must be -1, 0 or 1, got {acks}")))
+        Some((
+            error_code::INVALID_REQUIRED_ACKS,
+            format!("acks must be -1, 0 or 1, got {acks}"),
+        ))
     } else if request.transactional_id.is_some() {
-        Some((error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported".to_string()))
+        Some((
+            error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "transactions are not supported".to_string(),
+        ))
     } else {
         None
     };
@@ -37,11 +45,26 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             let refuse = refuse.clone();
             calls.push(async move {
                 if let Some((code, message)) = refuse {
-                    return ProduceOutcome { error_code: code, error_message: Some(message), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 };
+                    return ProduceOutcome {
+                        error_code: code,
+                        error_message: Some(message),
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                    };
                 }
-                match shard.call(&name, index, PartitionOp::Produce { records }).await {
+                match shard
+                    .call(&name, index, PartitionOp::Produce { records })
+                    .await
+                {
                     PartitionReply::Produce(outcome) => outcome,
-                    _ => ProduceOutcome { error_code: error_code::KAFKA_STORAGE_ERROR, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, error_message: None },
+                    _ => ProduceOutcome {
+                        error_code: error_code::KAFKA_STORAGE_ERROR,
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                        error_message: None,
+                    },
                 }
             });
         }
@@ -64,32 +87,59 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         .with_error_code(outcome.error_code)
                         .with_base_offset(outcome.base_offset)
                         .with_log_append_time_ms(outcome.log_append_time_ms)
-                        .with_log_start_offset(if version >= 5 { outcome.log_start_offset } else { -1 })
-                        .with_error_message(if version >= 8 { outcome.error_message.map(|m| str_bytes(&m)) } else { None })
+                        .with_log_start_offset(if version >= 5 {
+                            outcome.log_start_offset
+                        } else {
+                            -1
+                        })
+                        .with_error_message(if version >= 8 {
+                            outcome.error_message.map(|m| str_bytes(&m))
+                        } else {
+                            None
+                        })
                 })
                 .collect();
-            TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses)
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partition_responses)
         })
         .collect();
-    respond(&frame, &ProduceResponse::default().with_responses(responses))
+    respond(
+        &frame,
+        &ProduceResponse::default().with_responses(responses),
+    )
 }
 
 /// InitProducerId: a fresh id (epoch 0), or for a known id and epoch (v3+) the
 /// same id with the epoch bumped. Transactional ids are refused: no transactions.
 pub async fn init_producer_id(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: InitProducerIdRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let fail = |code: i16| InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    let fail = |code: i16| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
     if request.transactional_id.is_some() {
-        return respond(&frame, &fail(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
+        return respond(
+            &frame,
+            &fail(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+        );
     }
-    let body = if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+    let body = if request.producer_id.0 >= 0
+        && request.producer_epoch >= 0
+        && request.producer_epoch < i16::MAX - 1
+    {
         InitProducerIdResponse::default()
             .with_error_code(error_code::NONE)
             .with_producer_id(request.producer_id)
             .with_producer_epoch(request.producer_epoch + 1)
     } else {
         match shard.allocate_producer_id().await {
-            Ok(id) => InitProducerIdResponse::default().with_error_code(error_code::NONE).with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Ok(id) => InitProducerIdResponse::default()
+                .with_error_code(error_code::NONE)
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
             Err(e) => {
                 tracing::error!("{e}");
                 fail(error_code::KAFKA_STORAGE_ERROR)

@@ -89,7 +89,9 @@ impl DmaDir {
         std::fs::create_dir_all(path.as_ref())?;
         // Absolute: glommio opens directories with openat(-1, ..), which
         // fails with EBADF for a relative path.
-        Ok(DmaDir { path: std::fs::canonicalize(path.as_ref())? })
+        Ok(DmaDir {
+            path: std::fs::canonicalize(path.as_ref())?,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -164,7 +166,11 @@ impl StorageDir for DmaDir {
     type File = DmaStorageFile;
 
     fn alloc_buf(&self, len: usize) -> DmaBuffer {
-        assert_eq!(len as u64 % PAGE_BYTES, 0, "buffer length must be page aligned");
+        assert_eq!(
+            len as u64 % PAGE_BYTES,
+            0,
+            "buffer length must be page aligned"
+        );
         if let Some(buf) = BUFFER_POOL.with(|pool| pool.borrow_mut().take(len)) {
             return buf;
         }
@@ -211,7 +217,9 @@ impl StorageDir for DmaDir {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        let dir = glommio::io::Directory::open(&self.path).await.map_err(to_io)?;
+        let dir = glommio::io::Directory::open(&self.path)
+            .await
+            .map_err(to_io)?;
         let result = dir.sync().await.map_err(to_io);
         let _ = dir.close().await;
         result

@@ -36,7 +36,10 @@ pub enum CrashMode {
     /// survives only up to `torn_prefix_bytes` (a torn write); the file keeps
     /// its current size, with zeros where data did not survive. Counts are
     /// taken modulo what is there, so any numbers are valid.
-    Torn { writes_kept: usize, torn_prefix_bytes: usize },
+    Torn {
+        writes_kept: usize,
+        torn_prefix_bytes: usize,
+    },
 }
 
 #[derive(Default)]
@@ -63,7 +66,12 @@ impl MemFs {
             .sum()
     }
 
-    fn check_capacity(&self, handle: &Rc<RefCell<FileData>>, file: &FileData, new_len: u64) -> io::Result<()> {
+    fn check_capacity(
+        &self,
+        handle: &Rc<RefCell<FileData>>,
+        file: &FileData,
+        new_len: u64,
+    ) -> io::Result<()> {
         if let Some(capacity) = self.faults.capacity_bytes {
             let len = new_len.max(file.current.len() as u64);
             if self.bytes_used_by_others(handle) + len > capacity {
@@ -104,7 +112,11 @@ impl MemDir {
             let mut file = file.borrow_mut();
             let mut survived = file.synced.clone();
             let writes = std::mem::take(&mut file.unsynced_writes);
-            if let CrashMode::Torn { writes_kept, torn_prefix_bytes } = mode {
+            if let CrashMode::Torn {
+                writes_kept,
+                torn_prefix_bytes,
+            } = mode
+            {
                 let kept = writes_kept % (writes.len() + 1);
                 for (index, (pos, data)) in writes.iter().enumerate().take(kept + 1) {
                     let data = if index == kept {
@@ -124,7 +136,10 @@ impl MemDir {
             file.synced = survived;
         }
         let yield_on_io = fs.faults.yield_on_io;
-        fs.faults = Faults { yield_on_io, ..Faults::default() };
+        fs.faults = Faults {
+            yield_on_io,
+            ..Faults::default()
+        };
     }
 
     /// Names of the files that exist now.
@@ -134,13 +149,21 @@ impl MemDir {
 
     /// The current bytes of a file, for tests that corrupt or inspect data.
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.fs.borrow().files.get(name).map(|f| f.borrow().current.clone())
+        self.fs
+            .borrow()
+            .files
+            .get(name)
+            .map(|f| f.borrow().current.clone())
     }
 
     /// Overwrites bytes of a file in place and durably (bit rot, a bad sector).
     pub fn corrupt(&self, name: &str, pos: u64, bytes: &[u8]) {
         let fs = self.fs.borrow();
-        let mut file = fs.files.get(name).expect("file to corrupt exists").borrow_mut();
+        let mut file = fs
+            .files
+            .get(name)
+            .expect("file to corrupt exists")
+            .borrow_mut();
         apply_write(&mut file.current, pos, bytes);
         apply_write(&mut file.synced, pos, bytes);
     }
@@ -186,8 +209,16 @@ impl StorageFile for MemFile {
 
     async fn write_at(&self, buf: Rc<MemBuf>, pos: u64) -> io::Result<()> {
         maybe_yield(&self.fs).await;
-        assert_eq!(pos % PAGE_BYTES, 0, "O_DIRECT write position must be page aligned");
-        assert_eq!(buf.0.len() as u64 % PAGE_BYTES, 0, "O_DIRECT write length must be page aligned");
+        assert_eq!(
+            pos % PAGE_BYTES,
+            0,
+            "O_DIRECT write position must be page aligned"
+        );
+        assert_eq!(
+            buf.0.len() as u64 % PAGE_BYTES,
+            0,
+            "O_DIRECT write length must be page aligned"
+        );
         let mut fs = self.fs.borrow_mut();
         if fs.faults.write_failures > 0 {
             fs.faults.write_failures -= 1;
@@ -258,7 +289,11 @@ impl StorageDir for MemDir {
     type File = MemFile;
 
     fn alloc_buf(&self, len: usize) -> MemBuf {
-        assert_eq!(len as u64 % PAGE_BYTES, 0, "buffer length must be page aligned");
+        assert_eq!(
+            len as u64 % PAGE_BYTES,
+            0,
+            "buffer length must be page aligned"
+        );
         MemBuf(vec![0; len])
     }
 
@@ -274,19 +309,27 @@ impl StorageDir for MemDir {
             }
             None => return Err(io::Error::from(io::ErrorKind::NotFound)),
         };
-        Ok(MemFile { fs: self.fs.clone(), data })
+        Ok(MemFile {
+            fs: self.fs.clone(),
+            data,
+        })
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let mut fs = self.fs.borrow_mut();
-        fs.files.remove(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        fs.files
+            .remove(name)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         fs.names_durable.remove(name);
         Ok(())
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut fs = self.fs.borrow_mut();
-        let data = fs.files.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let data = fs
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         fs.files.insert(to.to_string(), data);
         // Until the directory is synced a crash may keep either name; the
         // simplest pessimistic model: the old durable name is gone, the new one

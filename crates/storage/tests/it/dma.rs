@@ -7,12 +7,16 @@ use std::path::Path;
 use std::rc::Rc;
 
 async fn open(path: &Path, config: LogConfig) -> Rc<PartitionLog<DmaDir>> {
-    PartitionLog::open(DmaDir::create(path).unwrap(), config, "dma-0").await.unwrap()
+    PartitionLog::open(DmaDir::create(path).unwrap(), config, "dma-0")
+        .await
+        .unwrap()
 }
 
 fn file_names(path: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     names
 }
@@ -28,12 +32,24 @@ fn append_read_roll_reopen_on_o_direct_files() {
         for i in 0..60 {
             let raw = batch(i, 1 + (i as usize % 4), 350, 1000 + i as i64);
             let info = log.append(&raw, AppendOptions::default()).await.unwrap();
-            assert_eq!(info.base_offset, expected.iter().map(|(_, n)| *n).sum::<i64>());
-            expected.push((stored_form(&raw, info.base_offset), info.last_offset - info.base_offset + 1));
+            assert_eq!(
+                info.base_offset,
+                expected.iter().map(|(_, n)| *n).sum::<i64>()
+            );
+            expected.push((
+                stored_form(&raw, info.base_offset),
+                info.last_offset - info.base_offset + 1,
+            ));
         }
         let all: Vec<Vec<u8>> = expected.iter().map(|(b, _)| b.clone()).collect();
         let read = log.read(0, 1 << 22).await.unwrap();
-        assert_eq!(split_batches(&read.records).into_iter().map(|(_, b)| b).collect::<Vec<_>>(), all);
+        assert_eq!(
+            split_batches(&read.records)
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect::<Vec<_>>(),
+            all
+        );
         assert!(log.segment_base_offsets().len() > 2, "segments rolled");
         // Lookups.
         let (offset, ts) = log.offset_for_timestamp(1030).await.unwrap().unwrap();
@@ -49,7 +65,10 @@ fn append_read_roll_reopen_on_o_direct_files() {
         assert!(names.contains(&CLEAN_SHUTDOWN_FILE.to_string()));
         let logs: Vec<&String> = names.iter().filter(|n| n.ends_with(".log")).collect();
         assert_eq!(logs[0], "00000000000000000000.log");
-        let total: u64 = logs.iter().map(|n| std::fs::metadata(path.join(n)).unwrap().len()).sum();
+        let total: u64 = logs
+            .iter()
+            .map(|n| std::fs::metadata(path.join(n)).unwrap().len())
+            .sum();
         assert_eq!(total, all.iter().map(|b| b.len() as u64).sum::<u64>());
         for log_name in &logs {
             let stem = log_name.strip_suffix(".log").unwrap();
@@ -59,15 +78,30 @@ fn append_read_roll_reopen_on_o_direct_files() {
 
         let log = open(&path, small_config()).await;
         let read = log.read(0, 1 << 22).await.unwrap();
-        assert_eq!(split_batches(&read.records).into_iter().map(|(_, b)| b).collect::<Vec<_>>(), all);
+        assert_eq!(
+            split_batches(&read.records)
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect::<Vec<_>>(),
+            all
+        );
         let next = log.high_watermark();
-        let info = log.append(&batch(7, 1, 10, 1), AppendOptions::default()).await.unwrap();
+        let info = log
+            .append(&batch(7, 1, 10, 1), AppendOptions::default())
+            .await
+            .unwrap();
         assert_eq!(info.base_offset, next);
         // Truncate back into an earlier segment and carry on.
         log.truncate_to(10).await.unwrap();
         let hw = log.high_watermark();
-        assert!(hw <= 10 && hw > 5, "cut at the batch holding offset 10, got {hw}");
-        let info = log.append(&batch(8, 2, 10, 1), AppendOptions::default()).await.unwrap();
+        assert!(
+            hw <= 10 && hw > 5,
+            "cut at the batch holding offset 10, got {hw}"
+        );
+        let info = log
+            .append(&batch(8, 2, 10, 1), AppendOptions::default())
+            .await
+            .unwrap();
         assert_eq!(info.base_offset, hw);
         let read = log.read(0, 1 << 22).await.unwrap();
         let got = split_batches(&read.records);
@@ -98,7 +132,13 @@ fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
         let data_len: u64 = {
             let log = open(&path, small_config()).await;
             let read = log.read(0, 1 << 22).await.unwrap();
-            assert_eq!(split_batches(&read.records).into_iter().map(|(_, b)| b).collect::<Vec<_>>(), all);
+            assert_eq!(
+                split_batches(&read.records)
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .collect::<Vec<_>>(),
+                all
+            );
             let offsets = log.offsets();
             log.close().await.unwrap();
             offsets.size_bytes
@@ -106,7 +146,10 @@ fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
         let _ = data_len;
         {
             use std::io::Write;
-            let mut file = std::fs::OpenOptions::new().append(true).open(path.join(&last)).unwrap();
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path.join(&last))
+                .unwrap();
             let mut torn = batch(99, 3, 300, 1);
             torn.truncate(torn.len() / 2);
             file.write_all(&torn).unwrap();
@@ -114,9 +157,18 @@ fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
         std::fs::remove_file(path.join(CLEAN_SHUTDOWN_FILE)).unwrap();
         let log = open(&path, small_config()).await;
         let read = log.read(0, 1 << 22).await.unwrap();
-        assert_eq!(split_batches(&read.records).into_iter().map(|(_, b)| b).collect::<Vec<_>>(), all);
+        assert_eq!(
+            split_batches(&read.records)
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect::<Vec<_>>(),
+            all
+        );
         let hw = log.high_watermark();
-        let info = log.append(&batch(5, 1, 10, 1), AppendOptions::default()).await.unwrap();
+        let info = log
+            .append(&batch(5, 1, 10, 1), AppendOptions::default())
+            .await
+            .unwrap();
         assert_eq!(info.base_offset, hw);
         log.close().await.unwrap();
     });
@@ -127,13 +179,19 @@ fn concurrent_appends_share_a_flush_and_keep_order() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("topic-2");
     run(move || async move {
-        let config = LogConfig { segment_bytes: 1 << 20, ..small_config() };
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        };
         let log = open(&path, config).await;
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let log = log.clone();
                 glommio::spawn_local(async move {
-                    log.append(&batch(i, 1, 100, 1), AppendOptions::default()).await.unwrap().base_offset
+                    log.append(&batch(i, 1, 100, 1), AppendOptions::default())
+                        .await
+                        .unwrap()
+                        .base_offset
                 })
             })
             .collect();
@@ -141,7 +199,11 @@ fn concurrent_appends_share_a_flush_and_keep_order() {
         for task in tasks {
             offsets.push(task.await);
         }
-        assert_eq!(offsets, (0..64).collect::<Vec<i64>>(), "offsets follow issue order");
+        assert_eq!(
+            offsets,
+            (0..64).collect::<Vec<i64>>(),
+            "offsets follow issue order"
+        );
         assert_eq!(log.high_watermark(), 64);
         log.close().await.unwrap();
     });
@@ -152,10 +214,15 @@ fn retention_by_time_deletes_old_sealed_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("topic-3");
     run(move || async move {
-        let config = LogConfig { retention_ms: Some(1000), ..small_config() };
+        let config = LogConfig {
+            retention_ms: Some(1000),
+            ..small_config()
+        };
         let log = open(&path, config).await;
         for i in 0..40 {
-            log.append(&batch(i, 1, 900, i as i64 * 100), AppendOptions::default()).await.unwrap();
+            log.append(&batch(i, 1, 900, i as i64 * 100), AppendOptions::default())
+                .await
+                .unwrap();
         }
         let bases = log.segment_base_offsets();
         // "Now" = 3000: segments whose newest record is before 2000 go.
@@ -163,9 +230,11 @@ fn retention_by_time_deletes_old_sealed_segments() {
         assert!(deleted >= 1);
         let start = log.log_start_offset();
         assert_eq!(start, bases[deleted]);
-        assert!(matches!(log.read(start - 1, 1).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(start - 1, 1).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
         assert!(!path.join(format!("{:020}.log", bases[0])).exists());
         log.close().await.unwrap();
     });
 }
-

@@ -2,15 +2,21 @@
 
 use crate::{batch, run, small_config, split_batches, stored_form};
 use sluice_storage::io::memory::{CrashMode, Faults, MemDir};
-use sluice_storage::{AppendOptions, FlushPolicy, LogConfig, LogError, PartitionLog, CLEAN_SHUTDOWN_FILE};
+use sluice_storage::{
+    AppendOptions, FlushPolicy, LogConfig, LogError, PartitionLog, CLEAN_SHUTDOWN_FILE,
+};
 use std::rc::Rc;
 
 async fn open(dir: &MemDir, config: LogConfig) -> Rc<PartitionLog<MemDir>> {
-    PartitionLog::open(dir.clone(), config, "faults-0").await.unwrap()
+    PartitionLog::open(dir.clone(), config, "faults-0")
+        .await
+        .unwrap()
 }
 
 async fn append(log: &Rc<PartitionLog<MemDir>>, raw: &[u8]) -> Result<i64, LogError> {
-    log.append(raw, AppendOptions::default()).await.map(|i| i.base_offset)
+    log.append(raw, AppendOptions::default())
+        .await
+        .map(|i| i.base_offset)
 }
 
 #[test]
@@ -20,7 +26,10 @@ fn torn_tail_is_cut_and_every_whole_batch_survives() {
         // can tear the last write. Recovery must cut exactly at the torn batch.
         for torn_prefix_bytes in (0usize..4200).step_by(97) {
             let dir = MemDir::new();
-            let config = LogConfig { flush: FlushPolicy::UnsafeIntervalMs(3_600_000), ..small_config() };
+            let config = LogConfig {
+                flush: FlushPolicy::UnsafeIntervalMs(3_600_000),
+                ..small_config()
+            };
             let log = open(&dir, config.clone()).await;
             let mut raws = Vec::new();
             for i in 0..6 {
@@ -30,7 +39,10 @@ fn torn_tail_is_cut_and_every_whole_batch_survives() {
             }
             drop(log);
             // Keep the first 3 unsynced writes whole, tear the 4th.
-            dir.crash(CrashMode::Torn { writes_kept: 3, torn_prefix_bytes });
+            dir.crash(CrashMode::Torn {
+                writes_kept: 3,
+                torn_prefix_bytes,
+            });
             let log = open(&dir, config).await;
             let read = log.read(0, 1 << 20).await.unwrap();
             let got = split_batches(&read.records);
@@ -61,7 +73,10 @@ fn acknowledged_appends_survive_a_crash_that_drops_unsynced_data() {
             let base = append(&log, &raw).await.unwrap();
             expected.push(stored_form(&raw, base));
         }
-        assert!(log.segment_base_offsets().len() > 1, "test should roll segments");
+        assert!(
+            log.segment_base_offsets().len() > 1,
+            "test should roll segments"
+        );
         drop(log);
         dir.crash(CrashMode::DropUnsynced);
         let log = open(&dir, small_config()).await;
@@ -79,20 +94,32 @@ fn failed_fdatasync_fails_the_append_and_refuses_more_until_reopened() {
         let dir = MemDir::new();
         let log = open(&dir, small_config()).await;
         append(&log, &batch(1, 1, 10, 1)).await.unwrap();
-        dir.set_faults(Faults { sync_failures: 1, ..Faults::default() });
+        dir.set_faults(Faults {
+            sync_failures: 1,
+            ..Faults::default()
+        });
         let err = append(&log, &batch(2, 1, 10, 1)).await.unwrap_err();
         assert!(matches!(err, LogError::SyncFailed(_)), "{err}");
         // No silent retry: the next append is refused even though fsync would work.
         let err = append(&log, &batch(3, 1, 10, 1)).await.unwrap_err();
         assert!(matches!(err, LogError::SyncFailed(_)), "{err}");
         // Durable data stays readable.
-        assert_eq!(split_batches(&log.read(0, 4096).await.unwrap().records).len(), 1);
+        assert_eq!(
+            split_batches(&log.read(0, 4096).await.unwrap().records).len(),
+            1
+        );
         let _ = log.close().await;
         drop(log);
-        assert!(dir.file_bytes(CLEAN_SHUTDOWN_FILE).is_none(), "a failed log must not claim a clean close");
+        assert!(
+            dir.file_bytes(CLEAN_SHUTDOWN_FILE).is_none(),
+            "a failed log must not claim a clean close"
+        );
         let log = open(&dir, small_config()).await;
         let next = log.high_watermark();
-        assert!(next == 1 || next == 2, "the in-doubt batch is there whole or not at all");
+        assert!(
+            next == 1 || next == 2,
+            "the in-doubt batch is there whole or not at all"
+        );
         assert_eq!(append(&log, &batch(4, 1, 10, 1)).await.unwrap(), next);
     });
 }
@@ -101,11 +128,17 @@ fn failed_fdatasync_fails_the_append_and_refuses_more_until_reopened() {
 fn disk_full_fails_cleanly_and_the_log_recovers_when_space_returns() {
     run(|| async {
         let dir = MemDir::new();
-        let config = LogConfig { preallocate_bytes: 0, ..small_config() };
+        let config = LogConfig {
+            preallocate_bytes: 0,
+            ..small_config()
+        };
         let log = open(&dir, config.clone()).await;
         let first = batch(1, 2, 100, 1);
         append(&log, &first).await.unwrap();
-        dir.set_faults(Faults { capacity_bytes: Some(4096), ..Faults::default() });
+        dir.set_faults(Faults {
+            capacity_bytes: Some(4096),
+            ..Faults::default()
+        });
         let big = batch(2, 4, 2000, 1);
         let err = append(&log, &big).await.unwrap_err();
         assert!(err.is_disk_full(), "{err}");
@@ -128,7 +161,10 @@ fn failed_write_fails_every_waiting_append_and_keeps_the_log_usable() {
     run(|| async {
         let dir = MemDir::new();
         let log = open(&dir, small_config()).await;
-        dir.set_faults(Faults { write_failures: 1, ..Faults::default() });
+        dir.set_faults(Faults {
+            write_failures: 1,
+            ..Faults::default()
+        });
         let a = {
             let log = log.clone();
             glommio::spawn_local(async move { append(&log, &batch(1, 1, 10, 1)).await })
@@ -167,10 +203,14 @@ fn corrupt_bytes_in_a_sealed_segment_are_detected_not_served() {
             match log.read(offset, 1).await {
                 Ok(read) => {
                     for (_, b) in split_batches(&read.records) {
-                        sluice_protocol::record_batch::validate_batch(&b).expect("served batch is valid");
+                        sluice_protocol::record_batch::validate_batch(&b)
+                            .expect("served batch is valid");
                     }
                 }
-                Err(LogError::Corrupt { segment_base_offset, .. }) => {
+                Err(LogError::Corrupt {
+                    segment_base_offset,
+                    ..
+                }) => {
                     assert_eq!(segment_base_offset, bases[0]);
                     corrupt_seen = true;
                 }
@@ -187,7 +227,10 @@ fn corrupt_bytes_in_a_sealed_segment_are_detected_not_served() {
 fn a_damaged_index_is_rebuilt_from_the_data() {
     run(|| async {
         let dir = MemDir::new();
-        let config = LogConfig { index_interval_bytes: 256, ..small_config() };
+        let config = LogConfig {
+            index_interval_bytes: 256,
+            ..small_config()
+        };
         let log = open(&dir, config.clone()).await;
         for i in 0..40 {
             append(&log, &batch(i, 2, 200, i as i64)).await.unwrap();
@@ -204,8 +247,15 @@ fn a_damaged_index_is_rebuilt_from_the_data() {
             let got = split_batches(&read.records);
             assert!(got[0].0.base_offset <= offset && got[0].0.last_offset() >= offset);
         }
-        assert_eq!(dir.file_bytes(&index).unwrap(), bytes, "rebuilt index equals the original");
-        assert_eq!(log.offset_for_timestamp(17).await.unwrap().map(|x| x.1), Some(17));
+        assert_eq!(
+            dir.file_bytes(&index).unwrap(),
+            bytes,
+            "rebuilt index equals the original"
+        );
+        assert_eq!(
+            log.offset_for_timestamp(17).await.unwrap().map(|x| x.1),
+            Some(17)
+        );
     });
 }
 
@@ -215,7 +265,9 @@ fn clean_close_leaves_a_marker_that_the_next_open_consumes() {
         let dir = MemDir::new();
         let log = open(&dir, small_config()).await;
         for i in 0..5 {
-            append(&log, &batch(i, 1, 100, 50 + i as i64)).await.unwrap();
+            append(&log, &batch(i, 1, 100, 50 + i as i64))
+                .await
+                .unwrap();
         }
         log.close().await.unwrap();
         assert!(dir.file_bytes(CLEAN_SHUTDOWN_FILE).is_some());
@@ -238,12 +290,24 @@ fn invalid_batches_are_rejected_with_nothing_written() {
         let mut raw = batch(1, 2, 50, 1);
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        assert!(matches!(append(&log, &raw).await, Err(LogError::InvalidBatch(_))));
-        assert!(matches!(append(&log, &raw[..30]).await, Err(LogError::InvalidBatch(_))));
+        assert!(matches!(
+            append(&log, &raw).await,
+            Err(LogError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            append(&log, &raw[..30]).await,
+            Err(LogError::InvalidBatch(_))
+        ));
         let huge = batch(1, 30, 1000, 1);
-        assert!(matches!(append(&log, &huge).await, Err(LogError::BatchTooLarge { .. })));
+        assert!(matches!(
+            append(&log, &huge).await,
+            Err(LogError::BatchTooLarge { .. })
+        ));
         assert_eq!(log.high_watermark(), 0);
-        assert!(dir.list_names().iter().all(|n| !n.ends_with(".log")), "no segment written");
+        assert!(
+            dir.list_names().iter().all(|n| !n.ends_with(".log")),
+            "no segment written"
+        );
     });
 }
 
@@ -251,7 +315,10 @@ fn invalid_batches_are_rejected_with_nothing_written() {
 fn retention_by_bytes_keeps_the_newest_segments() {
     run(|| async {
         let dir = MemDir::new();
-        let config = LogConfig { retention_bytes: Some(40 * 1024), ..small_config() };
+        let config = LogConfig {
+            retention_bytes: Some(40 * 1024),
+            ..small_config()
+        };
         let log = open(&dir, config).await;
         for i in 0..200 {
             append(&log, &batch(i, 1, 900, 1)).await.unwrap();
@@ -263,12 +330,18 @@ fn retention_by_bytes_keeps_the_newest_segments() {
         assert!(after.size_bytes >= 40 * 1024 - 16 * 1024 && after.size_bytes < before.size_bytes);
         assert_eq!(after.log_start_offset, log.segment_base_offsets()[0]);
         assert_eq!(after.high_watermark, 200);
-        assert!(matches!(log.read(0, 100).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
         let read = log.read(after.log_start_offset, 1 << 20).await.unwrap();
         assert_eq!(read.next_offset, 200);
         for name in dir.list_names() {
             if let Some(base) = name.strip_suffix(".log") {
-                assert!(base.parse::<i64>().unwrap() >= after.log_start_offset, "{name} not deleted");
+                assert!(
+                    base.parse::<i64>().unwrap() >= after.log_start_offset,
+                    "{name} not deleted"
+                );
             }
         }
     });
@@ -280,7 +353,13 @@ fn log_append_time_is_stamped_and_checksummed() {
         let dir = MemDir::new();
         let log = open(&dir, small_config()).await;
         let info = log
-            .append(&batch(1, 3, 10, 5), AppendOptions { log_append_time_ms: Some(777), partition_leader_epoch: 0 })
+            .append(
+                &batch(1, 3, 10, 5),
+                AppendOptions {
+                    log_append_time_ms: Some(777),
+                    partition_leader_epoch: 0,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(info.max_timestamp, 777);
@@ -311,12 +390,18 @@ fn a_corrupt_length_field_in_a_sealed_segment_is_reported_not_looped_on() {
         dir.corrupt(&name, position + 8, &i32::MAX.to_be_bytes());
         let log = open(&dir, small_config()).await;
         let result = log.read(2, 1 << 20).await;
-        assert!(matches!(result, Err(LogError::Corrupt { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(LogError::Corrupt { .. })),
+            "{result:?}"
+        );
         // A base offset rewritten outside the CRC is caught by continuity.
         dir.corrupt(&name, position + 8, &((sizes[2] - 12) as i32).to_be_bytes());
         dir.corrupt(&name, position, &77i64.to_be_bytes());
         let log = open(&dir, small_config()).await;
-        assert!(matches!(log.read(0, 1 << 20).await, Err(LogError::Corrupt { .. })));
+        assert!(matches!(
+            log.read(0, 1 << 20).await,
+            Err(LogError::Corrupt { .. })
+        ));
     });
 }
 
@@ -328,8 +413,14 @@ fn a_closed_log_answers_closed_instead_of_panicking() {
         append(&log, &batch(1, 1, 10, 1)).await.unwrap();
         log.close().await.unwrap();
         assert!(matches!(log.read(0, 100).await, Err(LogError::Closed)));
-        assert!(matches!(append(&log, &batch(2, 1, 10, 1)).await, Err(LogError::Closed)));
-        assert!(matches!(log.offset_for_timestamp(0).await, Err(LogError::Closed)));
+        assert!(matches!(
+            append(&log, &batch(2, 1, 10, 1)).await,
+            Err(LogError::Closed)
+        ));
+        assert!(matches!(
+            log.offset_for_timestamp(0).await,
+            Err(LogError::Closed)
+        ));
         assert_eq!(log.enforce_retention(u64::MAX / 2).await.unwrap(), 0);
     });
 }
@@ -338,7 +429,10 @@ fn a_closed_log_answers_closed_instead_of_panicking() {
 fn reads_and_appends_during_truncation_get_busy_not_a_broken_log() {
     run(|| async {
         let dir = MemDir::new();
-        dir.set_faults(Faults { yield_on_io: true, ..Faults::default() });
+        dir.set_faults(Faults {
+            yield_on_io: true,
+            ..Faults::default()
+        });
         let log = open(&dir, small_config()).await;
         for i in 0..30 {
             append(&log, &batch(i, 1, 600, 1)).await.unwrap();
@@ -358,13 +452,22 @@ fn reads_and_appends_during_truncation_get_busy_not_a_broken_log() {
                 _ => futures_lite::future::yield_now().await,
             }
         }
-        assert!(during_read.is_some(), "never saw the truncation in progress");
+        assert!(
+            during_read.is_some(),
+            "never saw the truncation in progress"
+        );
         let during_append = append(&log, &batch(50, 1, 10, 1)).await;
         truncation.await.unwrap();
-        assert!(matches!(during_append, Err(LogError::Busy)), "{during_append:?}");
+        assert!(
+            matches!(during_append, Err(LogError::Busy)),
+            "{during_append:?}"
+        );
         assert_eq!(log.high_watermark(), 0);
         assert_eq!(append(&log, &batch(51, 1, 10, 1)).await.unwrap(), 0);
-        assert_eq!(split_batches(&log.read(0, 1 << 20).await.unwrap().records).len(), 1);
+        assert_eq!(
+            split_batches(&log.read(0, 1 << 20).await.unwrap().records).len(),
+            1
+        );
     });
 }
 
@@ -382,8 +485,15 @@ fn segments_below_an_offset_can_be_dropped() {
         let deleted = log.delete_segments_before(bases[2] + 1).await.unwrap();
         assert_eq!(deleted, 2);
         assert_eq!(log.log_start_offset(), bases[2]);
-        assert_eq!(log.delete_segments_before(i64::MAX).await.unwrap(), log.segment_base_offsets().len() - 1);
-        assert_eq!(log.segment_base_offsets().len(), 1, "the active segment is kept");
+        assert_eq!(
+            log.delete_segments_before(i64::MAX).await.unwrap(),
+            log.segment_base_offsets().len() - 1
+        );
+        assert_eq!(
+            log.segment_base_offsets().len(),
+            1,
+            "the active segment is kept"
+        );
         assert_eq!(log.high_watermark(), 60);
     });
 }

@@ -40,7 +40,11 @@ pub fn small_config() -> LogConfig {
 /// A batch of `count` records of `value_bytes` each, values derived from `seed`.
 pub fn batch(seed: u64, count: usize, value_bytes: usize, timestamp: i64) -> Vec<u8> {
     let values: Vec<Vec<u8>> = (0..count)
-        .map(|i| (0..value_bytes).map(|j| (seed as usize * 31 + i * 7 + j) as u8).collect())
+        .map(|i| {
+            (0..value_bytes)
+                .map(|j| (seed as usize * 31 + i * 7 + j) as u8)
+                .collect()
+        })
         .collect();
     let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
     build_batch(timestamp, &refs)

@@ -10,18 +10,38 @@ use std::rc::Rc;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: usize, value_bytes: usize, timestamp: i64 },
+    Append {
+        records: usize,
+        value_bytes: usize,
+        timestamp: i64,
+    },
     /// Several appends issued in the same tick (one group-commit round).
-    AppendMany { count: usize, value_bytes: usize },
-    Read { at: u16, max_bytes: u16 },
+    AppendMany {
+        count: usize,
+        value_bytes: usize,
+    },
+    Read {
+        at: u16,
+        max_bytes: u16,
+    },
     CloseAndReopen,
-    Crash { torn: bool, writes_kept: usize, torn_prefix_bytes: usize },
-    Retention { keep_bytes: u16 },
-    Truncate { at: u16 },
+    Crash {
+        torn: bool,
+        writes_kept: usize,
+        torn_prefix_bytes: usize,
+    },
+    Retention {
+        keep_bytes: u16,
+    },
+    Truncate {
+        at: u16,
+    },
     FailNextSync,
     FailNextWrite,
     DiskFull,
-    LookupTime { at: u16 },
+    LookupTime {
+        at: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,19 +72,29 @@ struct Model {
 
 impl Model {
     fn next_offset(&self) -> i64 {
-        self.batches.last().map_or(self.log_start_offset, |b| b.1 + 1)
+        self.batches
+            .last()
+            .map_or(self.log_start_offset, |b| b.1 + 1)
     }
     fn push(&mut self, raw: &[u8], base: i64) {
         let header = sluice_protocol::record_batch::BatchHeader::parse(raw).unwrap();
         let last = base + header.last_offset_delta as i64;
-        self.batches.push((base, last, stored_form(raw, base), header.max_timestamp));
+        self.batches
+            .push((base, last, stored_form(raw, base), header.max_timestamp));
     }
 }
 
 async fn check(log: &Rc<PartitionLog<MemDir>>, model: &Model) {
     assert_eq!(log.high_watermark(), model.next_offset(), "high watermark");
-    assert_eq!(log.log_start_offset(), model.log_start_offset, "log start offset");
-    let read = log.read(model.log_start_offset, usize::MAX / 2).await.unwrap();
+    assert_eq!(
+        log.log_start_offset(),
+        model.log_start_offset,
+        "log start offset"
+    );
+    let read = log
+        .read(model.log_start_offset, usize::MAX / 2)
+        .await
+        .unwrap();
     let got = split_batches(&read.records);
     assert_eq!(got.len(), model.batches.len(), "batch count");
     for ((header, bytes), (base, _, expected, _)) in got.iter().zip(&model.batches) {
@@ -76,11 +106,16 @@ async fn check(log: &Rc<PartitionLog<MemDir>>, model: &Model) {
 
 /// Retention by bytes is on, so the Retention op deletes segments.
 fn model_config() -> sluice_storage::LogConfig {
-    sluice_storage::LogConfig { retention_bytes: Some(24 * 1024), ..small_config() }
+    sluice_storage::LogConfig {
+        retention_bytes: Some(24 * 1024),
+        ..small_config()
+    }
 }
 
 async fn reopen(dir: &MemDir) -> Rc<PartitionLog<MemDir>> {
-    PartitionLog::open(dir.clone(), model_config(), "model-0").await.expect("log reopens")
+    PartitionLog::open(dir.clone(), model_config(), "model-0")
+        .await
+        .expect("log reopens")
 }
 
 /// After a reopen, an in-doubt batch may have survived (whole) or not.
@@ -111,14 +146,21 @@ async fn run_ops(ops: Vec<Op>) {
         }
         model.seed += 1;
         let poisoned = !model.in_doubt.is_empty();
-        if !matches!(op, Op::Append { .. } | Op::CloseAndReopen | Op::Crash { .. }) {
+        if !matches!(
+            op,
+            Op::Append { .. } | Op::CloseAndReopen | Op::Crash { .. }
+        ) {
             // Faults are aimed at appends (and at what a close writes).
             if !matches!(op, Op::FailNextSync | Op::FailNextWrite | Op::DiskFull) {
                 dir.set_faults(Faults::default());
             }
         }
         match op {
-            Op::Append { records, value_bytes, timestamp } => {
+            Op::Append {
+                records,
+                value_bytes,
+                timestamp,
+            } => {
                 let raw = batch(model.seed, records, value_bytes, timestamp);
                 let armed = dir.faults();
                 let write_fault = armed.capacity_bytes.is_some() || armed.write_failures > 0;
@@ -134,7 +176,9 @@ async fn run_ops(ops: Vec<Op>) {
                             model.in_doubt.push(raw);
                         }
                     }
-                    Err(e @ LogError::Io(_)) => assert!(write_fault, "write failed with no fault armed: {e}"),
+                    Err(e @ LogError::Io(_)) => {
+                        assert!(write_fault, "write failed with no fault armed: {e}")
+                    }
                     Err(e) => panic!("unexpected append error {e}"),
                 }
                 dir.set_faults(Faults::default());
@@ -143,13 +187,17 @@ async fn run_ops(ops: Vec<Op>) {
                 if poisoned {
                     continue;
                 }
-                let raws: Vec<Vec<u8>> = (0..count).map(|i| batch(model.seed * 100 + i as u64, 1 + i, value_bytes, 5)).collect();
+                let raws: Vec<Vec<u8>> = (0..count)
+                    .map(|i| batch(model.seed * 100 + i as u64, 1 + i, value_bytes, 5))
+                    .collect();
                 let tasks: Vec<_> = raws
                     .iter()
                     .cloned()
                     .map(|raw| {
                         let log = log.clone();
-                        glommio::spawn_local(async move { log.append(&raw, AppendOptions::default()).await })
+                        glommio::spawn_local(async move {
+                            log.append(&raw, AppendOptions::default()).await
+                        })
                     })
                     .collect();
                 let mut infos = Vec::new();
@@ -173,7 +221,10 @@ async fn run_ops(ops: Vec<Op>) {
                     let first = model.batches.iter().position(|b| b.1 >= offset).unwrap();
                     assert!(!got.is_empty(), "at least one batch");
                     let total: usize = got.iter().map(|g| g.1.len()).sum();
-                    assert!(got.len() == 1 || total <= max_bytes as usize, "max_bytes honoured");
+                    assert!(
+                        got.len() == 1 || total <= max_bytes as usize,
+                        "max_bytes honoured"
+                    );
                     for (i, (header, bytes)) in got.iter().enumerate() {
                         let expected = &model.batches[first + i];
                         assert_eq!(header.base_offset, expected.0);
@@ -188,9 +239,20 @@ async fn run_ops(ops: Vec<Op>) {
                 log = reopen(&dir).await;
                 settle_in_doubt(&log, &mut model);
             }
-            Op::Crash { torn, writes_kept, torn_prefix_bytes } => {
+            Op::Crash {
+                torn,
+                writes_kept,
+                torn_prefix_bytes,
+            } => {
                 drop(log);
-                let mode = if torn { CrashMode::Torn { writes_kept, torn_prefix_bytes } } else { CrashMode::DropUnsynced };
+                let mode = if torn {
+                    CrashMode::Torn {
+                        writes_kept,
+                        torn_prefix_bytes,
+                    }
+                } else {
+                    CrashMode::DropUnsynced
+                };
                 dir.crash(mode);
                 log = reopen(&dir).await;
                 settle_in_doubt(&log, &mut model);
@@ -202,7 +264,11 @@ async fn run_ops(ops: Vec<Op>) {
                 // Retention by time with a clock far ahead deletes every sealed
                 // segment; by bytes via the model of segment sizes is covered in
                 // the deterministic tests. Here: keep_bytes picks which.
-                let now = if keep_bytes % 2 == 0 { 0 } else { i64::MAX as u64 / 2 };
+                let now = if keep_bytes % 2 == 0 {
+                    0
+                } else {
+                    i64::MAX as u64 / 2
+                };
                 let size_before = log.offsets().size_bytes;
                 let deleted = log.enforce_retention(now).await.unwrap();
                 let start = log.log_start_offset();
@@ -210,13 +276,19 @@ async fn run_ops(ops: Vec<Op>) {
                     assert_eq!(start, model.log_start_offset);
                     // By bytes alone, nothing deletable is left over the limit.
                     if now == 0 && log.segment_base_offsets().len() > 1 {
-                        assert!(size_before < 24 * 1024 + 16 * 1024, "retention left {size_before} bytes");
+                        assert!(
+                            size_before < 24 * 1024 + 16 * 1024,
+                            "retention left {size_before} bytes"
+                        );
                     }
                 } else {
                     assert!(log.offsets().size_bytes < size_before);
                 }
                 assert!(start >= model.log_start_offset);
-                assert!(start == model.next_offset() || model.batches.iter().any(|b| b.0 == start), "log start at a batch boundary");
+                assert!(
+                    start == model.next_offset() || model.batches.iter().any(|b| b.0 == start),
+                    "log start at a batch boundary"
+                );
                 model.batches.retain(|b| b.0 >= start);
                 model.log_start_offset = start;
                 let below = log.read(start - 1, 100).await;
@@ -236,9 +308,18 @@ async fn run_ops(ops: Vec<Op>) {
                     model.batches.retain(|b| b.1 < offset);
                 }
             }
-            Op::FailNextSync => dir.set_faults(Faults { sync_failures: 1, ..Faults::default() }),
-            Op::FailNextWrite => dir.set_faults(Faults { write_failures: 1, ..Faults::default() }),
-            Op::DiskFull => dir.set_faults(Faults { capacity_bytes: Some(0), ..Faults::default() }),
+            Op::FailNextSync => dir.set_faults(Faults {
+                sync_failures: 1,
+                ..Faults::default()
+            }),
+            Op::FailNextWrite => dir.set_faults(Faults {
+                write_failures: 1,
+                ..Faults::default()
+            }),
+            Op::DiskFull => dir.set_faults(Faults {
+                capacity_bytes: Some(0),
+                ..Faults::default()
+            }),
             Op::LookupTime { at } => {
                 let t = at as i64 % 1100;
                 let found = log.offset_for_timestamp(t).await.unwrap();
