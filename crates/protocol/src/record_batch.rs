@@ -390,6 +390,48 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i32, i64)>> {
     Some(out)
 }
 
+/// For an uncompressed batch, each record's value (`None` for a null value is
+/// skipped), read from the record varints. Empty for compressed or malformed batches.
+pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let Ok(header) = BatchHeader::parse(batch) else {
+        return out;
+    };
+    if header.compression() != 0 || batch.len() < header.total_bytes() {
+        return out;
+    }
+    let end = header.total_bytes();
+    let mut at = HEADER_BYTES;
+    for _ in 0..header.records_count {
+        let Some(length) = get_varlong(batch, &mut at) else {
+            break;
+        };
+        let Some(record_end) = usize::try_from(length).ok().and_then(|l| at.checked_add(l)) else {
+            break;
+        };
+        let mut cursor = at + 1; // attributes
+        let parsed = (|| {
+            get_varlong(batch, &mut cursor)?; // timestamp delta
+            get_varlong(batch, &mut cursor)?; // offset delta
+            let key_len = get_varlong(batch, &mut cursor)?;
+            if key_len > 0 {
+                cursor = cursor.checked_add(key_len as usize)?;
+            }
+            get_varlong(batch, &mut cursor)
+        })();
+        if let Some(value_len) = parsed {
+            if value_len >= 0 && cursor + value_len as usize <= end.min(record_end) {
+                out.push(&batch[cursor..cursor + value_len as usize]);
+            }
+        }
+        at = record_end;
+        if at > end {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +518,15 @@ mod tests {
         let header = validate_batch(&batch).unwrap();
         assert!(header.is_log_append_time());
         assert_eq!(header.max_timestamp, 99);
+    }
+
+    #[test]
+    fn record_values_of_uncompressed_batch() {
+        let batch = build_batch(1000, &[b"a", b"bc"]);
+        assert_eq!(
+            record_values(&batch),
+            vec![b"a".as_slice(), b"bc".as_slice()]
+        );
     }
 
     #[test]

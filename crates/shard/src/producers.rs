@@ -25,9 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 
-pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-pub const UNKNOWN_PRODUCER_ID: i16 = 59;
+use sluice_protocol::api::error_code::{
+    INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID,
+};
 /// Batches remembered per producer and partition (Kafka's max in-flight).
 pub const BATCHES_REMEMBERED: usize = 5;
 const ID_BLOCK: i64 = 1000;

@@ -307,17 +307,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             doomed
         };
-        let count = doomed.len();
-        for (base, file) in doomed {
-            if let Some(file) = file {
-                close_file(file).await;
-            }
-            self.remove_segment_files(base).await?;
-        }
-        if count > 0 {
-            self.dir.sync().await.map_err(io_err)?;
-        }
-        Ok(count)
+        self.remove_segments(doomed).await
     }
 
     /// Deletes every finalized segment that holds only offsets below `offset`
@@ -346,6 +336,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             doomed
         };
+        self.remove_segments(doomed).await
+    }
+
+    /// Closes and deletes segments already taken out of the map; returns how many.
+    async fn remove_segments(&self, doomed: Vec<(i64, Option<Rc<D::File>>)>) -> LogResult<usize> {
         let count = doomed.len();
         for (base, file) in doomed {
             if let Some(file) = file {

@@ -20,7 +20,7 @@
 
 use crate::settings::BrokerSettings;
 use crate::shard::Log;
-use sluice_protocol::record_batch::{build_batch, BatchHeader, HEADER_BYTES};
+use sluice_protocol::record_batch::{build_batch, record_values, BatchHeader};
 use sluice_storage::io::dma::DmaDir;
 use sluice_storage::{AppendOptions, LogError, PartitionLog};
 use std::cell::RefCell;
@@ -221,50 +221,6 @@ fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
             commit_ms,
         },
     ))
-}
-
-/// The record values of an uncompressed batch built by `build_batch`.
-fn record_values(batch: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let Ok(header) = BatchHeader::parse(batch) else {
-        return out;
-    };
-    let mut at = HEADER_BYTES;
-    let end = header.total_bytes().min(batch.len());
-    let varint = |at: &mut usize| -> Option<i64> {
-        let mut value: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let byte = *batch.get(*at)?;
-            *at += 1;
-            value |= ((byte & 0x7f) as u64) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        Some(((value >> 1) as i64) ^ -((value & 1) as i64))
-    };
-    for _ in 0..header.records_count {
-        let Some(length) = varint(&mut at) else { break };
-        let record_end = at + length as usize;
-        let mut cursor = at + 1;
-        let _ = varint(&mut cursor); // timestamp delta
-        let _ = varint(&mut cursor); // offset delta
-        let key_len = varint(&mut cursor).unwrap_or(-1);
-        if key_len > 0 {
-            cursor += key_len as usize;
-        }
-        let value_len = varint(&mut cursor).unwrap_or(-1);
-        if value_len >= 0 && cursor + value_len as usize <= end {
-            out.push(&batch[cursor..cursor + value_len as usize]);
-        }
-        at = record_end;
-        if at > end {
-            break;
-        }
-    }
-    out
 }
 
 impl OffsetStore {

@@ -5,19 +5,8 @@
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-pub mod code {
-    pub const NONE: i16 = 0;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-}
+/// Kafka error codes, under the short name this module uses.
+pub use sluice_protocol::api::error_code as code;
 
 /// Session timeouts a member may ask for (Kafka's broker defaults).
 pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
@@ -420,9 +409,6 @@ impl Group {
             return code;
         }
         self.members.get_mut(member_id).unwrap().last_seen_ms = now_ms;
-        if self.state == GroupState::CompletingRebalance {
-            return code::NONE;
-        }
         code::NONE
     }
 

@@ -7,7 +7,6 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::groups::offsets::{coordinator_shard, Committed};
 use crate::groups::state::{code, JoinRequest};
 use crate::shard::Shard;
-use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
@@ -75,9 +74,9 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             (error_code::NONE, None)
         } else {
             (
-                15,
+                error_code::COORDINATOR_NOT_AVAILABLE,
                 Some("transactions are not supported: no transaction coordinator".into()),
-            ) // COORDINATOR_NOT_AVAILABLE
+            )
         }
     };
     let body = if frame.api_version >= 4 {
@@ -298,8 +297,8 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
                         .as_ref()
                         .is_some_and(|m| m.len() > 4096) =>
                 {
-                    12
-                } // OFFSET_METADATA_TOO_LARGE
+                    error_code::OFFSET_METADATA_TOO_LARGE
+                }
                 Ok(()) => {
                     commits.push((
                         name.clone(),
@@ -323,7 +322,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         for (_, codes) in results.iter_mut() {
             for (_, code) in codes.iter_mut() {
                 if *code == code::NONE {
-                    *code = 15; // COORDINATOR_NOT_AVAILABLE: retriable
+                    *code = error_code::COORDINATOR_NOT_AVAILABLE; // retriable
                 }
             }
         }
@@ -494,6 +493,3 @@ pub async fn delete_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         &DeleteGroupsResponse::default().with_results(results),
     )
 }
-
-#[allow(dead_code)]
-fn unused(_: Bytes) {}
