@@ -111,6 +111,51 @@ pub fn decode_body<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, Str
     T::decode(&mut body, version).map_err(|e| format!("{e:#}"))
 }
 
+/// Builds a whole request frame (size, header, body): the client side, used by
+/// `sluice-bench`.
+pub fn encode_request<T: Encodable>(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    body: &T,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(api_version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_string(
+            client_id.to_string(),
+        )))
+        .encode(&mut buf, api_key.request_header_version(api_version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, api_version)
+        .map_err(|e| e.to_string())?;
+    let size = (buf.len() - FRAME_SIZE_BYTES) as u32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Reads the correlation id at the front of a response frame (the bytes after
+/// the size field). Every response header starts with it.
+pub fn response_correlation_id(frame: &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(frame.get(..4)?.try_into().ok()?))
+}
+
+/// Decodes a response frame (the bytes after the size field) to a known type:
+/// skips the response header of the version `api_key`/`api_version` use.
+pub fn decode_response<T: Decodable>(
+    mut frame: Bytes,
+    api_key: ApiKey,
+    api_version: i16,
+) -> Result<T, String> {
+    ResponseHeader::decode(&mut frame, api_key.response_header_version(api_version))
+        .map_err(|e| format!("bad response header: {e:#}"))?;
+    T::decode(&mut frame, api_version).map_err(|e| format!("{e:#}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,37 +302,187 @@ pub fn build_batch_with_producer(
     );
     let mut records = Vec::new();
     for (index, value) in values.iter().enumerate() {
-        let mut body = Vec::new();
-        body.push(0); // record attributes
-        put_varlong(&mut body, 0); // timestamp delta
-        put_varlong(&mut body, index as i64); // offset delta
-        put_varlong(&mut body, -1); // key length: null
-        put_varlong(&mut body, value.len() as i64);
-        body.extend_from_slice(value);
-        put_varlong(&mut body, 0); // header count
-        put_varlong(&mut records, body.len() as i64);
-        records.extend_from_slice(&body);
+        put_record(&mut records, 0, index as i32, None, value);
     }
+    let fields = BatchFields {
+        base_timestamp,
+        max_timestamp: base_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        records_count: values.len() as i32,
+        ..BatchFields::default()
+    };
     let mut batch = Vec::with_capacity(HEADER_BYTES + records.len());
-    batch.extend_from_slice(&0i64.to_be_bytes());
-    let batch_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32;
-    batch.extend_from_slice(&batch_length.to_be_bytes());
-    batch.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
-    batch.push(MAGIC_V2 as u8);
-    batch.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
-    batch.extend_from_slice(&0i16.to_be_bytes()); // attributes
-    batch.extend_from_slice(&(values.len() as i32 - 1).to_be_bytes());
-    batch.extend_from_slice(&base_timestamp.to_be_bytes());
-    batch.extend_from_slice(&base_timestamp.to_be_bytes()); // max timestamp
-    batch.extend_from_slice(&producer_id.to_be_bytes());
-    batch.extend_from_slice(&producer_epoch.to_be_bytes());
-    batch.extend_from_slice(&base_sequence.to_be_bytes());
-    batch.extend_from_slice(&(values.len() as i32).to_be_bytes());
-    debug_assert_eq!(batch.len(), HEADER_BYTES);
-    batch.extend_from_slice(&records);
-    let crc = compute_crc(&batch);
-    batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    assemble_batch(&mut batch, &fields, &records);
     batch
+}
+
+/// The header fields a producer chooses (offsets and epochs are the broker's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchFields {
+    /// Compression codec in bits 0..3 (see [`ATTRIBUTE_COMPRESSION_MASK`]).
+    pub attributes: i16,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+impl Default for BatchFields {
+    fn default() -> Self {
+        BatchFields {
+            attributes: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records_count: 0,
+        }
+    }
+}
+
+/// Appends one record (no headers) to a records section: length, attributes,
+/// timestamp delta, offset delta, key, value, header count, as varints.
+pub fn put_record(
+    out: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
+    let key_len = key.map_or(-1, |k| k.len() as i64);
+    let body_len = 1
+        + varlong_len(timestamp_delta)
+        + varlong_len(offset_delta as i64)
+        + varlong_len(key_len)
+        + key.map_or(0, |k| k.len())
+        + varlong_len(value.len() as i64)
+        + value.len()
+        + 1;
+    out.reserve(body_len + 5);
+    put_varlong(out, body_len as i64);
+    out.push(0); // record attributes
+    put_varlong(out, timestamp_delta);
+    put_varlong(out, offset_delta as i64);
+    put_varlong(out, key_len);
+    if let Some(key) = key {
+        out.extend_from_slice(key);
+    }
+    put_varlong(out, value.len() as i64);
+    out.extend_from_slice(value);
+    put_varlong(out, 0); // header count
+}
+
+/// Appends a whole batch to `out`: the v2 header for `fields` (base offset 0,
+/// leader epoch 0), then `records` (already compressed if the attributes say
+/// so), with the CRC-32C filled in.
+pub fn assemble_batch(out: &mut Vec<u8>, fields: &BatchFields, records: &[u8]) {
+    let start = out.len();
+    out.reserve(HEADER_BYTES + records.len());
+    out.extend_from_slice(&0i64.to_be_bytes());
+    let batch_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32;
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    out.push(MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
+    out.extend_from_slice(&fields.attributes.to_be_bytes());
+    out.extend_from_slice(&(fields.records_count - 1).to_be_bytes());
+    out.extend_from_slice(&fields.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&fields.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&fields.producer_id.to_be_bytes());
+    out.extend_from_slice(&fields.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&fields.base_sequence.to_be_bytes());
+    out.extend_from_slice(&fields.records_count.to_be_bytes());
+    debug_assert_eq!(out.len() - start, HEADER_BYTES);
+    out.extend_from_slice(records);
+    let crc = compute_crc(&out[start..]);
+    out[start + OFFSET_CRC..start + OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// One record of a records section, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Walks an uncompressed records section (the bytes after the batch header,
+/// or a decompressed one). Stops at the first malformed record.
+pub fn records(section: &[u8], count: i32) -> Records<'_> {
+    Records {
+        section,
+        at: 0,
+        left: count.max(0),
+    }
+}
+
+pub struct Records<'a> {
+    section: &'a [u8],
+    at: usize,
+    left: i32,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        if self.left <= 0 {
+            return None;
+        }
+        let record = self.parse();
+        if record.is_none() {
+            self.left = 0;
+        }
+        record
+    }
+}
+
+impl<'a> Records<'a> {
+    fn parse(&mut self) -> Option<Record<'a>> {
+        let bytes = self.section;
+        let length = usize::try_from(get_varlong(bytes, &mut self.at)?).ok()?;
+        let end = self.at.checked_add(length)?;
+        if end > bytes.len() {
+            return None;
+        }
+        let mut cursor = self.at + 1; // attributes
+        let timestamp_delta = get_varlong(bytes, &mut cursor)?;
+        let offset_delta = get_varlong(bytes, &mut cursor)? as i32;
+        let field = |cursor: &mut usize| -> Option<Option<&'a [u8]>> {
+            let len = get_varlong(bytes, cursor)?;
+            if len < 0 {
+                return Some(None);
+            }
+            let stop = cursor.checked_add(len as usize)?;
+            if stop > end {
+                return None;
+            }
+            let slice = &bytes[*cursor..stop];
+            *cursor = stop;
+            Some(Some(slice))
+        };
+        let key = field(&mut cursor)?;
+        let value = field(&mut cursor)?;
+        self.at = end;
+        self.left -= 1;
+        Some(Record {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+        })
+    }
+}
+
+fn varlong_len(value: i64) -> usize {
+    let zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - (zigzag | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varlong(out: &mut Vec<u8>, value: i64) {
@@ -365,76 +515,103 @@ fn get_varlong(bytes: &[u8], at: &mut usize) -> Option<i64> {
     Some(((value >> 1) as i64) ^ -((value & 1) as i64))
 }
 
-/// For an uncompressed batch, the (offset delta, timestamp) of each record, read
-/// from the record varints. `None` for compressed batches or malformed records.
-pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i32, i64)>> {
+/// The records section of an uncompressed whole batch, or `None`.
+fn uncompressed_section(batch: &[u8]) -> Option<(BatchHeader, &[u8])> {
     let header = BatchHeader::parse(batch).ok()?;
     if header.compression() != 0 || batch.len() < header.total_bytes() {
         return None;
     }
-    let mut out = Vec::with_capacity(header.records_count.max(0) as usize);
-    let mut at = HEADER_BYTES;
-    let end = header.total_bytes();
-    for _ in 0..header.records_count {
-        let length = get_varlong(batch, &mut at)?;
-        let record_start = at;
-        let mut cursor = at + 1; // attributes
-        let timestamp_delta = get_varlong(batch, &mut cursor)?;
-        let offset_delta = get_varlong(batch, &mut cursor)?;
-        out.push((offset_delta as i32, header.base_timestamp + timestamp_delta));
-        at = record_start.checked_add(usize::try_from(length).ok()?)?;
-        if at > end {
-            return None;
-        }
-    }
-    Some(out)
+    Some((header, &batch[HEADER_BYTES..header.total_bytes()]))
 }
 
-/// For an uncompressed batch, each record's value (`None` for a null value is
-/// skipped), read from the record varints. Empty for compressed or malformed batches.
+/// For an uncompressed batch, the (offset delta, timestamp) of each record, read
+/// from the record varints. `None` for compressed batches or malformed records.
+pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i32, i64)>> {
+    let (header, section) = uncompressed_section(batch)?;
+    let out: Vec<(i32, i64)> = records(section, header.records_count)
+        .map(|r| (r.offset_delta, header.base_timestamp + r.timestamp_delta))
+        .collect();
+    (out.len() == header.records_count.max(0) as usize).then_some(out)
+}
+
+/// For an uncompressed batch, each record's value (a null value is skipped).
+/// Empty for compressed batches; stops at the first malformed record.
 pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let Ok(header) = BatchHeader::parse(batch) else {
-        return out;
-    };
-    if header.compression() != 0 || batch.len() < header.total_bytes() {
-        return out;
+    match uncompressed_section(batch) {
+        Some((header, section)) => records(section, header.records_count)
+            .filter_map(|r| r.value)
+            .collect(),
+        None => Vec::new(),
     }
-    let end = header.total_bytes();
-    let mut at = HEADER_BYTES;
-    for _ in 0..header.records_count {
-        let Some(length) = get_varlong(batch, &mut at) else {
-            break;
-        };
-        let Some(record_end) = usize::try_from(length).ok().and_then(|l| at.checked_add(l)) else {
-            break;
-        };
-        let mut cursor = at + 1; // attributes
-        let parsed = (|| {
-            get_varlong(batch, &mut cursor)?; // timestamp delta
-            get_varlong(batch, &mut cursor)?; // offset delta
-            let key_len = get_varlong(batch, &mut cursor)?;
-            if key_len > 0 {
-                cursor = cursor.checked_add(key_len as usize)?;
-            }
-            get_varlong(batch, &mut cursor)
-        })();
-        if let Some(value_len) = parsed {
-            if value_len >= 0 && cursor + value_len as usize <= end.min(record_end) {
-                out.push(&batch[cursor..cursor + value_len as usize]);
-            }
-        }
-        at = record_end;
-        if at > end {
-            break;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip_with_keys_and_null_keys() {
+        let mut section = Vec::new();
+        let big = vec![7u8; 300];
+        put_record(&mut section, 0, 0, Some(b"k1"), b"v1");
+        put_record(&mut section, 5, 1, None, &big);
+        put_record(&mut section, -3, 2, Some(b""), b"");
+        let got: Vec<Record> = records(&section, 3).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].key, Some(&b"k1"[..]));
+        assert_eq!(got[0].value, Some(&b"v1"[..]));
+        assert_eq!(
+            (got[1].key, got[1].timestamp_delta, got[1].offset_delta),
+            (None, 5, 1)
+        );
+        assert_eq!(got[1].value.unwrap().len(), 300);
+        assert_eq!(
+            (got[2].key, got[2].value, got[2].timestamp_delta),
+            (Some(&b""[..]), Some(&b""[..]), -3)
+        );
+        // A truncated section yields the whole records before the cut, then stops.
+        assert_eq!(records(&section[..section.len() - 1], 3).count(), 2);
+    }
+
+    #[test]
+    fn varlong_len_matches_the_encoding() {
+        for value in [
+            0i64,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            8191,
+            8192,
+            i32::MAX as i64,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varlong(&mut out, value);
+            assert_eq!(varlong_len(value), out.len(), "value {value}");
+        }
+    }
+
+    #[test]
+    fn assembled_compressed_attribute_batch_validates() {
+        let mut section = Vec::new();
+        put_record(&mut section, 0, 0, None, b"x");
+        let fields = BatchFields {
+            attributes: 3,
+            records_count: 1,
+            base_timestamp: 9,
+            max_timestamp: 9,
+            ..BatchFields::default()
+        };
+        let mut out = b"prefix".to_vec();
+        assemble_batch(&mut out, &fields, &section);
+        let header = validate_batch(&out[6..]).unwrap();
+        assert_eq!(header.compression(), 3);
+        assert_eq!(header.records_count, 1);
+    }
 
     #[test]
     fn built_batch_validates_and_reports_fields() {

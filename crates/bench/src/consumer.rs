@@ -1,0 +1,262 @@
+//! One consumer: its partitions (from the group or a static split), one fetch
+//! in flight per broker (as Kafka consumers do), end-to-end latency from the
+//! send time each payload carries.
+
+use crate::client::Conn;
+use crate::group::{Heartbeat, Member, HEARTBEAT_INTERVAL_MS};
+use crate::records::{consume_batches, now_us};
+use crate::stats::record_us;
+use crate::worker::Worker;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const FETCH_MAX_WAIT_MS: i32 = 100;
+const FETCH_MAX_BYTES: i32 = 50 << 20;
+/// Kafka's max.partition.fetch.bytes default.
+const PARTITION_MAX_BYTES: i32 = 1 << 20;
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+
+pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Result<(), String> {
+    let w = &worker.workload;
+    let topology = &worker.topology;
+    if !w.consumer_group {
+        let mine: Vec<usize> = (0..topology.partitions.len())
+            .filter(|i| i % w.consumers as usize == consumer_id as usize)
+            .collect();
+        worker
+            .control
+            .consumers_ready
+            .fetch_add(1, Ordering::SeqCst);
+        let mut offsets = vec![0i64; mine.len()];
+        let rejoin = Rc::new(Cell::new(false));
+        let conns = RefCell::new(HashMap::new());
+        while !fetch_round(&worker, &conns, &mine, &mut offsets, &rejoin, false).await? {}
+        return Ok(());
+    }
+    let group_id = format!("{}-group", topology.topics[0]);
+    let bootstrap = Conn::connect(&bootstrap).await?;
+    let mut member = Member::find(&bootstrap, &group_id).await?;
+    let mut ready = false;
+    loop {
+        let mine = member.join(topology).await?;
+        let committed = member.committed(topology, &mine).await?;
+        let mut offsets: Vec<i64> = committed.iter().map(|&o| o.max(0)).collect();
+        if !ready {
+            worker
+                .control
+                .consumers_ready
+                .fetch_add(1, Ordering::SeqCst);
+            ready = true;
+        }
+        let rejoin = Rc::new(Cell::new(false));
+        let member_rc = Rc::new(member);
+        let heartbeat = {
+            let member = member_rc.clone();
+            let rejoin = rejoin.clone();
+            let worker = worker.clone();
+            glommio::spawn_local(async move {
+                while !rejoin.get() && !worker.control.stop_consuming.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)).await;
+                    match member.heartbeat().await {
+                        Ok(Heartbeat::Ok) => {}
+                        Ok(Heartbeat::Rejoin) => rejoin.set(true),
+                        Err(e) => {
+                            worker.note_error(&e);
+                            rejoin.set(true);
+                        }
+                    }
+                }
+            })
+        };
+        let fetched = {
+            let member = member_rc.clone();
+            let mine = mine.clone();
+            let worker = worker.clone();
+            let rejoin = rejoin.clone();
+            async move {
+                let conns = RefCell::new(HashMap::new());
+                let mut last_commit = Instant::now();
+                loop {
+                    let stop =
+                        fetch_round(&worker, &conns, &mine, &mut offsets, &rejoin, true).await?;
+                    let leaving = stop || rejoin.get();
+                    if leaving || last_commit.elapsed() >= COMMIT_INTERVAL {
+                        // Eager protocol: commit before giving partitions up.
+                        member.commit(&worker.topology, &mine, &offsets).await.ok();
+                        last_commit = Instant::now();
+                    }
+                    if leaving {
+                        return Ok::<(), String>(());
+                    }
+                }
+            }
+            .await
+        };
+        rejoin.set(true);
+        heartbeat.await;
+        member = Rc::try_unwrap(member_rc).map_err(|_| "member still shared".to_string())?;
+        fetched?;
+        if worker.control.stop_consuming.load(Ordering::Relaxed) {
+            member.leave().await.ok();
+            return Ok(());
+        }
+    }
+}
+
+/// Runs fetches for a while (about one second); returns true when the consumer
+/// should stop, false to come back (e.g. to commit). Returns early if `rejoin`
+/// is set.
+async fn fetch_round(
+    worker: &Rc<Worker>,
+    conns: &RefCell<HashMap<i32, Rc<Conn>>>,
+    mine: &[usize],
+    offsets: &mut [i64],
+    rejoin: &Rc<Cell<bool>>,
+    grouped: bool,
+) -> Result<bool, String> {
+    let control = &worker.control;
+    // In a backlog run, consumers wait for the drain phase.
+    while !control.drain_started.load(Ordering::Relaxed) {
+        if control.stop_consuming.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let topology = &worker.topology;
+    let mut by_node: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (slot, &i) in mine.iter().enumerate() {
+        by_node
+            .entry(topology.partitions[i].leader)
+            .or_default()
+            .push(slot);
+    }
+    if by_node.is_empty() {
+        // Nothing assigned: idle until stopped or rebalanced.
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        return Ok(control.stop_consuming.load(Ordering::Relaxed));
+    }
+    for node in by_node.keys() {
+        let stale = conns.borrow().get(node).is_none_or(|c| c.is_closed());
+        if stale {
+            let conn = Conn::connect(topology.address(*node)?).await?;
+            conns.borrow_mut().insert(*node, conn);
+        }
+    }
+    let conns = conns.borrow().clone();
+    let round_end = Instant::now() + Duration::from_secs(1);
+    // One fetch per node per turn; nodes in turn (a single broker is the usual case).
+    loop {
+        for (node, slots) in &by_node {
+            let conn = &conns[node];
+            let request = fetch_request(worker, mine, slots, offsets);
+            let response: FetchResponse = conn.call(ApiKey::Fetch, &request).await?;
+            if response.error_code != 0 {
+                worker.note_error(&format!(
+                    "fetch failed with error code {}",
+                    response.error_code
+                ));
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let now = now_us();
+            let mut index: HashMap<(&str, i32), usize> = HashMap::new();
+            for &slot in slots {
+                let p = &topology.partitions[mine[slot]];
+                index.insert((topology.topics[p.topic].as_str(), p.partition), slot);
+            }
+            let mut stats = worker.stats.borrow_mut();
+            let mut consumed_here = 0;
+            for topic in &response.responses {
+                for data in &topic.partitions {
+                    let Some(&slot) = index.get(&(topic.topic.0.as_str(), data.partition_index))
+                    else {
+                        continue;
+                    };
+                    if data.error_code == OFFSET_OUT_OF_RANGE {
+                        worker.note_error(&format!(
+                            "{}/{}: offset {} out of range, restarting at log start {}",
+                            topic.topic.0,
+                            data.partition_index,
+                            offsets[slot],
+                            data.log_start_offset
+                        ));
+                        offsets[slot] = data.log_start_offset.max(0);
+                        continue;
+                    }
+                    if data.error_code != 0 {
+                        worker.note_error(&format!(
+                            "fetch {}/{}: error code {}",
+                            topic.topic.0, data.partition_index, data.error_code
+                        ));
+                        continue;
+                    }
+                    let Some(records) = &data.records else {
+                        continue;
+                    };
+                    let e2e = &mut stats.e2e_latency;
+                    let got = consume_batches(records, offsets[slot], |sent| {
+                        if let Some(sent) = sent {
+                            record_us(e2e, now.saturating_sub(sent));
+                        }
+                    })
+                    .map_err(|e| format!("{}/{}: {e}", topic.topic.0, data.partition_index))?;
+                    offsets[slot] = got.next_offset;
+                    stats.consumed += got.messages;
+                    stats.consumed_bytes += got.bytes;
+                    consumed_here += got.messages;
+                }
+            }
+            drop(stats);
+            control
+                .consumed_messages
+                .fetch_add(consumed_here, Ordering::Relaxed);
+        }
+        if control.stop_consuming.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        if (grouped && rejoin.get()) || Instant::now() >= round_end {
+            return Ok(false);
+        }
+    }
+}
+
+fn fetch_request(
+    worker: &Worker,
+    mine: &[usize],
+    slots: &[usize],
+    offsets: &[i64],
+) -> FetchRequest {
+    let topology = &worker.topology;
+    let mut by_topic: BTreeMap<usize, Vec<FetchPartition>> = BTreeMap::new();
+    for &slot in slots {
+        let p = &topology.partitions[mine[slot]];
+        by_topic.entry(p.topic).or_default().push(
+            FetchPartition::default()
+                .with_partition(p.partition)
+                .with_fetch_offset(offsets[slot])
+                .with_partition_max_bytes(PARTITION_MAX_BYTES),
+        );
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_MAX_BYTES)
+        .with_session_epoch(-1)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(t, partitions)| {
+                    FetchTopic::default()
+                        .with_topic(topology.topic_name(t))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        )
+}

@@ -1,0 +1,368 @@
+//! Consumer-group membership as a Kafka consumer does it (eager protocol):
+//! FindCoordinator, JoinGroup (retrying with the member id the coordinator
+//! hands out), the leader computes a round-robin assignment, SyncGroup,
+//! heartbeats, OffsetFetch/OffsetCommit, LeaveGroup.
+
+use crate::client::Conn;
+use crate::topology::Topology;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+pub const SESSION_TIMEOUT_MS: i32 = 30_000;
+pub const REBALANCE_TIMEOUT_MS: i32 = 60_000;
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+const MEMBER_ID_REQUIRED: i16 = 79;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const ILLEGAL_GENERATION: i16 = 22;
+const PROTOCOL_TYPE: &str = "consumer";
+const ASSIGNOR: &str = "roundrobin";
+/// ConsumerProtocol versions written; every broker and client reads these.
+const SUBSCRIPTION_VERSION: i16 = 0;
+const ASSIGNMENT_VERSION: i16 = 0;
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Ok,
+    /// The group is rebalancing (or forgot us): rejoin.
+    Rejoin,
+}
+
+pub struct Member {
+    pub group_id: String,
+    pub conn: Rc<Conn>,
+    member_id: String,
+    generation: i32,
+}
+
+fn str(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+impl Member {
+    pub async fn find(bootstrap: &Conn, group_id: &str) -> Result<Member, String> {
+        for _ in 0..100 {
+            let request = FindCoordinatorRequest::default().with_key(str(group_id));
+            let response: FindCoordinatorResponse =
+                bootstrap.call(ApiKey::FindCoordinator, &request).await?;
+            match response.error_code {
+                0 => {
+                    let addr = format!("{}:{}", response.host, response.port);
+                    return Ok(Member {
+                        group_id: group_id.to_string(),
+                        conn: Conn::connect(&addr).await?,
+                        member_id: String::new(),
+                        generation: -1,
+                    });
+                }
+                COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await
+                }
+                code => return Err(format!("FindCoordinator for {group_id}: error code {code}")),
+            }
+        }
+        Err(format!("no coordinator for group {group_id} after 10 s"))
+    }
+
+    /// Joins (or rejoins) and returns this member's partitions (indexes into
+    /// `topology.partitions`).
+    pub async fn join(&mut self, topology: &Topology) -> Result<Vec<usize>, String> {
+        let subscription = encode_versioned(
+            &ConsumerProtocolSubscription::default()
+                .with_topics(topology.topics.iter().map(|t| str(t)).collect()),
+            SUBSCRIPTION_VERSION,
+        )?;
+        loop {
+            let request = JoinGroupRequest::default()
+                .with_group_id(GroupId(str(&self.group_id)))
+                .with_session_timeout_ms(SESSION_TIMEOUT_MS)
+                .with_rebalance_timeout_ms(REBALANCE_TIMEOUT_MS)
+                .with_member_id(str(&self.member_id))
+                .with_protocol_type(str(PROTOCOL_TYPE))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(str(ASSIGNOR))
+                    .with_metadata(subscription.clone())]);
+            let joined: JoinGroupResponse = self.conn.call(ApiKey::JoinGroup, &request).await?;
+            match joined.error_code {
+                0 => {}
+                MEMBER_ID_REQUIRED => {
+                    self.member_id = joined.member_id.to_string();
+                    continue;
+                }
+                UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => {
+                    self.member_id.clear();
+                    continue;
+                }
+                REBALANCE_IN_PROGRESS => continue,
+                code => return Err(format!("JoinGroup {}: error code {code}", self.group_id)),
+            }
+            self.member_id = joined.member_id.to_string();
+            self.generation = joined.generation_id;
+            let assignments = if joined.leader.as_str() == self.member_id {
+                let members: Vec<String> = joined
+                    .members
+                    .iter()
+                    .map(|m| m.member_id.to_string())
+                    .collect();
+                assign(topology, &members)?
+            } else {
+                Vec::new()
+            };
+            let request = SyncGroupRequest::default()
+                .with_group_id(GroupId(str(&self.group_id)))
+                .with_generation_id(self.generation)
+                .with_member_id(str(&self.member_id))
+                .with_protocol_type(Some(str(PROTOCOL_TYPE)))
+                .with_protocol_name(Some(str(ASSIGNOR)))
+                .with_assignments(assignments);
+            let synced: SyncGroupResponse = self.conn.call(ApiKey::SyncGroup, &request).await?;
+            match synced.error_code {
+                0 => return decode_assignment(topology, synced.assignment),
+                REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => continue,
+                UNKNOWN_MEMBER_ID => {
+                    self.member_id.clear();
+                    continue;
+                }
+                code => return Err(format!("SyncGroup {}: error code {code}", self.group_id)),
+            }
+        }
+    }
+
+    pub async fn heartbeat(&self) -> Result<Heartbeat, String> {
+        let request = HeartbeatRequest::default()
+            .with_group_id(GroupId(str(&self.group_id)))
+            .with_generation_id(self.generation)
+            .with_member_id(str(&self.member_id));
+        let response: HeartbeatResponse = self.conn.call(ApiKey::Heartbeat, &request).await?;
+        match response.error_code {
+            0 => Ok(Heartbeat::Ok),
+            REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Ok(Heartbeat::Rejoin),
+            code => Err(format!("Heartbeat {}: error code {code}", self.group_id)),
+        }
+    }
+
+    /// Committed offsets of `partitions`; -1 where nothing is committed.
+    pub async fn committed(
+        &self,
+        topology: &Topology,
+        partitions: &[usize],
+    ) -> Result<Vec<i64>, String> {
+        let mut by_topic: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        for &i in partitions {
+            let p = &topology.partitions[i];
+            by_topic.entry(p.topic).or_default().push(p.partition);
+        }
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(str(&self.group_id)))
+            .with_topics(Some(
+                by_topic
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        OffsetFetchRequestTopic::default()
+                            .with_name(topology.topic_name(t))
+                            .with_partition_indexes(parts)
+                    })
+                    .collect(),
+            ));
+        let response: OffsetFetchResponse = self.conn.call(ApiKey::OffsetFetch, &request).await?;
+        if response.error_code != 0 {
+            return Err(format!(
+                "OffsetFetch {}: error code {}",
+                self.group_id, response.error_code
+            ));
+        }
+        Ok(partitions
+            .iter()
+            .map(|&i| {
+                let p = &topology.partitions[i];
+                response
+                    .topics
+                    .iter()
+                    .filter(|t| t.name.0.as_str() == topology.topics[p.topic])
+                    .flat_map(|t| t.partitions.iter())
+                    .find(|r| r.partition_index == p.partition && r.error_code == 0)
+                    .map_or(-1, |r| r.committed_offset)
+            })
+            .collect())
+    }
+
+    /// Commits `offsets` (next offset to read) of `partitions`.
+    pub async fn commit(
+        &self,
+        topology: &Topology,
+        partitions: &[usize],
+        offsets: &[i64],
+    ) -> Result<(), String> {
+        let mut by_topic: BTreeMap<usize, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (&i, &offset) in partitions.iter().zip(offsets) {
+            let p = &topology.partitions[i];
+            by_topic.entry(p.topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(p.partition)
+                    .with_committed_offset(offset),
+            );
+        }
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str(&self.group_id)))
+            .with_generation_id_or_member_epoch(self.generation)
+            .with_member_id(str(&self.member_id))
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(topology.topic_name(t))
+                            .with_partitions(parts)
+                    })
+                    .collect(),
+            );
+        let response: OffsetCommitResponse = self.conn.call(ApiKey::OffsetCommit, &request).await?;
+        for topic in &response.topics {
+            for p in &topic.partitions {
+                if p.error_code != 0 {
+                    return Err(format!(
+                        "OffsetCommit {}/{}: error code {}",
+                        topic.name.0, p.partition_index, p.error_code
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn leave(&self) -> Result<(), String> {
+        let version = self.conn.version(ApiKey::LeaveGroup)?;
+        let mut request = LeaveGroupRequest::default().with_group_id(GroupId(str(&self.group_id)));
+        if version >= 3 {
+            request.members = vec![MemberIdentity::default().with_member_id(str(&self.member_id))];
+        } else {
+            request.member_id = str(&self.member_id);
+        }
+        let _: LeaveGroupResponse = self.conn.call(ApiKey::LeaveGroup, &request).await?;
+        Ok(())
+    }
+}
+
+fn encode_versioned<T: Encodable>(message: &T, version: i16) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    buf.put_i16(version);
+    message
+        .encode(&mut buf, version)
+        .map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+/// Round-robin over members sorted by id, partitions in topology order.
+fn assign(
+    topology: &Topology,
+    members: &[String],
+) -> Result<Vec<SyncGroupRequestAssignment>, String> {
+    let mut sorted: Vec<&String> = members.iter().collect();
+    sorted.sort();
+    let mut owned: Vec<BTreeMap<usize, Vec<i32>>> = vec![BTreeMap::new(); sorted.len()];
+    for (i, p) in topology.partitions.iter().enumerate() {
+        owned[i % sorted.len()]
+            .entry(p.topic)
+            .or_default()
+            .push(p.partition);
+    }
+    sorted
+        .into_iter()
+        .zip(owned)
+        .map(|(member, topics)| {
+            let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(
+                topics
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        AssignedPartitions::default()
+                            .with_topic(topology.topic_name(t))
+                            .with_partitions(parts)
+                    })
+                    .collect(),
+            );
+            Ok(SyncGroupRequestAssignment::default()
+                .with_member_id(str(member))
+                .with_assignment(encode_versioned(&assignment, ASSIGNMENT_VERSION)?))
+        })
+        .collect()
+}
+
+fn decode_assignment(topology: &Topology, mut bytes: Bytes) -> Result<Vec<usize>, String> {
+    if bytes.len() < 2 {
+        return Ok(Vec::new()); // an empty assignment: nothing for this member
+    }
+    let version = bytes.get_i16();
+    let assignment = ConsumerProtocolAssignment::decode(&mut bytes, version.min(3))
+        .map_err(|e| format!("bad assignment: {e}"))?;
+    let mut out = Vec::new();
+    for topic in &assignment.assigned_partitions {
+        for &partition in &topic.partitions {
+            if let Some(i) = topology.partitions.iter().position(|p| {
+                p.partition == partition && topology.topics[p.topic] == topic.topic.0.as_str()
+            }) {
+                out.push(i);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::PartitionRef;
+
+    fn topology() -> Topology {
+        Topology {
+            topics: vec!["a".into(), "b".into()],
+            partitions: (0..2)
+                .flat_map(|t| {
+                    (0..3).map(move |p| PartitionRef {
+                        topic: t,
+                        partition: p,
+                        leader: 0,
+                    })
+                })
+                .collect(),
+            brokers: [(0, "x:1".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn assignment_covers_every_partition_once_and_round_trips() {
+        let t = topology();
+        let members = vec![
+            "m2".to_string(),
+            "m1".to_string(),
+            "m3".to_string(),
+            "m4".to_string(),
+        ];
+        let sync = assign(&t, &members).unwrap();
+        let mut all = Vec::new();
+        for a in &sync {
+            let mine = decode_assignment(&t, a.assignment.clone()).unwrap();
+            assert!(mine.len() <= 2 && !mine.is_empty(), "{mine:?}");
+            all.extend(mine);
+        }
+        all.sort();
+        assert_eq!(all, (0..6).collect::<Vec<_>>());
+        assert_eq!(
+            decode_assignment(&t, Bytes::new()).unwrap(),
+            Vec::<usize>::new()
+        );
+    }
+}
