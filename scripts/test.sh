@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup-test-deps.sh
 
-cargo build --release -p sluice-broker
+cargo build --release -p sluice-broker -p sluice-bench
 cargo test --workspace --all-targets
 
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e "$@"

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The standard benchmark. Measures this machine's limits first (fio: sequential
+# O_DIRECT write bandwidth and fdatasync latency; iperf3: loopback TCP), then
+# runs every workload of benches/workloads/ with sluice-bench against a fresh
+# broker each, and writes the report to target/bench-report/ (report.md, one
+# latency plot per workload, machine.json, the raw result files).
+#
+# usage: scripts/bench.sh [--quick] [WORKLOAD.toml ...]
+#   --quick   2 s warm-up + 10 s per workload, a 1 GB backlog (under 3 minutes)
+#   default   the durations in the workload files (under 15 minutes)
+# env: SLUICE_ARGS   extra flags for the broker (e.g. "--cores 1")
+#      BENCH_ARGS    extra flags for sluice-bench run (e.g. "--threads 1")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+workloads=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) workloads+=("$arg") ;;
+    esac
+done
+[ ${#workloads[@]} -gt 0 ] || workloads=(benches/workloads/*.toml)
+
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+missing=()
+command -v fio >/dev/null || missing+=(fio)
+command -v iperf3 >/dev/null || missing+=(iperf3)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (apt)" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo build --release -p sluice-broker -p sluice-bench
+sluice=./target/release/sluice
+bench=./target/release/sluice-bench
+out=target/bench-report
+work=target/bench-work
+rm -rf "$work" "$out"
+mkdir -p "$work/results" "$out"
+started=$(date +%s)
+
+# --- this machine's limits -------------------------------------------------
+if [ $quick = 1 ]; then fio_size=1G; sync_size=8M; iperf_s=2; else fio_size=4G; sync_size=64M; iperf_s=5; fi
+echo "== machine limits (fio $fio_size sequential O_DIRECT write, fdatasync per 4 KiB write, iperf3 ${iperf_s}s)"
+fio --name=seqwrite --filename="$work/fio.data" --rw=write --direct=1 --ioengine=io_uring \
+    --bs=1M --iodepth=8 --size=$fio_size --end_fsync=1 --output-format=json >"$work/fio-write.json"
+rm -f "$work/fio.data"
+fio --name=fdatasync --filename="$work/fio.data" --rw=write --ioengine=sync --bs=4k \
+    --fdatasync=1 --size=$sync_size --output-format=json >"$work/fio-sync.json"
+rm -f "$work/fio.data"
+iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
+iperf_server=$!
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 5299 -t $iperf_s -J >"$work/iperf3.json" || true
+wait $iperf_server 2>/dev/null || true
+
+# --- the workloads ---------------------------------------------------------
+port=19092
+failed=()
+for workload in "${workloads[@]}"; do
+    name=$(basename "$workload" .toml)
+    data="$work/data"
+    rm -rf "$data"
+    # shellcheck disable=SC2086
+    $sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-} >"$work/$name-broker.log" 2>&1 &
+    broker=$!
+    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    overrides=()
+    if [ $quick = 1 ]; then
+        if grep -q '^backlog_bytes' "$workload"; then
+            overrides=(--backlog-bytes 1000000000 --duration-s 90)
+        else
+            overrides=(--warmup-s 2 --duration-s 10)
+        fi
+    fi
+    echo
+    echo "== $name"
+    # shellcheck disable=SC2086
+    if ! $bench run --workload "$workload" --bootstrap 127.0.0.1:$port "${overrides[@]}" \
+        --json "$work/results/$name.json" ${BENCH_ARGS:-} \
+        --broker-info "sluice --data-dir $data ${SLUICE_ARGS:-} (defaults: flush=always); $(nproc) cores; Linux $(uname -r)"; then
+        failed+=("$name")
+    fi
+    kill -TERM $broker 2>/dev/null || true
+    wait $broker 2>/dev/null || true
+    rm -rf "$data"
+done
+
+# --- the report ------------------------------------------------------------
+shopt -s nullglob
+results=("$work"/results/*.json)
+if [ ${#results[@]} -gt 0 ]; then
+    limits=()
+    for f in fio-write fio-sync iperf; do
+        json="$work/$f.json"
+        [ "$f" = iperf ] && json="$work/iperf3.json"
+        [ -s "$json" ] && limits+=("--$f" "$json") && cp "$json" "$out/"
+    done
+    $bench report --out "$out" "${limits[@]}" "${results[@]}" >/dev/null
+    cp "${results[@]}" "$out/"
+    echo
+    cat "$out/report.md"
+fi
+echo
+echo "bench.sh: $(( $(date +%s) - started )) s; report in $out/"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "bench.sh: failed workloads: ${failed[*]} (logs in $work/)" >&2
+    exit 1
+fi

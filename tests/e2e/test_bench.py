@@ -1,0 +1,127 @@
+"""sluice-bench against the real broker: a short workload, its result file and
+report, and what it wrote read back by a client nobody here wrote."""
+
+import json
+import os
+import struct
+import subprocess
+import time
+import xml.dom.minidom
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = Path(os.environ.get("SLUICE_BENCH_BIN", ROOT / "target" / "release" / "sluice-bench"))
+
+
+def bench(*args, timeout=120):
+    return subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_five_second_workload_consumes_what_it_produced_and_reports(broker, tmp_path):
+    workload = tmp_path / "short.toml"
+    workload.write_text(
+        'name = "short"\n'
+        'description = "e2e: 5 s at a fixed rate with a consumer group"\n'
+        "partitions_per_topic = 4\n"
+        "message_size = 512\n"
+        "producers = 2\n"
+        "consumers = 2\n"
+        "consumer_group = true\n"
+        "producer_rate = 20000\n"
+        'key_distribution = "round-robin"\n'
+        "warmup_s = 1\n"
+        "duration_s = 5\n"
+    )
+    result_path = tmp_path / "short.json"
+    run = bench("run", "--workload", str(workload), "--bootstrap", broker.bootstrap, "--json", str(result_path),
+                "--status-every-s", "1")
+    assert run.returncode == 0, run.stderr
+    # The live status line and the summary table.
+    assert "produce" in run.stderr and "msg/s" in run.stderr
+    assert "publish latency" in run.stdout and "end-to-end" in run.stdout
+
+    result = json.loads(result_path.read_text())
+    totals = result["totals"]
+    assert totals["produce_errors"] == 0
+    # 20000 msg/s for ~6 s, warm-up included.
+    assert totals["produced"] > 60_000
+    assert totals["consumed"] == totals["produced"]
+    assert result["workload"]["name"] == "short" and result["workload"]["producer_rate"] == 20000
+    # The measured window is the 5 s after warm-up, at the asked rate.
+    assert 4.0 <= result["measured_s"] <= 6.5
+    assert 15_000 <= result["produce"]["msgs_per_s"] <= 21_000
+    assert result["produce"]["mb_per_s"] == pytest.approx(result["produce"]["msgs_per_s"] * 512 / 1e6, rel=1e-6)
+    for name in ("publish_latency_us", "publish_delay_us", "e2e_latency_us"):
+        p = result[name]
+        assert p["count"] > 0, name
+        assert 0 < p["p50"] <= p["p99"] <= p["p999"] <= p["max"], (name, p)
+    assert result["publish_latency_us"]["count"] == result["produce"]["messages"]
+    assert 0 in [key for key, _, _ in result["broker_api_versions"]]  # Produce
+
+    out = tmp_path / "report"
+    report = bench("report", "--out", str(out), str(result_path))
+    assert report.returncode == 0, report.stderr
+    md = (out / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| short")]
+    assert len(rows) == 1, md
+    assert f"{result['produce']['mb_per_s']:.1f}" in rows[0]
+    svg = xml.dom.minidom.parse(str(out / "short-latency.svg"))
+    assert svg.documentElement.tagName == "svg"
+    assert len(svg.getElementsByTagName("polyline")) == 3
+    assert json.loads((out / "machine.json").read_text()) is not None
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_batches_are_read_back_by_librdkafka(broker, tmp_path, codec):
+    prefix = f"bench-{codec}"
+    run = bench("run", "--bootstrap", broker.bootstrap, "--topic-prefix", prefix, "--compression", codec,
+                "--partitions-per-topic", "2", "--producers", "1", "--consumers", "1", "--consumer-group", "false",
+                "--producer-rate", "5000", "--message-size", "300", "--warmup-s", "0", "--duration-s", "2",
+                "--json", str(tmp_path / "r.json"))
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    produced = result["totals"]["produced"]
+    assert produced > 5000 and result["totals"]["consumed"] == produced
+
+    topics = [t for t in AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
+              if t.startswith(prefix)]
+    assert len(topics) == 1
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"check-{codec}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topics[0], p, 0) for p in range(2)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < produced and time.time() < deadline:
+        for m in consumer.consume(num_messages=1000, timeout=1):
+            assert m.error() is None, m.error()
+            values.append(m.value())
+    consumer.close()
+    assert len(values) == produced
+    now_us = time.time() * 1e6
+    for v in values[:100]:
+        assert len(v) == 300
+        sent_us, _producer, _sequence = struct.unpack(">QII", v[:16])
+        assert now_us - 120e6 < sent_us <= now_us
+        assert v[16:].replace(b" ", b"").isalpha()
+
+
+def test_a_bad_workload_file_is_refused_with_the_setting_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("acks = 3\n")
+    run = bench("run", "--workload", str(bad), "--bootstrap", "127.0.0.1:1")
+    assert run.returncode == 1
+    assert "acks 3" in run.stderr and str(bad) in run.stderr
+
+    bad.write_text("partitons = 3\n")
+    run = bench("run", "--workload", str(bad), "--bootstrap", "127.0.0.1:1")
+    assert run.returncode == 1 and "unknown field `partitons`" in run.stderr
+
+
+def test_an_unreachable_broker_is_a_clear_error():
+    run = bench("run", "--bootstrap", "127.0.0.1:1", "--duration-s", "1", timeout=60)
+    assert run.returncode == 1
+    assert "cannot connect to 127.0.0.1:1" in run.stderr
