@@ -15,6 +15,11 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 pub const CLIENT_ID: &str = "sluice-bench";
+
+/// "MESSAGE_TOO_LARGE (10)": an error code for a log line.
+pub fn kafka_error(code: i16) -> String {
+    format!("{} ({code})", sluice_protocol::api::error_code::name(code))
+}
 /// A response larger than this is refused (a fetch asks for far less).
 const RESPONSE_BYTES_MAX: usize = 256 << 20;
 
@@ -174,8 +179,8 @@ impl Conn {
             .await?;
         if response.error_code != 0 {
             return Err(format!(
-                "ApiVersions failed with error code {}",
-                response.error_code
+                "ApiVersions failed: {}",
+                kafka_error(response.error_code)
             ));
         }
         let advertised = response

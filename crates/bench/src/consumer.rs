@@ -2,13 +2,14 @@
 //! in flight per broker (as Kafka consumers do), end-to-end latency from the
 //! send time each payload carries.
 
-use crate::client::Conn;
+use crate::client::{kafka_error, Conn};
 use crate::group::{Heartbeat, Member, HEARTBEAT_INTERVAL_MS};
 use crate::records::{consume_batches, now_us};
 use crate::stats::record_us;
 use crate::worker::Worker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use sluice_protocol::api::error_code::OFFSET_OUT_OF_RANGE;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -20,7 +21,6 @@ const FETCH_MAX_BYTES: i32 = 50 << 20;
 /// Kafka's max.partition.fetch.bytes default.
 const PARTITION_MAX_BYTES: i32 = 1 << 20;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
-const OFFSET_OUT_OF_RANGE: i16 = 1;
 
 pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Result<(), String> {
     let w = &worker.workload;
@@ -67,7 +67,7 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
                         Ok(Heartbeat::Ok) => {}
                         Ok(Heartbeat::Rejoin) => rejoin.set(true),
                         Err(e) => {
-                            worker.note_error(&e);
+                            worker.note_error("heartbeat failed", &e);
                             rejoin.set(true);
                         }
                     }
@@ -157,10 +157,10 @@ async fn fetch_round(
             let request = fetch_request(worker, mine, slots, offsets);
             let response: FetchResponse = conn.call(ApiKey::Fetch, &request).await?;
             if response.error_code != 0 {
-                worker.note_error(&format!(
-                    "fetch failed with error code {}",
-                    response.error_code
-                ));
+                worker.note_error(
+                    &format!("fetch failed: {}", kafka_error(response.error_code)),
+                    &conn.addr,
+                );
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -179,21 +179,24 @@ async fn fetch_round(
                         continue;
                     };
                     if data.error_code == OFFSET_OUT_OF_RANGE {
-                        worker.note_error(&format!(
-                            "{}/{}: offset {} out of range, restarting at log start {}",
-                            topic.topic.0,
-                            data.partition_index,
-                            offsets[slot],
-                            data.log_start_offset
-                        ));
+                        worker.note_error(
+                            "fetch offset out of range: restarting at the log start",
+                            &format!(
+                                "{}/{} offset {} (log start {})",
+                                topic.topic.0,
+                                data.partition_index,
+                                offsets[slot],
+                                data.log_start_offset
+                            ),
+                        );
                         offsets[slot] = data.log_start_offset.max(0);
                         continue;
                     }
                     if data.error_code != 0 {
-                        worker.note_error(&format!(
-                            "fetch {}/{}: error code {}",
-                            topic.topic.0, data.partition_index, data.error_code
-                        ));
+                        worker.note_error(
+                            &format!("fetch failed: {}", kafka_error(data.error_code)),
+                            &format!("{}/{}", topic.topic.0, data.partition_index),
+                        );
                         continue;
                     }
                     let Some(records) = &data.records else {

@@ -3,7 +3,7 @@
 //! hands out), the leader computes a round-robin assignment, SyncGroup,
 //! heartbeats, OffsetFetch/OffsetCommit, LeaveGroup.
 
-use crate::client::Conn;
+use crate::client::{kafka_error, Conn};
 use crate::topology::Topology;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
@@ -16,18 +16,16 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_protocol::api::error_code::{
+    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, ILLEGAL_GENERATION,
+    MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 pub const SESSION_TIMEOUT_MS: i32 = 30_000;
 pub const REBALANCE_TIMEOUT_MS: i32 = 60_000;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
-const MEMBER_ID_REQUIRED: i16 = 79;
-const REBALANCE_IN_PROGRESS: i16 = 27;
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-const UNKNOWN_MEMBER_ID: i16 = 25;
-const ILLEGAL_GENERATION: i16 = 22;
 const PROTOCOL_TYPE: &str = "consumer";
 const ASSIGNOR: &str = "roundrobin";
 /// ConsumerProtocol versions written; every broker and client reads these.
@@ -72,7 +70,12 @@ impl Member {
                 COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE => {
                     glommio::timer::sleep(std::time::Duration::from_millis(100)).await
                 }
-                code => return Err(format!("FindCoordinator for {group_id}: error code {code}")),
+                code => {
+                    return Err(format!(
+                        "FindCoordinator for {group_id}: error {}",
+                        kafka_error(code)
+                    ))
+                }
             }
         }
         Err(format!("no coordinator for group {group_id} after 10 s"))
@@ -108,7 +111,13 @@ impl Member {
                     continue;
                 }
                 REBALANCE_IN_PROGRESS => continue,
-                code => return Err(format!("JoinGroup {}: error code {code}", self.group_id)),
+                code => {
+                    return Err(format!(
+                        "JoinGroup {}: error {}",
+                        self.group_id,
+                        kafka_error(code)
+                    ))
+                }
             }
             self.member_id = joined.member_id.to_string();
             self.generation = joined.generation_id;
@@ -137,7 +146,13 @@ impl Member {
                     self.member_id.clear();
                     continue;
                 }
-                code => return Err(format!("SyncGroup {}: error code {code}", self.group_id)),
+                code => {
+                    return Err(format!(
+                        "SyncGroup {}: error {}",
+                        self.group_id,
+                        kafka_error(code)
+                    ))
+                }
             }
         }
     }
@@ -151,7 +166,11 @@ impl Member {
         match response.error_code {
             0 => Ok(Heartbeat::Ok),
             REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Ok(Heartbeat::Rejoin),
-            code => Err(format!("Heartbeat {}: error code {code}", self.group_id)),
+            code => Err(format!(
+                "Heartbeat {}: error {}",
+                self.group_id,
+                kafka_error(code)
+            )),
         }
     }
 
@@ -181,8 +200,9 @@ impl Member {
         let response: OffsetFetchResponse = self.conn.call(ApiKey::OffsetFetch, &request).await?;
         if response.error_code != 0 {
             return Err(format!(
-                "OffsetFetch {}: error code {}",
-                self.group_id, response.error_code
+                "OffsetFetch {}: error {}",
+                self.group_id,
+                kafka_error(response.error_code)
             ));
         }
         Ok(partitions
@@ -235,8 +255,10 @@ impl Member {
             for p in &topic.partitions {
                 if p.error_code != 0 {
                     return Err(format!(
-                        "OffsetCommit {}/{}: error code {}",
-                        topic.name.0, p.partition_index, p.error_code
+                        "OffsetCommit {}/{}: error {}",
+                        topic.name.0,
+                        p.partition_index,
+                        kafka_error(p.error_code)
                     ));
                 }
             }

@@ -2,7 +2,7 @@
 //! bytes and linger), and pipelined Produce requests (up to `max_in_flight`
 //! per broker connection), like a Kafka client producer instance.
 
-use crate::client::Conn;
+use crate::client::{kafka_error, Conn};
 use crate::rate::RateLimiter;
 use crate::records::{filler, now_us, stamp, BatchBuilder};
 use crate::stats::record_us;
@@ -12,12 +12,18 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use sluice_protocol::record_batch::HEADER_BYTES;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+/// A producer sleeps at least this long between turns: each timer costs an
+/// io_uring submission, and at 100k messages/s one per message would make the
+/// bench the bottleneck. Messages due in between go out together; their
+/// lateness shows as publish delay.
+const WAKE_INTERVAL_MIN: Duration = Duration::from_micros(200);
 /// Messages generated per loop turn at most (then batches are sealed and sent).
 const TURN_MESSAGES_MAX: u64 = 4096;
 
@@ -71,6 +77,8 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
     let start = control.wait_for_go().await;
     let per_turn = ((w.batch_bytes / w.message_size).max(1) as u64).min(TURN_MESSAGES_MAX);
     let record_delay = !limiter.is_unlimited();
+    // A record's bytes at most: the payload, a 16-byte key and the varints.
+    let record_bytes_max = w.message_size + 16 + 32;
 
     loop {
         let stopping = control.stop_producing.load(Ordering::Relaxed) || control.backlog_full();
@@ -122,7 +130,9 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
                     slot.sent_at.push(now);
                     slot.last_timestamp_ms = timestamp_ms;
                     open_bytes += slot.builder.bytes() - before;
-                    if slot.builder.bytes() >= w.batch_bytes {
+                    // Sealed when the next message would not fit: a batch,
+                    // header included, stays within batch_bytes (as Kafka's batch.size).
+                    if slot.builder.bytes() + record_bytes_max + HEADER_BYTES > w.batch_bytes {
                         let slot = open[partition].take().expect("just filled");
                         open_bytes -= slot.builder.bytes();
                         seal(&worker, partition, slot, &mut sealed)?;
@@ -197,16 +207,16 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
                                 .copied()
                                 .unwrap_or(-1);
                             if code != 0 {
-                                worker.note_error(&format!(
-                                    "produce to {}/{} failed with error code {code}",
-                                    worker.topology.topics[p.topic], p.partition
-                                ));
+                                worker.note_error(
+                                    &format!("produce failed: {}", kafka_error(code)),
+                                    &format!("{}/{}", worker.topology.topics[p.topic], p.partition),
+                                );
                             }
                             acknowledge(&worker, &mut stats, batch, acked, code == 0);
                         }
                     }
                     Err(e) => {
-                        worker.note_error(&format!("produce request failed: {e}"));
+                        worker.note_error("produce request failed", &e);
                         for batch in &batches {
                             acknowledge(&worker, &mut stats, batch, acked, false);
                         }
@@ -229,7 +239,7 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
         }
         let now = Instant::now();
         if wake > now {
-            glommio::timer::sleep(wake - now).await;
+            glommio::timer::sleep((wake - now).max(WAKE_INTERVAL_MIN)).await;
         } else {
             futures_lite::future::yield_now().await;
         }

@@ -2,7 +2,7 @@
 //! until every partition has a leader. Partitions are flattened into one list;
 //! producers and consumers refer to them by index.
 
-use crate::client::Conn;
+use crate::client::{kafka_error, Conn};
 use crate::workload::Workload;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -10,11 +10,9 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice_protocol::api::error_code::TOPIC_ALREADY_EXISTS;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Kafka error code TOPIC_ALREADY_EXISTS.
-const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 #[derive(Debug, Clone)]
 pub struct PartitionRef {
@@ -71,9 +69,9 @@ pub async fn create(conn: &Conn, workload: &Workload, run_id: &str) -> Result<To
     for topic in &response.topics {
         if topic.error_code != 0 && topic.error_code != TOPIC_ALREADY_EXISTS {
             return Err(format!(
-                "cannot create topic {}: error code {}{}",
+                "cannot create topic {}: error {}{}",
                 topic.name.0,
-                topic.error_code,
+                kafka_error(topic.error_code),
                 topic
                     .error_message
                     .as_ref()
@@ -118,7 +116,10 @@ async fn describe(conn: &Conn, topics: &[String], partitions: u32) -> Result<Top
             .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
             .ok_or_else(|| format!("topic {name} missing from metadata"))?;
         if topic.error_code != 0 {
-            return Err(format!("topic {name}: error code {}", topic.error_code));
+            return Err(format!(
+                "topic {name}: error {}",
+                kafka_error(topic.error_code)
+            ));
         }
         if topic.partitions.len() != partitions as usize {
             return Err(format!(

@@ -84,20 +84,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Counts an error; the first of each kind is logged.
-    pub fn note_error(&self, message: &str) {
+    /// Counts an error of a kind; the first of each kind is logged with its
+    /// detail (which partition, which broker).
+    pub fn note_error(&self, kind: &str, detail: &str) {
         let Ok(mut errors) = self.control.errors.lock() else {
             return;
         };
-        let first = !errors.contains_key(message);
+        let first = !errors.contains_key(kind);
         if first && errors.len() >= ERROR_KINDS_MAX {
             return;
         }
-        *errors.entry(message.to_string()).or_default() += 1;
+        *errors.entry(kind.to_string()).or_default() += 1;
         if first {
             tracing::warn!(
                 worker = self.id,
-                "{message} (further occurrences are counted)"
+                "{kind}: {detail} (further occurrences are counted)"
             );
         }
     }
