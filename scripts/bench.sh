@@ -46,29 +46,55 @@ started=$(date +%s)
 # --- this machine's limits -------------------------------------------------
 if [ $quick = 1 ]; then fio_size=1G; sync_size=8M; iperf_s=2; else fio_size=4G; sync_size=64M; iperf_s=5; fi
 echo "== machine limits (fio $fio_size sequential O_DIRECT write, fdatasync per 4 KiB write, iperf3 ${iperf_s}s)"
+# A limit that cannot be measured is left out of the report, not fatal.
 fio --name=seqwrite --filename="$work/fio.data" --rw=write --direct=1 --ioengine=io_uring \
-    --bs=1M --iodepth=8 --size=$fio_size --end_fsync=1 --output-format=json >"$work/fio-write.json"
+    --bs=1M --iodepth=8 --size=$fio_size --end_fsync=1 --output-format=json >"$work/fio-write.json" ||
+    { echo "fio write failed: disk limit not measured" >&2; rm -f "$work/fio-write.json"; }
 rm -f "$work/fio.data"
 fio --name=fdatasync --filename="$work/fio.data" --rw=write --ioengine=sync --bs=4k \
-    --fdatasync=1 --size=$sync_size --output-format=json >"$work/fio-sync.json"
+    --fdatasync=1 --size=$sync_size --output-format=json >"$work/fio-sync.json" ||
+    { echo "fio fdatasync failed: sync latency not measured" >&2; rm -f "$work/fio-sync.json"; }
 rm -f "$work/fio.data"
-iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
+iperf_port=5299
+timeout $((iperf_s + 20)) iperf3 -s -1 -p $iperf_port >/dev/null 2>&1 &
 iperf_server=$!
-sleep 0.5
-iperf3 -c 127.0.0.1 -p 5299 -t $iperf_s -J >"$work/iperf3.json" || true
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$iperf_port) 2>/dev/null && break; sleep 0.1; done
+timeout $((iperf_s + 15)) iperf3 -c 127.0.0.1 -p $iperf_port -t $iperf_s -J >"$work/iperf3.json" ||
+    { echo "iperf3 failed: loopback limit not measured" >&2; rm -f "$work/iperf3.json"; }
+kill $iperf_server 2>/dev/null || true
 wait $iperf_server 2>/dev/null || true
 
 # --- the workloads ---------------------------------------------------------
 port=19092
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "bench.sh: port $port is already in use; stop what listens there" >&2
+    exit 1
+fi
+broker=
+trap '[ -n "$broker" ] && kill -TERM $broker 2>/dev/null' EXIT
 failed=()
 for workload in "${workloads[@]}"; do
     name=$(basename "$workload" .toml)
     data="$work/data"
     rm -rf "$data"
     # shellcheck disable=SC2086
+    broker_config=$($sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-} --print-config)
+    # shellcheck disable=SC2086
     $sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-} >"$work/$name-broker.log" 2>&1 &
     broker=$!
-    for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    ready=0
+    for _ in $(seq 200); do
+        kill -0 $broker 2>/dev/null || break
+        if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then ready=1; break; fi
+        sleep 0.05
+    done
+    if [ $ready = 0 ]; then
+        echo "bench.sh: the broker did not start for $name (log: $work/$name-broker.log)" >&2
+        failed+=("$name")
+        kill -TERM $broker 2>/dev/null || true
+        wait $broker 2>/dev/null || true
+        continue
+    fi
     overrides=()
     if [ $quick = 1 ]; then
         if grep -q '^backlog_bytes' "$workload"; then
@@ -82,11 +108,13 @@ for workload in "${workloads[@]}"; do
     # shellcheck disable=SC2086
     if ! $bench run --workload "$workload" --bootstrap 127.0.0.1:$port "${overrides[@]}" \
         --json "$work/results/$name.json" ${BENCH_ARGS:-} \
-        --broker-info "sluice --data-dir $data ${SLUICE_ARGS:-} (defaults: flush=always); $(nproc) cores; Linux $(uname -r)"; then
+        --broker-info "sluice ${SLUICE_ARGS:-} on $(nproc) cores, Linux $(uname -r); effective config:
+$broker_config"; then
         failed+=("$name")
     fi
     kill -TERM $broker 2>/dev/null || true
     wait $broker 2>/dev/null || true
+    broker=
     rm -rf "$data"
 done
 

@@ -53,12 +53,16 @@ def test_a_five_second_workload_consumes_what_it_produced_and_reports(broker, tm
     assert result["workload"]["name"] == "short" and result["workload"]["producer_rate"] == 20000
     # The measured window is the 5 s after warm-up, at the asked rate.
     assert 4.0 <= result["measured_s"] <= 6.5
-    assert 15_000 <= result["produce"]["msgs_per_s"] <= 21_000
+    assert 18_600 <= result["produce"]["msgs_per_s"] <= 21_000
     assert result["produce"]["mb_per_s"] == pytest.approx(result["produce"]["msgs_per_s"] * 512 / 1e6, rel=1e-6)
     for name in ("publish_latency_us", "publish_delay_us", "e2e_latency_us"):
         p = result[name]
         assert p["count"] > 0, name
-        assert 0 < p["p50"] <= p["p99"] <= p["p999"] <= p["max"], (name, p)
+        assert p["p50"] <= p["p99"] <= p["p999"] <= p["max"], (name, p)
+    # Latencies on loopback at 20k msg/s: well above a microsecond, well below a second.
+    assert 50 <= result["publish_latency_us"]["p50"] <= 500_000
+    assert result["e2e_latency_us"]["p50"] >= result["publish_latency_us"]["p50"] / 10
+    assert result["errors"] == {}
     assert result["publish_latency_us"]["count"] == result["produce"]["messages"]
     assert 0 in [key for key, _, _ in result["broker_api_versions"]]  # Produce
 

@@ -88,7 +88,9 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
                     let leaving = stop || rejoin.get();
                     if leaving || last_commit.elapsed() >= COMMIT_INTERVAL {
                         // Eager protocol: commit before giving partitions up.
-                        member.commit(&worker.topology, &mine, &offsets).await.ok();
+                        if let Err(e) = member.commit(&worker.topology, &mine, &offsets).await {
+                            worker.note_error("offset commit failed", &e);
+                        }
                         last_commit = Instant::now();
                     }
                     if leaving {
@@ -125,6 +127,9 @@ async fn fetch_round(
     while !control.drain_started.load(Ordering::Relaxed) {
         if control.stop_consuming.load(Ordering::Relaxed) {
             return Ok(true);
+        }
+        if grouped && rejoin.get() {
+            return Ok(false);
         }
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
@@ -202,14 +207,19 @@ async fn fetch_round(
                     let Some(records) = &data.records else {
                         continue;
                     };
+                    // After a rebalance a partition may be re-read from an older
+                    // commit: what any consumer already counted is skipped.
+                    let counted = &control.consumed_upto[mine[slot]];
+                    let from = offsets[slot].max(counted.load(Ordering::Relaxed));
                     let e2e = &mut stats.e2e_latency;
-                    let got = consume_batches(records, offsets[slot], |sent| {
+                    let got = consume_batches(records, from, |sent| {
                         if let Some(sent) = sent {
                             record_us(e2e, now.saturating_sub(sent));
                         }
                     })
                     .map_err(|e| format!("{}/{}: {e}", topic.topic.0, data.partition_index))?;
                     offsets[slot] = got.next_offset;
+                    counted.fetch_max(got.next_offset, Ordering::Relaxed);
                     stats.consumed += got.messages;
                     stats.consumed_bytes += got.bytes;
                     consumed_here += got.messages;

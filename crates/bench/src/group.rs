@@ -293,6 +293,9 @@ fn assign(
     topology: &Topology,
     members: &[String],
 ) -> Result<Vec<SyncGroupRequestAssignment>, String> {
+    if members.is_empty() {
+        return Err("JoinGroup made this member leader of a group with no members".into());
+    }
     let mut sorted: Vec<&String> = members.iter().collect();
     sorted.sort();
     let mut owned: Vec<BTreeMap<usize, Vec<i32>>> = vec![BTreeMap::new(); sorted.len()];

@@ -5,6 +5,7 @@
 //! `sluice-bench run` runs one workload; `sluice-bench report` turns result
 //! files into the Markdown report and latency plots.
 
+mod accumulator;
 mod client;
 mod consumer;
 mod group;
@@ -213,10 +214,10 @@ fn run(args: RunArgs) -> Result<(), String> {
         eprintln!("sluice-bench: wrote {}", path.display());
     }
     if result.totals.produce_errors > 0 {
-        eprintln!(
-            "sluice-bench: {} message(s) were not acknowledged (see the warnings above)",
-            result.totals.produce_errors
-        );
+        return Err(format!(
+            "{} message(s) were not acknowledged: {:?}",
+            result.totals.produce_errors, result.errors
+        ));
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 //! bytes and linger), and pipelined Produce requests (up to `max_in_flight`
 //! per broker connection), like a Kafka client producer instance.
 
+use crate::accumulator::{Accumulator, Open};
 use crate::client::{kafka_error, Conn};
 use crate::rate::RateLimiter;
-use crate::records::{filler, now_us, stamp, BatchBuilder};
+use crate::records::{filler, now_us, stamp};
 use crate::stats::record_us;
 use crate::worker::Worker;
 use crate::workload::KeyDistribution;
@@ -12,8 +13,7 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
-use sluice_protocol::record_batch::HEADER_BYTES;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -35,13 +35,6 @@ struct Sealed {
     payload_bytes: u64,
 }
 
-struct Open {
-    builder: BatchBuilder,
-    sent_at: Vec<Instant>,
-    opened: Instant,
-    last_timestamp_ms: i64,
-}
-
 struct NodeLink {
     conn: Rc<Conn>,
     in_flight: Rc<Semaphore>,
@@ -61,10 +54,10 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
         }
     }
     let partitions = topology.partitions.len();
-    let mut open: Vec<Option<Open>> = (0..partitions).map(|_| None).collect();
-    let mut open_order: VecDeque<usize> = VecDeque::new();
-    let mut open_bytes = 0usize;
-    let buffer_bytes_max = (4 * w.batch_bytes).max(1 << 20);
+    let linger = Duration::from_millis(w.linger_ms);
+    // A record's bytes at most: the payload, a 16-byte key and the varints.
+    let record_bytes_max = w.message_size + 16 + 32;
+    let mut batches = Accumulator::new(partitions, w.batch_bytes, record_bytes_max, linger);
     let mut sealed: BTreeMap<i32, Vec<Sealed>> = BTreeMap::new();
     let mut payload = filler(w.message_size, producer_id as u64 + 1);
     let mut limiter = RateLimiter::new(rate);
@@ -72,13 +65,11 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
     let mut key_counter = producer_id as u64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((producer_id as u64 + 1) << 17);
     let mut sequence = 0u32;
-    let linger = Duration::from_millis(w.linger_ms);
     let control = &worker.control;
     let start = control.wait_for_go().await;
-    let per_turn = ((w.batch_bytes / w.message_size).max(1) as u64).min(TURN_MESSAGES_MAX);
+    // One batch's worth per turn (so a turn seals at most about one batch by size).
+    let per_turn = (batches.messages_per_batch(w.message_size + 8) as u64).min(TURN_MESSAGES_MAX);
     let record_delay = !limiter.is_unlimited();
-    // A record's bytes at most: the payload, a 16-byte key and the varints.
-    let record_bytes_max = w.message_size + 16 + 32;
 
     loop {
         let stopping = control.stop_producing.load(Ordering::Relaxed) || control.backlog_full();
@@ -115,27 +106,10 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
                     };
                     stamp(&mut payload, send_us, producer_id, sequence);
                     sequence = sequence.wrapping_add(1);
-                    let slot = open[partition].get_or_insert_with(|| {
-                        open_order.push_back(partition);
-                        Open {
-                            builder: BatchBuilder::default(),
-                            sent_at: Vec::new(),
-                            opened: now,
-                            last_timestamp_ms: timestamp_ms,
-                        }
-                    });
-                    let before = slot.builder.bytes();
-                    slot.builder
-                        .push(timestamp_ms, key.map(|k| &k[..]), &payload);
-                    slot.sent_at.push(now);
-                    slot.last_timestamp_ms = timestamp_ms;
-                    open_bytes += slot.builder.bytes() - before;
-                    // Sealed when the next message would not fit: a batch,
-                    // header included, stays within batch_bytes (as Kafka's batch.size).
-                    if slot.builder.bytes() + record_bytes_max + HEADER_BYTES > w.batch_bytes {
-                        let slot = open[partition].take().expect("just filled");
-                        open_bytes -= slot.builder.bytes();
-                        seal(&worker, partition, slot, &mut sealed)?;
+                    if let Some(full) =
+                        batches.push(partition, now, timestamp_ms, key.map(|k| &k[..]), &payload)
+                    {
+                        seal(&worker, partition, full, &mut sealed)?;
                         if partition == sticky {
                             sticky = (sticky + 1) % partitions;
                         }
@@ -144,19 +118,8 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
             }
         }
         // Linger expired, buffer over its cap, or stopping: seal the oldest.
-        while let Some(&partition) = open_order.front() {
-            let Some(slot) = open[partition].as_ref() else {
-                open_order.pop_front();
-                continue;
-            };
-            let expired = now.saturating_duration_since(slot.opened) >= linger;
-            if !(expired || stopping || open_bytes > buffer_bytes_max) {
-                break;
-            }
-            open_order.pop_front();
-            let slot = open[partition].take().expect("checked");
-            open_bytes -= slot.builder.bytes();
-            seal(&worker, partition, slot, &mut sealed)?;
+        while let Some((partition, batch)) = batches.pop_due(now, stopping) {
+            seal(&worker, partition, batch, &mut sealed)?;
             if partition == sticky {
                 sticky = (sticky + 1) % partitions;
             }
@@ -225,7 +188,7 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
             })
             .detach();
         }
-        if stopping && open_order.is_empty() && sealed.is_empty() {
+        if stopping && batches.is_empty() && sealed.is_empty() {
             break;
         }
         // Sleep until the next message is due or the oldest batch lingers out.
@@ -234,8 +197,8 @@ pub async fn run(worker: Rc<Worker>, producer_id: u32, rate: f64) -> Result<(), 
         } else {
             start + limiter.next_due()
         };
-        if let Some(slot) = open_order.front().and_then(|&p| open[p].as_ref()) {
-            wake = wake.min(slot.opened + linger);
+        if let Some(deadline) = batches.next_deadline() {
+            wake = wake.min(deadline);
         }
         let now = Instant::now();
         if wake > now {

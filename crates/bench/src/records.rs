@@ -7,7 +7,8 @@
 
 use crate::workload::Compression;
 use sluice_protocol::record_batch::{
-    assemble_batch, put_record, records, BatchFields, BatchHeader, HEADER_BYTES,
+    assemble_batch, put_record, records, validate_batch_prefix, BatchFields, BatchHeader,
+    HEADER_BYTES,
 };
 use std::io::{Read, Write};
 
@@ -56,6 +57,13 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
+    pub fn with_capacity(bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            section: Vec::with_capacity(bytes),
+            ..BatchBuilder::default()
+        }
+    }
+
     /// Bytes of the records section so far (before compression).
     pub fn bytes(&self) -> usize {
         self.section.len()
@@ -163,17 +171,23 @@ pub fn consume_batches(
         if data.len() < total {
             break; // partial batch at the end of a fetch
         }
+        // As Kafka consumers' check.crcs: a corrupt batch is an error, not a gap.
+        validate_batch_prefix(data)
+            .map_err(|e| format!("batch at offset {}: {e}", header.base_offset))?;
         let body = &data[HEADER_BYTES..total];
         let decompressed;
         let section = match header.compression() {
             0 => body,
             codec => {
-                decompressed = decompress(codec, body)?;
+                decompressed = decompress(codec, body)
+                    .map_err(|e| format!("batch at offset {}: {e}", header.base_offset))?;
                 &decompressed[..]
             }
         };
         if !header.is_control() {
+            let mut read = 0;
             for record in records(section, header.records_count) {
+                read += 1;
                 if header.base_offset + (record.offset_delta as i64) < fetch_offset {
                     continue;
                 }
@@ -181,6 +195,12 @@ pub fn consume_batches(
                 consumed.messages += 1;
                 consumed.bytes += value.len() as u64;
                 on_value(send_time_us(value));
+            }
+            if read != header.records_count {
+                return Err(format!(
+                    "batch at offset {}: only {read} of {} records are readable",
+                    header.base_offset, header.records_count
+                ));
             }
         }
         consumed.next_offset = consumed.next_offset.max(header.last_offset() + 1);
@@ -252,11 +272,51 @@ mod tests {
     }
 
     #[test]
+    fn a_flipped_bit_is_an_error_not_a_gap() {
+        let mut wire = batch(Compression::None, 0, &[filler(64, 3), filler(64, 4)]);
+        let n = wire.len();
+        wire[n - 10] ^= 0x01;
+        let e = consume_batches(&wire, 0, |_| {}).unwrap_err();
+        assert!(e.contains("CRC") || e.contains("crc"), "{e}");
+    }
+
+    #[test]
+    fn control_batches_advance_the_offset_but_are_not_messages() {
+        let mut wire = batch(Compression::None, 7, &[filler(16, 1)]);
+        // Set the control attribute (bit 5) and fix the CRC.
+        wire[22] |= 0x20;
+        let crc = sluice_protocol::record_batch::compute_crc(&wire);
+        wire[17..21].copy_from_slice(&crc.to_be_bytes());
+        let got =
+            consume_batches(&wire, 7, |_| panic!("a control record is not a message")).unwrap();
+        assert_eq!((got.messages, got.next_offset), (0, 8));
+    }
+
+    #[test]
+    fn a_compressed_batch_starting_before_the_fetch_offset_yields_only_the_rest() {
+        let values: Vec<Vec<u8>> = (0..10u64)
+            .map(|i| {
+                let mut v = filler(32, 9);
+                stamp(&mut v, i, 0, i as u32);
+                v
+            })
+            .collect();
+        let wire = batch(Compression::Zstd, 100, &values); // offsets 100..110
+        let mut times = Vec::new();
+        let got = consume_batches(&wire, 104, |t| times.push(t.unwrap())).unwrap();
+        assert_eq!((got.messages, got.next_offset), (6, 110));
+        assert_eq!(times, vec![4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
     fn corrupt_compressed_data_is_an_error() {
         let mut wire = batch(Compression::Lz4, 0, &[filler(64, 3)]);
         let n = wire.len();
         wire[n - 8..].fill(0xff);
-        assert!(consume_batches(&wire, 0, |_| {}).is_err());
+        let crc = sluice_protocol::record_batch::compute_crc(&wire);
+        wire[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = consume_batches(&wire, 0, |_| {}).unwrap_err();
+        assert!(e.contains("lz4"), "{e}");
     }
 
     #[test]

@@ -229,6 +229,9 @@ pub fn summary_table(result: &RunResult) -> String {
         )
         .unwrap();
     }
+    for (kind, count) in &result.errors {
+        writeln!(out, "errors: {kind}: {count}").unwrap();
+    }
 
     let mut latency = vec![cells(&[
         "latency (ms)",
@@ -831,6 +834,7 @@ mod tests {
             publish_latency_us: percentiles(1234, 5678, 12000),
             publish_delay_us: Percentiles::default(),
             e2e_latency_us: percentiles(2345, 6789, 23456),
+            errors: Default::default(),
             backlog_max_messages: 4096,
             drain: None,
             intervals: Vec::new(),

@@ -40,6 +40,10 @@ pub struct RunResult {
     pub e2e_latency_us: Percentiles,
     /// Produced minus consumed messages, sampled at each status interval.
     pub backlog_max_messages: u64,
+    /// Every kind of error seen (failed produce, fetch, commit, heartbeat)
+    /// and how often.
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, u64>,
     /// For a backlog run: the backlog built before the drain and how long the
     /// drain took.
     pub drain: Option<Drain>,

@@ -70,7 +70,10 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
         options.threads
     );
 
-    let control = Arc::new(Control::new(workload.backlog_bytes));
+    let control = Arc::new(Control::new(
+        workload.backlog_bytes,
+        topology.partitions.len(),
+    ));
     if !workload.is_backlog() {
         control.drain_started.store(true, Ordering::SeqCst);
     }
@@ -148,6 +151,7 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
         publish_delay_us: percentiles(&latencies.publish_delay),
         e2e_latency_us: percentiles(&latencies.e2e_latency),
         backlog_max_messages: tally.backlog_max,
+        errors: control.errors(),
         drain,
         intervals: tally.intervals,
     })
@@ -191,10 +195,22 @@ fn drive(
     }
     let warmup_end = go + Duration::from_secs(workload.warmup_s);
     let end = warmup_end + Duration::from_secs(workload.duration_s);
-    while Instant::now() < end {
-        sleep_until(tally.last_tick + TICK);
-        let measuring = Instant::now() > warmup_end + TICK / 2;
-        tick(&mut tally, handles, control, Some(options), measuring, None)?;
+    // Ticks fall on whole seconds after go, so the warm-up ends on one and
+    // the measured window is exactly the ticks after it.
+    for k in 1.. {
+        let at = go + TICK * k;
+        if at > end {
+            break;
+        }
+        sleep_until(at);
+        tick(
+            &mut tally,
+            handles,
+            control,
+            Some(options),
+            at > warmup_end,
+            None,
+        )?;
     }
     control.stop_producing.store(true, Ordering::SeqCst);
     // Let the consumers read what was acknowledged.

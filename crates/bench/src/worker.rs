@@ -9,7 +9,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub struct Control {
     pub sent_bytes: AtomicU64,
     pub acked_messages: AtomicU64,
     pub consumed_messages: AtomicU64,
+    /// Per partition: the offset up to which messages have been counted as
+    /// consumed (by any consumer), so a re-read after a rebalance is not
+    /// counted twice.
+    pub consumed_upto: Vec<AtomicI64>,
     pub backlog_bytes: u64,
     /// Set once by the coordinator: when producers start their schedules.
     go: OnceLock<Instant>,
@@ -40,9 +44,10 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(backlog_bytes: u64) -> Control {
+    pub fn new(backlog_bytes: u64, partitions: usize) -> Control {
         Control {
             backlog_bytes,
+            consumed_upto: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             ..Control::default()
         }
     }
@@ -69,6 +74,11 @@ impl Control {
         self.errors.lock().map(|e| e.values().sum()).unwrap_or(0)
     }
 
+    /// Every error kind seen and how often.
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
     pub fn fatal(&self) -> Vec<String> {
         self.fatal.lock().map(|f| f.clone()).unwrap_or_default()
     }
@@ -91,9 +101,11 @@ impl Worker {
             return;
         };
         let first = !errors.contains_key(kind);
-        if first && errors.len() >= ERROR_KINDS_MAX {
-            return;
-        }
+        let kind = if first && errors.len() >= ERROR_KINDS_MAX {
+            "other errors"
+        } else {
+            kind
+        };
         *errors.entry(kind.to_string()).or_default() += 1;
         if first {
             tracing::warn!(

@@ -118,7 +118,8 @@ impl Workload {
     }
 
     pub fn from_toml(text: &str) -> Result<Workload, String> {
-        let workload: Workload = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let workload: Workload =
+            toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         workload.validate()?;
         Ok(workload)
     }

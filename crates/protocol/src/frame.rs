@@ -91,7 +91,10 @@ pub fn encode_response<T: Encodable>(
     body: &T,
     body_version: i16,
 ) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(256);
+    // Sized up front: a fetch response carries megabytes of records, and
+    // growing the buffer would copy them again at every doubling.
+    let body_bytes = body.compute_size(body_version).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(FRAME_SIZE_BYTES + 64 + body_bytes);
     buf.put_u32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header
@@ -120,7 +123,8 @@ pub fn encode_request<T: Encodable>(
     client_id: &str,
     body: &T,
 ) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(256);
+    let body_bytes = body.compute_size(api_version).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(FRAME_SIZE_BYTES + 64 + client_id.len() + body_bytes);
     buf.put_u32(0);
     RequestHeader::default()
         .with_request_api_key(api_key as i16)
