@@ -22,7 +22,21 @@ const INBOX_CAPACITY: usize = 4096;
 /// How long a stopping shard waits for in-flight requests.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
+/// glibc hands large freed blocks (request frames, fetch responses) back to
+/// the kernel, and every reuse then page-faults and zeroes fresh pages:
+/// `clear_page` was a fifth of the shards' CPU with many small produce
+/// requests. Keep blocks up to 64 MiB in the heap and trim only above 512 MiB.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
