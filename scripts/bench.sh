@@ -56,11 +56,17 @@ fio --name=fdatasync --filename="$work/fio.data" --rw=write --ioengine=sync --bs
     { echo "fio fdatasync failed: sync latency not measured" >&2; rm -f "$work/fio-sync.json"; }
 rm -f "$work/fio.data"
 iperf_port=5299
-timeout $((iperf_s + 20)) iperf3 -s -1 -p $iperf_port >/dev/null 2>&1 &
+# No readiness probe: a probe connection would count as the server's client.
+timeout $((iperf_s + 30)) iperf3 -s -p $iperf_port >/dev/null 2>&1 &
 iperf_server=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$iperf_port) 2>/dev/null && break; sleep 0.1; done
-timeout $((iperf_s + 15)) iperf3 -c 127.0.0.1 -p $iperf_port -t $iperf_s -J >"$work/iperf3.json" ||
-    { echo "iperf3 failed: loopback limit not measured" >&2; rm -f "$work/iperf3.json"; }
+rm -f "$work/iperf3.json"
+for _ in 1 2 3 4 5; do
+    sleep 0.5
+    timeout $((iperf_s + 15)) iperf3 -c 127.0.0.1 -p $iperf_port -t $iperf_s -J >"$work/iperf3.json" 2>/dev/null &&
+        break
+    rm -f "$work/iperf3.json"
+done
+[ -s "$work/iperf3.json" ] || echo "iperf3 failed: loopback limit not measured" >&2
 kill $iperf_server 2>/dev/null || true
 wait $iperf_server 2>/dev/null || true
 

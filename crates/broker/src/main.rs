@@ -273,10 +273,7 @@ async fn run_shard(
         return;
     }
     let maintenance_shard = shard.clone();
-    let interval = Duration::from_millis(match settings.log.flush {
-        sluice_storage::FlushPolicy::UnsafeIntervalMs(ms) => ms.min(settings.retention_check_ms),
-        sluice_storage::FlushPolicy::Always => settings.retention_check_ms,
-    });
+    let interval = Duration::from_millis(settings.retention_check_ms);
     let maintenance = glommio::spawn_local(async move {
         while !maintenance_shard.stopping.get() {
             futures_lite_sleep(&maintenance_shard, interval).await;
@@ -284,6 +281,23 @@ async fn run_shard(
                 break;
             }
             maintenance_shard.maintain().await;
+        }
+    });
+    // Interval syncs on their own timer: maintenance (snapshots with blocking
+    // fsyncs) every few ms stalled every acknowledgement behind it.
+    let flush_shard = shard.clone();
+    let flush_every = match settings.log.flush {
+        sluice_storage::FlushPolicy::UnsafeIntervalMs(ms) => Some(Duration::from_millis(ms.max(1))),
+        sluice_storage::FlushPolicy::Always => None,
+    };
+    let flusher = glommio::spawn_local(async move {
+        let Some(every) = flush_every else { return };
+        while !flush_shard.stopping.get() {
+            futures_lite_sleep(&flush_shard, every).await;
+            if flush_shard.stopping.get() {
+                break;
+            }
+            flush_shard.flush_due_logs().await;
         }
     });
     let expiry_shard = shard.clone();
@@ -299,6 +313,7 @@ async fn run_shard(
     accept_loop(shard.clone(), listener).await;
     shard.drain_requests(DRAIN_LIMIT).await;
     maintenance.await;
+    flusher.await;
     expiry.await;
     shard.close_all().await;
     tracing::info!(shard = id, "shard stopped");

@@ -180,6 +180,39 @@ mod tests {
     }
 
     #[test]
+    fn client_requests_parse_as_the_broker_reads_them_and_responses_round_trip() {
+        use kafka_protocol::messages::{ApiVersionsResponse, MetadataResponse};
+        for version in [1i16, 9, 12] {
+            let body = MetadataRequest::default();
+            let frame = encode_request(ApiKey::Metadata, version, 41, "bench", &body).unwrap();
+            let size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(size, frame.len() - FRAME_SIZE_BYTES);
+            let parsed = parse_request(frame.slice(4..)).unwrap();
+            assert_eq!(
+                (parsed.api_key, parsed.api_version, parsed.correlation_id),
+                (ApiKey::Metadata as i16, version, 41)
+            );
+            assert_eq!(parsed.client_id.as_deref(), Some("bench"));
+            let back: MetadataRequest = decode_body(parsed.body, version).unwrap();
+            assert_eq!(back, body);
+
+            let response =
+                MetadataResponse::default().with_throttle_time_ms(if version >= 3 { 7 } else { 0 });
+            let header_version = ApiKey::Metadata.response_header_version(version);
+            let wire = encode_response(41, header_version, &response, version).unwrap();
+            assert_eq!(response_correlation_id(&wire[4..]), Some(41));
+            let decoded: MetadataResponse =
+                decode_response(wire.slice(4..), ApiKey::Metadata, version).unwrap();
+            assert_eq!(decoded, response);
+        }
+        // A response cut short is an error, not a panic.
+        let wire = encode_response(1, 0, &ApiVersionsResponse::default(), 2).unwrap();
+        let cut = wire.slice(4..wire.len() - 2);
+        assert!(decode_response::<ApiVersionsResponse>(cut, ApiKey::ApiVersions, 2).is_err());
+        assert_eq!(response_correlation_id(&[0, 1]), None);
+    }
+
+    #[test]
     fn parses_flexible_and_plain_headers() {
         for version in [1, 9, 12] {
             let bytes = request_bytes(ApiKey::Metadata, version, &MetadataRequest::default());

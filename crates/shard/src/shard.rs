@@ -869,6 +869,22 @@ impl Shard {
             if let Err(e) = log.enforce_retention(now).await {
                 tracing::error!(partition = log.name(), error = %e, "retention failed");
             }
+        }
+        self.flush_due_logs().await;
+    }
+
+    /// Under `flush = unsafe_interval_ms=N`: syncs every log written since its
+    /// last sync, if N ms have passed. Runs on its own N-ms timer, apart from
+    /// [`Shard::maintain`], whose snapshot writes (blocking fsyncs) would
+    /// otherwise stall the shard every N ms.
+    pub async fn flush_due_logs(&self) {
+        let logs: Vec<Rc<Log>> = self
+            .partitions
+            .borrow()
+            .values()
+            .map(|e| e.log.clone())
+            .collect();
+        for log in logs {
             if let Err(e) = log.flush_if_due().await {
                 tracing::error!(partition = log.name(), error = %e, "flush failed");
             }
