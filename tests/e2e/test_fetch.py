@@ -1,11 +1,15 @@
 """Fetch semantics: long polls woken by appends, OFFSET_OUT_OF_RANGE, max bytes."""
 
+import socket
+import struct
 import threading
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, TopicPartition as KTopicPartition
 from kafka.errors import OffsetOutOfRangeError
+from kafka_wire import read_response, request
 
 
 def test_long_poll_is_woken_by_an_append(broker):
@@ -69,3 +73,74 @@ def test_small_max_bytes_still_makes_progress(broker):
         count += 1
     consumer.close()
     assert count == 2000
+
+
+def raw_fetch(bootstrap: str, topic: str, partitions: int, max_bytes: int, partition_max_bytes: int) -> list:
+    """Fetch v4 of every partition from offset 0; returns, per partition in
+    request order, (error code, high watermark, the batch sizes returned)."""
+    name = topic.encode()
+    body = struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)  # replica, max wait, min bytes, max bytes, isolation
+    body += struct.pack(">ih", 1, len(name)) + name + struct.pack(">i", partitions)
+    for p in range(partitions):
+        body += struct.pack(">iqi", p, 0, partition_max_bytes)
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request(1, 4, 7, body))
+        data = read_response(sock)
+    at = 4 + 4  # correlation id, throttle time
+    (topics,) = struct.unpack_from(">i", data, at)
+    at += 4
+    assert topics == 1
+    (n,) = struct.unpack_from(">h", data, at)
+    at += 2 + n
+    (count,) = struct.unpack_from(">i", data, at)
+    at += 4
+    result = []
+    for _ in range(count):
+        _partition, error, high_watermark, _lso, aborted = struct.unpack_from(">ihqqi", data, at)
+        at += 4 + 2 + 8 + 8 + 4 + max(aborted, 0) * 16
+        (size,) = struct.unpack_from(">i", data, at)
+        at += 4
+        records = data[at:at + max(size, 0)]
+        at += max(size, 0)
+        batches, pos = [], 0
+        while pos < len(records):
+            (length,) = struct.unpack_from(">i", records, pos + 8)
+            batches.append(12 + length)
+            pos += 12 + length
+        assert pos == len(records), "records must end on a whole batch"
+        result.append((error, high_watermark, batches))
+    return result
+
+
+def test_fetch_of_many_partitions_spends_max_bytes_in_request_order(broker):
+    # Partitions live on both cores; the broker reads them concurrently but must
+    # fill the response as Kafka does: in request order, whole batches, within
+    # max_bytes, the first partition with data allowed one batch over the limit.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("spread", num_partitions=4, replication_factor=1)])["spread"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for _ in range(5):  # one batch per partition per flush
+        for p in range(4):
+            producer.produce("spread", value=b"v" * 1000, partition=p)
+        assert producer.flush(30) == 0
+
+    everything = raw_fetch(broker.bootstrap, "spread", 4, 10_000_000, 1_000_000)
+    assert [(e, hw) for e, hw, _ in everything] == [(0, 5)] * 4
+    sizes = [b for _, _, b in everything]
+    assert all(len(b) == 5 for b in sizes), sizes
+
+    # Room for partition 0 and two batches of partition 1, not a third.
+    budget = sum(sizes[0]) + sum(sizes[1][:2]) + sizes[1][2] - 1
+    got = raw_fetch(broker.bootstrap, "spread", 4, budget, 1_000_000)
+    assert [b for _, _, b in got] == [sizes[0], sizes[1][:2], [], []]
+    assert [hw for _, hw, _ in got] == [5] * 4
+
+    # A per-partition limit of two batches applies to every partition.
+    two = sum(sizes[0][:2])
+    got = raw_fetch(broker.bootstrap, "spread", 4, 10_000_000, two)
+    assert [len(b) for _, _, b in got] == [2, 2, 2, 2]
+
+    # max_bytes below one batch: the first partition still gets one whole batch.
+    got = raw_fetch(broker.bootstrap, "spread", 4, 10, 10)
+    assert [len(b) for _, _, b in got] == [1, 0, 0, 0]

@@ -7,11 +7,14 @@
 use super::{respond, HandlerResult};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply};
 use crate::shard::Shard;
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
+use sluice_protocol::record_batch::BatchHeader;
+use sluice_storage::event::join_all;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -96,37 +99,189 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     respond(&frame, &body)
 }
 
+/// Reads every partition of the request, concurrently: a fetch of many
+/// partitions costs about one partition's latency, not their sum (each read
+/// may wait on another shard's queue and on the disk). Reads go out in waves
+/// whose per-partition limits add up to the bytes still allowed, so a fetch
+/// reads at most about twice `max_bytes`; the results are then taken in
+/// request order against the budget, exactly as one-by-one reads would be.
 async fn read_all(
     shard: &Rc<Shard>,
     request: &FetchRequest,
     max_bytes: usize,
 ) -> Vec<FetchOutcome> {
-    let mut outcomes = Vec::new();
-    let mut remaining = max_bytes;
-    let mut any_data = false;
-    for topic in &request.topics {
-        let name = topic.topic.0.to_string();
-        for partition in &topic.partitions {
-            let partition_max = (partition.partition_max_bytes.max(0) as usize).min(remaining);
-            let op = PartitionOp::Fetch {
-                offset: partition.fetch_offset,
-                max_bytes: partition_max,
-                // Only the first partition with data may exceed the limits.
-                strict_max_bytes: any_data || partition_max == 0,
-            };
-            let outcome = match shard.call(&name, partition.partition, op).await {
-                PartitionReply::Fetch(outcome) => outcome,
-                _ => FetchOutcome {
-                    error_code: error_code::KAFKA_STORAGE_ERROR,
-                    ..Default::default()
-                },
-            };
-            if !outcome.records.is_empty() {
-                any_data = true;
-                remaining = remaining.saturating_sub(outcome.records.len());
+    let wanted: Vec<(String, i32, i64, usize)> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|p| {
+                (
+                    topic.topic.0.to_string(),
+                    p.partition,
+                    p.fetch_offset,
+                    p.partition_max_bytes.max(0) as usize,
+                )
+            })
+        })
+        .collect();
+    let mut budget = Budget::new(max_bytes);
+    let mut outcomes = Vec::with_capacity(wanted.len());
+    let mut next = 0;
+    while next < wanted.len() {
+        let mut planned = 0usize;
+        let mut reads = Vec::new();
+        while next < wanted.len() {
+            let (name, partition, offset, partition_max) = &wanted[next];
+            let limit = (*partition_max).min(budget.remaining);
+            if !reads.is_empty() && limit > 0 && planned + limit > budget.remaining {
+                break;
             }
+            planned += limit;
+            let op = PartitionOp::Fetch {
+                offset: *offset,
+                max_bytes: limit,
+                // Whether this partition may exceed its limit is decided when
+                // the results are taken in order (Budget::take).
+                strict_max_bytes: limit == 0,
+            };
+            let shard = shard.clone();
+            let (name, partition) = (name.clone(), *partition);
+            reads.push(async move {
+                match shard.call(&name, partition, op).await {
+                    PartitionReply::Fetch(outcome) => outcome,
+                    _ => FetchOutcome {
+                        error_code: error_code::KAFKA_STORAGE_ERROR,
+                        ..Default::default()
+                    },
+                }
+            });
+            next += 1;
+        }
+        let first = outcomes.len();
+        for (k, mut outcome) in join_all(reads).await.into_iter().enumerate() {
+            let partition_max = wanted[first + k].3;
+            outcome.records = budget.take(outcome.records, partition_max);
             outcomes.push(outcome);
         }
     }
     outcomes
+}
+
+/// The response's byte budget, spent in request order. The first partition
+/// with data keeps at least one whole batch even over the limits (so a batch
+/// larger than max_bytes still makes progress); later partitions keep the
+/// whole batches that fit within their limit and what is left.
+struct Budget {
+    remaining: usize,
+    any_data: bool,
+}
+
+impl Budget {
+    fn new(max_bytes: usize) -> Budget {
+        Budget {
+            remaining: max_bytes,
+            any_data: false,
+        }
+    }
+
+    fn take(&mut self, records: Bytes, partition_max: usize) -> Bytes {
+        if records.is_empty() {
+            return records;
+        }
+        let limit = partition_max.min(self.remaining);
+        let kept = if self.any_data {
+            records.slice(..whole_batches_within(&records, limit))
+        } else if records.len() > limit {
+            let first = whole_batches_within(&records, limit).max(first_batch_len(&records));
+            records.slice(..first.min(records.len()))
+        } else {
+            records
+        };
+        if !kept.is_empty() {
+            self.any_data = true;
+            self.remaining = self.remaining.saturating_sub(kept.len());
+        }
+        kept
+    }
+}
+
+/// The length of the longest prefix of whole batches in `records` that is at
+/// most `limit` bytes.
+fn whole_batches_within(records: &[u8], limit: usize) -> usize {
+    let mut end = 0;
+    while end < records.len() {
+        let Ok(header) = BatchHeader::parse(&records[end..]) else {
+            break;
+        };
+        let next = end + header.total_bytes();
+        if next > limit || next > records.len() {
+            break;
+        }
+        end = next;
+    }
+    end
+}
+
+/// The length of the first batch (the whole of `records` if it can't be parsed).
+fn first_batch_len(records: &[u8]) -> usize {
+    BatchHeader::parse(records).map_or(records.len(), |h| h.total_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake stored batch: only the header fields the walk reads matter.
+    fn batch(total: usize) -> Vec<u8> {
+        let mut b = vec![0u8; total];
+        b[8..12].copy_from_slice(&((total - 12) as i32).to_be_bytes());
+        b[16] = 2; // magic
+        b
+    }
+
+    fn batches(sizes: &[usize]) -> Bytes {
+        Bytes::from(sizes.iter().flat_map(|&s| batch(s)).collect::<Vec<u8>>())
+    }
+
+    #[test]
+    fn whole_batches_stop_at_the_limit() {
+        let records = batches(&[100, 200, 300]);
+        assert_eq!(whole_batches_within(&records, 0), 0);
+        assert_eq!(whole_batches_within(&records, 99), 0);
+        assert_eq!(whole_batches_within(&records, 100), 100);
+        assert_eq!(whole_batches_within(&records, 299), 100);
+        assert_eq!(whole_batches_within(&records, 300), 300);
+        assert_eq!(whole_batches_within(&records, 10_000), 600);
+    }
+
+    #[test]
+    fn budget_is_spent_in_request_order() {
+        let mut budget = Budget::new(500);
+        // Nothing in the first partition: the second is the first with data.
+        assert_eq!(budget.take(Bytes::new(), 1000).len(), 0);
+        assert_eq!(budget.take(batches(&[100, 200]), 1000).len(), 300);
+        // 200 left: of 150 + 150 only the first fits.
+        assert_eq!(budget.take(batches(&[150, 150]), 1000).len(), 150);
+        // 50 left: nothing fits, and nothing more is taken.
+        assert_eq!(budget.take(batches(&[100]), 1000).len(), 0);
+        assert_eq!(budget.remaining, 50);
+    }
+
+    #[test]
+    fn first_partition_with_data_keeps_one_oversized_batch() {
+        let mut budget = Budget::new(100);
+        let kept = budget.take(batches(&[400, 50]), 100);
+        assert_eq!(kept.len(), 400, "one whole batch, not the one after it");
+        assert_eq!(budget.remaining, 0);
+        // Later partitions are strict.
+        assert_eq!(budget.take(batches(&[70]), 100).len(), 0);
+    }
+
+    #[test]
+    fn partition_limit_applies_after_the_first() {
+        let mut budget = Budget::new(10_000);
+        assert_eq!(budget.take(batches(&[100, 100, 100]), 250).len(), 200);
+        assert_eq!(budget.take(batches(&[100, 100, 100]), 250).len(), 200);
+        assert_eq!(budget.remaining, 9_600);
+    }
 }
