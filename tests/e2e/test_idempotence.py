@@ -3,8 +3,10 @@ sent twice at the wire level is stored once with the original offsets."""
 
 import socket
 import struct
+import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_wire import read_response, request
 from test_bad_input import crc32c, zigzag
 
@@ -97,3 +99,29 @@ def test_the_same_produce_request_twice_is_stored_once(broker, restart):
         at = 4 + 4 + 2 + len(topic) + 4 + 4
         assert struct.unpack(">h", response[at:at + 2])[0] == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
     assert [v for _, _, v in read_all(broker, "wire-idem")] == [b"exactly once"]
+
+
+def test_producer_snapshots_are_written_while_serving_and_survive_topic_deletion(make_broker, tmp_path):
+    # Maintenance writes each partition's producer snapshot off the shard thread;
+    # with a 200 ms period, deleting and recreating a topic races with it.
+    config = tmp_path / "sluice.toml"
+    config.write_text("retention_check_ms = 200\n")
+    broker = make_broker(extra_args=["--config", str(config)])
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for round_ in range(3):
+        admin.create_topics([NewTopic("snap", num_partitions=4, replication_factor=1)])["snap"].result(30)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+        for p in range(4):
+            producer.produce("snap", value=b"round %d" % round_, partition=p)
+        assert producer.flush(30) == 0
+        snapshots = [broker.data_dir / "topics" / f"snap-{p}" / "producers.snapshot" for p in range(4)]
+        deadline = time.time() + 10
+        while not all(s.exists() for s in snapshots) and time.time() < deadline:
+            time.sleep(0.05)
+        assert all(s.exists() for s in snapshots), "maintenance wrote no producer snapshot"
+        assert sorted(v for _, _, v in read_all(broker, "snap", 4)) == [b"round %d" % round_] * 4
+        admin.delete_topics(["snap"])["snap"].result(30)
+        # Deletion is done on every shard before the answer; recreate at once.
+    log = broker.log()
+    assert "removing a deleted partition failed" not in log
+    assert "writing producer snapshot failed" not in log

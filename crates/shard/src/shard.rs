@@ -46,6 +46,9 @@ pub struct Shard {
     /// Serializes opening logs (and, on shard 0, metadata changes).
     open_lock: glommio::sync::Semaphore,
     admin_lock: glommio::sync::Semaphore,
+    /// Held while producer snapshots are written off the shard thread, and by
+    /// topic deletion: no snapshot lands in a deleted (or recreated) directory.
+    snapshot_lock: glommio::sync::Semaphore,
     /// Notified after every successful append on this shard (long-poll fetches).
     pub data_arrived: Event,
     pub stopping: Cell<bool>,
@@ -93,6 +96,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             open_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
+            snapshot_lock: glommio::sync::Semaphore::new(1),
             data_arrived: Event::default(),
             stopping: Cell::new(false),
             requests_in_flight: Cell::new(0),
@@ -765,6 +769,7 @@ impl Shard {
     }
 
     async fn drop_topic(&self, topic: &TopicMeta) {
+        let _permit = self.snapshot_lock.acquire_permit(1).await;
         let doomed: Vec<(i32, Rc<PartitionEntry>)> = {
             let mut partitions = self.partitions.borrow_mut();
             (0..topic.partition_count())
@@ -859,10 +864,30 @@ impl Shard {
             c.expire_offsets(self.settings.offsets_retention_ms).await;
             c.offsets.snapshot(false).await;
         }
+        // Snapshot files are written with blocking fsyncs: on glommio's
+        // blocking thread, a few at a time, so the shard keeps serving (500
+        // partitions' snapshots took the shard away for up to a second). The
+        // partitions are listed under the lock: none is being deleted.
+        let permit = self.snapshot_lock.acquire_permit(1).await;
         let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow().values().cloned().collect();
-        for entry in &entries {
-            write_producer_snapshot(entry, &entry.dir);
+        {
+            let pending: Vec<(std::path::PathBuf, Vec<u8>)> = entries
+                .iter()
+                .filter_map(|e| prepare_producer_snapshot(e))
+                .collect();
+            let mut pending = pending.into_iter().peekable();
+            while pending.peek().is_some() {
+                let chunk: Vec<_> = pending.by_ref().take(SNAPSHOTS_PER_BLOCKING_CALL).collect();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        for (dir, bytes) in chunk {
+                            write_producer_snapshot_file(&dir, &bytes);
+                        }
+                    })
+                    .await;
+            }
         }
+        drop(permit);
         let logs: Vec<Rc<Log>> = entries.iter().map(|e| e.log.clone()).collect();
         let now = sluice_storage::now_ms();
         for log in logs {
@@ -908,7 +933,9 @@ impl Shard {
             .collect();
         for entry in entries {
             let _ = entry.log.flush().await;
-            write_producer_snapshot(&entry, &entry.dir);
+            if let Some((dir, bytes)) = prepare_producer_snapshot(&entry) {
+                write_producer_snapshot_file(&dir, &bytes);
+            }
             if let Err(e) = entry.log.close().await {
                 tracing::error!(partition = entry.log.name(), error = %e, "closing partition failed");
             }
@@ -1066,23 +1093,32 @@ async fn rebuild_producers(
     }
 }
 
-/// Writes a partition's producer snapshot (temp file, fsync, rename).
-fn write_producer_snapshot(entry: &PartitionEntry, dir: &std::path::Path) {
+/// Producer snapshots written per call to the blocking thread: other blocking
+/// work of the shard (file creation on a segment roll) waits at most this many.
+const SNAPSHOTS_PER_BLOCKING_CALL: usize = 16;
+
+/// A partition's producer snapshot to write, if the log moved since the last
+/// one and every append is confirmed; records it as written.
+fn prepare_producer_snapshot(entry: &PartitionEntry) -> Option<(std::path::PathBuf, Vec<u8>)> {
     let covered = entry.log.high_watermark();
     if entry.producers_snapshot_at.get() == covered {
-        return;
+        return None;
     }
     // Only with every append confirmed: the state must equal the log below `covered`.
-    let Some(bytes) = entry.producers.encode_snapshot(covered) else {
-        return;
-    };
+    let bytes = entry.producers.encode_snapshot(covered)?;
     entry.producers_snapshot_at.set(covered);
+    Some((entry.dir.clone(), bytes))
+}
+
+/// Writes a producer snapshot (temp file, fsync, rename, directory fsync).
+/// Blocking; a failure is logged (recovery then reads the log instead).
+fn write_producer_snapshot_file(dir: &std::path::Path, bytes: &[u8]) {
     let path = dir.join(crate::producers::SNAPSHOT_FILE);
     let temp = path.with_extension("tmp");
     let result = (|| -> std::io::Result<()> {
         use std::io::Write;
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temp, &path)?;
         std::fs::File::open(dir)?.sync_all()
