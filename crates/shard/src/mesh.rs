@@ -38,6 +38,8 @@ pub struct FetchOutcome {
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub records: Bytes,
+    /// A strict read found a first batch over the limit and returned nothing.
+    pub oversized: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -866,28 +866,39 @@ impl Shard {
         }
         // Snapshot files are written with blocking fsyncs: on glommio's
         // blocking thread, a few at a time, so the shard keeps serving (500
-        // partitions' snapshots took the shard away for up to a second). The
-        // partitions are listed under the lock: none is being deleted.
-        let permit = self.snapshot_lock.acquire_permit(1).await;
-        let entries: Vec<Rc<PartitionEntry>> = self.partitions.borrow().values().cloned().collect();
-        {
-            let pending: Vec<(std::path::PathBuf, Vec<u8>)> = entries
+        // partitions' snapshots took the shard away for up to a second). Each
+        // chunk is prepared and written under the lock, from partitions still
+        // open: none is being deleted meanwhile, and deletion waits one chunk.
+        let listed: Vec<(PartitionKey, Rc<PartitionEntry>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        for chunk in listed.chunks(SNAPSHOTS_PER_BLOCKING_CALL) {
+            let _permit = self.snapshot_lock.acquire_permit(1).await;
+            let pending: Vec<(std::path::PathBuf, Vec<u8>)> = chunk
                 .iter()
-                .filter_map(|e| prepare_producer_snapshot(e))
+                .filter(|(key, entry)| {
+                    self.partitions
+                        .borrow()
+                        .get(key)
+                        .is_some_and(|open| Rc::ptr_eq(open, entry))
+                })
+                .filter_map(|(_, entry)| prepare_producer_snapshot(entry))
                 .collect();
-            let mut pending = pending.into_iter().peekable();
-            while pending.peek().is_some() {
-                let chunk: Vec<_> = pending.by_ref().take(SNAPSHOTS_PER_BLOCKING_CALL).collect();
-                glommio::executor()
-                    .spawn_blocking(move || {
-                        for (dir, bytes) in chunk {
-                            write_producer_snapshot_file(&dir, &bytes);
-                        }
-                    })
-                    .await;
+            if pending.is_empty() {
+                continue;
             }
+            glommio::executor()
+                .spawn_blocking(move || {
+                    for (dir, bytes) in pending {
+                        write_producer_snapshot_file(&dir, &bytes);
+                    }
+                })
+                .await;
         }
-        drop(permit);
+        let entries: Vec<Rc<PartitionEntry>> = listed.into_iter().map(|(_, e)| e).collect();
         let logs: Vec<Rc<Log>> = entries.iter().map(|e| e.log.clone()).collect();
         let now = sluice_storage::now_ms();
         for log in logs {
@@ -999,23 +1010,24 @@ async fn fetch(
     let log = &entry.log;
     match log.read(offset, max_bytes.max(1)).await {
         Ok(read) => {
-            let records = if strict && read.records.len() > max_bytes {
-                bytes::Bytes::new()
-            } else {
-                read.records
-            };
+            let oversized = strict && read.records.len() > max_bytes;
             FetchOutcome {
                 error_code: error_code::NONE,
                 high_watermark: read.high_watermark,
                 log_start_offset: read.log_start_offset,
-                records,
+                records: if oversized {
+                    bytes::Bytes::new()
+                } else {
+                    read.records
+                },
+                oversized,
             }
         }
         Err(e) => FetchOutcome {
             error_code: log_error_code(&e),
             high_watermark: log.high_watermark(),
             log_start_offset: log.log_start_offset(),
-            records: bytes::Bytes::new(),
+            ..Default::default()
         },
     }
 }
@@ -1093,8 +1105,9 @@ async fn rebuild_producers(
     }
 }
 
-/// Producer snapshots written per call to the blocking thread: other blocking
-/// work of the shard (file creation on a segment roll) waits at most this many.
+/// Producer snapshots written per call to the blocking thread (and per hold of
+/// `snapshot_lock`): other blocking work of the shard (truncating a finished
+/// segment, creating a directory) and topic deletion wait at most this many.
 const SNAPSHOTS_PER_BLOCKING_CALL: usize = 16;
 
 /// A partition's producer snapshot to write, if the log moved since the last

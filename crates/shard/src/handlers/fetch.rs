@@ -99,12 +99,19 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     respond(&frame, &body)
 }
 
+/// Bytes a wave of reads may plan even when less budget is left: with a
+/// little budget left, partitions are still read many at a time.
+const WAVE_MIN_BYTES: usize = 4 << 20;
+
 /// Reads every partition of the request, concurrently: a fetch of many
 /// partitions costs about one partition's latency, not their sum (each read
 /// may wait on another shard's queue and on the disk). Reads go out in waves
-/// whose per-partition limits add up to the bytes still allowed, so a fetch
-/// reads at most about twice `max_bytes`; the results are then taken in
-/// request order against the budget, exactly as one-by-one reads would be.
+/// whose per-partition limits add up to at most the bytes still allowed (or
+/// `WAVE_MIN_BYTES`), each read strictly within its limit; the results are
+/// then taken in request order against the budget, exactly as one-by-one reads
+/// would be. A first batch over its limit comes back flagged `oversized`; if no
+/// partition before it had data, it is read again without the limit (Kafka
+/// returns that one batch, so the consumer makes progress).
 async fn read_all(
     shard: &Rc<Shard>,
     request: &FetchRequest,
@@ -128,43 +135,55 @@ async fn read_all(
     let mut outcomes = Vec::with_capacity(wanted.len());
     let mut next = 0;
     while next < wanted.len() {
+        let wave_bytes = budget.remaining.max(WAVE_MIN_BYTES);
         let mut planned = 0usize;
         let mut reads = Vec::new();
         while next < wanted.len() {
             let (name, partition, offset, partition_max) = &wanted[next];
             let limit = (*partition_max).min(budget.remaining);
-            if !reads.is_empty() && limit > 0 && planned + limit > budget.remaining {
+            if !reads.is_empty() && planned + limit > wave_bytes {
                 break;
             }
             planned += limit;
-            let op = PartitionOp::Fetch {
-                offset: *offset,
-                max_bytes: limit,
-                // Whether this partition may exceed its limit is decided when
-                // the results are taken in order (Budget::take).
-                strict_max_bytes: limit == 0,
-            };
-            let shard = shard.clone();
-            let (name, partition) = (name.clone(), *partition);
-            reads.push(async move {
-                match shard.call(&name, partition, op).await {
-                    PartitionReply::Fetch(outcome) => outcome,
-                    _ => FetchOutcome {
-                        error_code: error_code::KAFKA_STORAGE_ERROR,
-                        ..Default::default()
-                    },
-                }
-            });
+            reads.push(read_partition(
+                shard, name, *partition, *offset, limit, true,
+            ));
             next += 1;
         }
         let first = outcomes.len();
         for (k, mut outcome) in join_all(reads).await.into_iter().enumerate() {
-            let partition_max = wanted[first + k].3;
-            outcome.records = budget.take(outcome.records, partition_max);
+            let (name, partition, offset, partition_max) = &wanted[first + k];
+            let limit = (*partition_max).min(budget.remaining);
+            if outcome.oversized && !budget.any_data && limit > 0 {
+                outcome = read_partition(shard, name, *partition, *offset, limit, false).await;
+            }
+            outcome.records = budget.take(outcome.records, *partition_max);
             outcomes.push(outcome);
         }
     }
     outcomes
+}
+
+async fn read_partition(
+    shard: &Rc<Shard>,
+    name: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    strict_max_bytes: bool,
+) -> FetchOutcome {
+    let op = PartitionOp::Fetch {
+        offset,
+        max_bytes,
+        strict_max_bytes,
+    };
+    match shard.call(name, partition, op).await {
+        PartitionReply::Fetch(outcome) => outcome,
+        _ => FetchOutcome {
+            error_code: error_code::KAFKA_STORAGE_ERROR,
+            ..Default::default()
+        },
+    }
 }
 
 /// The response's byte budget, spent in request order. The first partition
@@ -270,7 +289,7 @@ mod tests {
     #[test]
     fn first_partition_with_data_keeps_one_oversized_batch() {
         let mut budget = Budget::new(100);
-        let kept = budget.take(batches(&[400, 50]), 100);
+        let kept = budget.take(batches(&[400, 80]), 100);
         assert_eq!(kept.len(), 400, "one whole batch, not the one after it");
         assert_eq!(budget.remaining, 0);
         // Later partitions are strict.

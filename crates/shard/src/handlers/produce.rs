@@ -32,7 +32,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         None
     };
     // Sized up front: the futures are large, and growing the Vec moved them all.
-    let count: usize = request.topic_data.iter().map(|t| t.partition_data.len()).sum();
+    let count: usize = request
+        .topic_data
+        .iter()
+        .map(|t| t.partition_data.len())
+        .sum();
     let mut calls = Vec::with_capacity(count);
     let mut shape = Vec::with_capacity(request.topic_data.len());
     for topic in &request.topic_data {
