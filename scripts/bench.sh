@@ -85,8 +85,11 @@ for workload in "${workloads[@]}"; do
     rm -rf "$data"
     # shellcheck disable=SC2086
     broker_config=$($sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-} --print-config)
+    # Core dumps on for the broker: a crash is kept for gdb (moved next to its log).
     # shellcheck disable=SC2086
-    $sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-} >"$work/$name-broker.log" 2>&1 &
+    (ulimit -c unlimited 2>/dev/null || true
+     exec $sluice --data-dir "$data" --listen 127.0.0.1:$port ${SLUICE_ARGS:-}) \
+        >"$work/$name-broker.log" 2>&1 &
     broker=$!
     ready=0
     for _ in $(seq 200); do
@@ -116,10 +119,23 @@ for workload in "${workloads[@]}"; do
         --json "$work/results/$name.json" ${BENCH_ARGS:-} \
         --broker-info "sluice ${SLUICE_ARGS:-} on $(nproc) cores, Linux $(uname -r); effective config:
 $broker_config"; then
+        bench_failed=1
+    else
+        bench_failed=0
+    fi
+    # The broker exits 0 on SIGTERM; anything else means it died on its own.
+    kill -TERM $broker 2>/dev/null || true
+    status=0
+    wait $broker 2>/dev/null || status=$?
+    if [ $status != 0 ]; then
+        for core in core "core.$broker"; do
+            if [ -f "$core" ]; then mv "$core" "$work/$name-broker.core"; fi
+        done
+        echo "bench.sh: the broker for $name exited with status $status (log, and core if any: $work/$name-broker.*)" >&2
+        failed+=("$name (broker exit $status)")
+    elif [ $bench_failed = 1 ]; then
         failed+=("$name")
     fi
-    kill -TERM $broker 2>/dev/null || true
-    wait $broker 2>/dev/null || true
     broker=
     rm -rf "$data"
 done
