@@ -898,8 +898,7 @@ impl Shard {
                 })
                 .await;
         }
-        let entries: Vec<Rc<PartitionEntry>> = listed.into_iter().map(|(_, e)| e).collect();
-        let logs: Vec<Rc<Log>> = entries.iter().map(|e| e.log.clone()).collect();
+        let logs: Vec<Rc<Log>> = listed.iter().map(|(_, e)| e.log.clone()).collect();
         let now = sluice_storage::now_ms();
         for log in logs {
             if let Err(e) = log.enforce_retention(now).await {

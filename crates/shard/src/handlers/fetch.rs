@@ -117,13 +117,13 @@ async fn read_all(
     request: &FetchRequest,
     max_bytes: usize,
 ) -> Vec<FetchOutcome> {
-    let wanted: Vec<(String, i32, i64, usize)> = request
+    let wanted: Vec<(&str, i32, i64, usize)> = request
         .topics
         .iter()
         .flat_map(|topic| {
             topic.partitions.iter().map(|p| {
                 (
-                    topic.topic.0.to_string(),
+                    topic.topic.0.as_str(),
                     p.partition,
                     p.fetch_offset,
                     p.partition_max_bytes.max(0) as usize,
@@ -208,13 +208,14 @@ impl Budget {
             return records;
         }
         let limit = partition_max.min(self.remaining);
-        let kept = if self.any_data {
-            records.slice(..whole_batches_within(&records, limit))
-        } else if records.len() > limit {
-            let first = whole_batches_within(&records, limit).max(first_batch_len(&records));
-            records.slice(..first.min(records.len()))
-        } else {
+        let kept = if records.len() <= limit {
             records
+        } else {
+            let end = match whole_batches_within(&records, limit) {
+                0 if !self.any_data => first_batch_len(&records).min(records.len()),
+                end => end,
+            };
+            records.slice(..end)
         };
         if !kept.is_empty() {
             self.any_data = true;
