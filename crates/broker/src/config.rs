@@ -68,6 +68,8 @@ pub struct CoreOverride {
     pub io_memory_bytes: Option<usize>,
     /// io_uring submission queue depth of this shard.
     pub io_depth: Option<usize>,
+    /// Request and response bytes this shard may hold (see `memory_budget_bytes`).
+    pub memory_budget_bytes: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, plus storage and per-core ones.
@@ -97,6 +99,9 @@ pub struct FileConfig {
     pub write_buffer_bytes: Option<u64>,
     pub io_memory_bytes: Option<usize>,
     pub io_depth: Option<usize>,
+    pub memory_budget_bytes: Option<usize>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -128,12 +133,42 @@ pub struct Config {
     pub write_buffer_bytes: u64,
     pub io_memory_bytes: usize,
     pub io_depth: usize,
+    /// Per shard: request bytes being read plus response bytes waiting to be written.
+    pub memory_budget_bytes: usize,
+    pub connections_max_idle_ms: u64,
+    pub request_timeout_ms: u64,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 pub const IO_DEPTH_DEFAULT: usize = 128;
+/// Kafka's connections.max.idle.ms default (10 minutes).
+pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// Kafka clients' request.timeout.ms default.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The memory budgets of all shards together default to this fraction of the
+/// machine's memory (1/8), split evenly between them.
+const MEMORY_BUDGET_FRACTION_DIVISOR: u64 = 8;
+
+/// The default per-shard memory budget: 1/8 of physical memory shared by the
+/// shards, at least the minimum.
+fn memory_budget_default(shards: usize) -> usize {
+    // SAFETY: sysconf only reads system values.
+    let (pages, page_bytes) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let physical = if pages > 0 && page_bytes > 0 {
+        pages as u64 * page_bytes as u64
+    } else {
+        4 << 30
+    };
+    let per_shard = physical / MEMORY_BUDGET_FRACTION_DIVISOR / shards.max(1) as u64;
+    (per_shard as usize).max(sluice_shard::memory::MEMORY_BUDGET_BYTES_MIN)
+}
 
 fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
@@ -254,6 +289,7 @@ impl Config {
             .clone()
             .or(file.advertised_listener.clone())
             .unwrap_or_else(|| listen.clone());
+        let cpus_len = cpus.len();
         let config = Config {
             data_dir: cli
                 .data_dir
@@ -309,6 +345,15 @@ impl Config {
                 .unwrap_or(sluice_storage::config::WRITE_BUFFER_BYTES_DEFAULT),
             io_memory_bytes: file.io_memory_bytes.unwrap_or(IO_MEMORY_BYTES_DEFAULT),
             io_depth: file.io_depth.unwrap_or(IO_DEPTH_DEFAULT),
+            memory_budget_bytes: file
+                .memory_budget_bytes
+                .unwrap_or_else(|| memory_budget_default(cpus_len)),
+            connections_max_idle_ms: file
+                .connections_max_idle_ms
+                .unwrap_or(CONNECTIONS_MAX_IDLE_MS_DEFAULT),
+            request_timeout_ms: file
+                .request_timeout_ms
+                .unwrap_or(REQUEST_TIMEOUT_MS_DEFAULT),
             core: file.core.clone(),
         };
         config.validate()?;
@@ -354,6 +399,33 @@ impl Config {
         if self.io_depth == 0 {
             return Err("io_depth: must be at least 1".into());
         }
+        for shard in 0..self.cpus.len() {
+            let budget = self.memory_budget_bytes(shard);
+            let name = match self.core_override(shard).memory_budget_bytes {
+                Some(_) => format!("core.{shard}.memory_budget_bytes"),
+                None => "memory_budget_bytes".to_string(),
+            };
+            if budget < sluice_shard::memory::MEMORY_BUDGET_BYTES_MIN {
+                return Err(format!(
+                    "{name}: {budget} is below the minimum {}",
+                    sluice_shard::memory::MEMORY_BUDGET_BYTES_MIN
+                ));
+            }
+            // A frame takes its bytes from the budget as they arrive: one
+            // that cannot fit would wait for itself.
+            if budget < 2 * self.max_frame_bytes {
+                return Err(format!(
+                    "{name}: {budget} must be at least twice max_frame_bytes ({})",
+                    self.max_frame_bytes
+                ));
+            }
+        }
+        if self.connections_max_idle_ms < 100 {
+            return Err("connections_max_idle_ms: must be at least 100".into());
+        }
+        if self.request_timeout_ms < 100 {
+            return Err("request_timeout_ms: must be at least 100".into());
+        }
         self.log_config()?.validate()?;
         Ok(())
     }
@@ -386,6 +458,12 @@ impl Config {
             preallocate_bytes: self.preallocate_bytes,
             write_buffer_bytes: self.write_buffer_bytes,
         })
+    }
+
+    pub fn memory_budget_bytes(&self, shard: usize) -> usize {
+        self.core_override(shard)
+            .memory_budget_bytes
+            .unwrap_or(self.memory_budget_bytes)
     }
 
     pub fn core_override(&self, shard: usize) -> CoreOverride {
@@ -454,6 +532,15 @@ mod tests {
         assert_eq!(config.segment_bytes, 1 << 20);
         assert_eq!(config.cpus, vec![0]);
         assert_eq!(config.core_override(0).io_memory_bytes, Some(65536));
+        let config = load(
+            "cores = 2\nmemory_budget_bytes = 268435456\n[core.1]\nmemory_budget_bytes = 536870912\n",
+            Cli::default(),
+        );
+        if let Ok(config) = config {
+            // (Machines with one CPU refuse `cores = 2`.)
+            assert_eq!(config.memory_budget_bytes(0), 256 << 20);
+            assert_eq!(config.memory_budget_bytes(1), 512 << 20);
+        }
     }
 
     #[test]
@@ -466,6 +553,14 @@ mod tests {
         assert!(error("[core.5]\ncpu = 0\n").contains("core.5"));
         assert!(error("listen = \"nonsense\"\n").contains("listen"));
         assert!(error("default_partitions = 0\n").contains("default_partitions"));
+        assert!(error("memory_budget_bytes = 1000\n").contains("memory_budget_bytes"));
+        assert!(error("cores = 1\n[core.0]\nmemory_budget_bytes = 1000\n")
+            .contains("core.0.memory_budget_bytes"));
+        assert!(
+            error("memory_budget_bytes = 134217728\nmax_frame_bytes = 104857600\n")
+                .contains("twice max_frame_bytes")
+        );
+        assert!(error("connections_max_idle_ms = 0\n").contains("connections_max_idle_ms"));
     }
 
     #[test]

@@ -25,7 +25,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// glibc hands large freed blocks (request frames, fetch responses) back to
 /// the kernel, and every reuse then page-faults and zeroes fresh pages:
 /// `clear_page` was a fifth of the shards' CPU with many small produce
-/// requests. Keep blocks up to 64 MiB in the heap and trim only above 512 MiB.
+/// requests. Keep blocks up to 64 MiB in the heap and trim only above 512 MiB;
+/// `return_freed_memory` gives the rest back once load goes away.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
@@ -33,6 +34,32 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
+}
+
+/// Free bytes the heap may keep before they are given back to the kernel.
+const HEAP_FREE_BYTES_KEPT: usize = 128 << 20;
+const HEAP_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Memory returns after a burst: every couple of seconds, if the heaps hold
+/// more than `HEAP_FREE_BYTES_KEPT` free, `malloc_trim` gives the free pages
+/// back (one slow consumer used to leave 3 GiB with the process for good).
+/// Under steady load the free pool stays small and nothing is trimmed, so the
+/// page-fault cost `keep_freed_memory` avoids is paid at most once per interval.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::thread::Builder::new()
+        .name("sluice-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(HEAP_CHECK_INTERVAL);
+            // SAFETY: mallinfo2 and malloc_trim only read and adjust the allocator's own state.
+            let free_bytes = unsafe { libc::mallinfo2() }.fordblks;
+            if free_bytes > HEAP_FREE_BYTES_KEPT {
+                // SAFETY: as above.
+                unsafe { libc::malloc_trim(0) };
+                tracing::debug!(free_bytes, "returned free heap memory to the kernel");
+            }
+        })
+        .expect("spawning the memory trimmer thread");
 }
 
 fn main() {
@@ -60,6 +87,7 @@ fn main() {
         "sluice {} effective configuration:\n{effective}",
         env!("CARGO_PKG_VERSION")
     );
+    return_freed_memory();
     if let Err(e) = run(config) {
         tracing::error!("{e}");
         eprintln!("sluice: {e}");
@@ -99,6 +127,11 @@ fn run(config: Config) -> Result<(), String> {
         retention_check_ms: config.retention_check_ms.max(100),
         offsets_retention_ms: config.offsets_retention_minutes * 60_000,
         max_partitions_per_topic: config.max_partitions_per_topic,
+        memory_budget_bytes_per_core: (0..config.cpus.len())
+            .map(|shard| config.memory_budget_bytes(shard))
+            .collect(),
+        connections_max_idle_ms: config.connections_max_idle_ms,
+        request_timeout_ms: config.request_timeout_ms,
     });
     let shard_count = config.cpus.len();
     // glommio registers each shard's io memory with its three io_uring rings;

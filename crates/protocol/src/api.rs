@@ -73,6 +73,8 @@ pub mod error_code {
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE").
     pub fn name(code: i16) -> &'static str {
@@ -113,6 +115,8 @@ pub mod error_code {
             MEMBER_ID_REQUIRED => "MEMBER_ID_REQUIRED",
             FENCED_INSTANCE_ID => "FENCED_INSTANCE_ID",
             COORDINATOR_LOAD_IN_PROGRESS => "COORDINATOR_LOAD_IN_PROGRESS",
+            INVALID_TXN_STATE => "INVALID_TXN_STATE",
+            UNSUPPORTED_COMPRESSION_TYPE => "UNSUPPORTED_COMPRESSION_TYPE",
             _ => "an error code Sluice does not name",
         }
     }

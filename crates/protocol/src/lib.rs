@@ -4,11 +4,15 @@
 //!   in-place rewrites a broker may make (base offset, leader epoch, log-append time).
 //! - [`frame`]: request framing and header parsing, response framing.
 //! - [`api`]: the APIs and versions Sluice advertises, and Kafka error codes.
+//! - [`compression`]: the batch codecs (gzip, snappy, lz4, zstd), bounded decompression.
+//! - [`validate`]: record-level validation of a produced batch (Kafka's LogValidator).
 //!
 //! Request and response bodies are the `kafka-protocol` crate's types.
 
 pub mod api;
+pub mod compression;
 pub mod frame;
 pub mod record_batch;
+pub mod validate;
 
 pub use kafka_protocol;

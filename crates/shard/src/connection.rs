@@ -1,8 +1,21 @@
 //! Connections accepted on this shard's core. Requests are read ahead (up to
 //! `max_in_flight_per_connection`) and handled concurrently; responses are
 //! written strictly in request order, as the Kafka protocol requires.
+//!
+//! Memory (see `memory.rs`): a frame's buffer grows in steps as its bytes
+//! arrive, each step taken from the core's budget first (reads wait when it
+//! is spent); a response is charged to its connection until written, and the
+//! reader stops reading while more than `CONNECTION_UNWRITTEN_BYTES_MAX` are
+//! unwritten (a client that does not read its responses is not read from).
+//!
+//! Time: a connection with nothing in flight and no bytes for
+//! `connections_max_idle_ms` is closed; so is one whose request stops
+//! arriving mid-frame for `request_timeout_ms`, and one whose responses make
+//! no progress for `connections_max_idle_ms`.
 
 use crate::handlers;
+use crate::log_limit::LogLimiter;
+use crate::memory::{Charge, ConnectionMemory};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -10,15 +23,28 @@ use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::Task;
 use sluice_protocol::frame::{parse_request, FRAME_SIZE_BYTES};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The reader pauses while a connection has more than this unwritten.
+pub const CONNECTION_UNWRITTEN_BYTES_MAX: usize = 1 << 20;
+/// A frame's buffer grows by at most this much at a time, each step taken
+/// from the budget before it is allocated.
+pub const FRAME_STEP_BYTES: usize = 1 << 20;
+/// How often a connection waiting for a request checks whether it is idle.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Accept failures (EMFILE at the descriptor limit) are logged at most this often.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the shard stops.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let accept_errors = LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             while !shard.stopping.get() {
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(50)).await;
             }
             None
         })
@@ -30,37 +56,62 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::spawn_local(async move { serve(shard, stream).await }).detach();
             }
             Err(e) => {
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                // At the descriptor limit accept fails at once, every time:
+                // one line per interval, and a pause so the loop does not spin.
+                if let Some(suppressed) = accept_errors.allow() {
+                    tracing::warn!(
+                        shard = shard.id,
+                        error = %e,
+                        "accept failed ({suppressed} more failures since the last line)"
+                    );
+                }
+                glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
     }
     tracing::debug!(shard = shard.id, "stopped accepting");
 }
 
-/// Counts a request as in flight on the shard while it lives.
-struct InFlight(Rc<Shard>);
+/// Counts a request as in flight on the shard and on its connection while it lives.
+struct InFlight {
+    shard: Rc<Shard>,
+    connection: Rc<Cell<usize>>,
+}
 
 impl InFlight {
-    fn new(shard: &Rc<Shard>) -> InFlight {
+    fn new(shard: &Rc<Shard>, connection: &Rc<Cell<usize>>) -> InFlight {
         shard
             .requests_in_flight
             .set(shard.requests_in_flight.get() + 1);
-        InFlight(shard.clone())
+        connection.set(connection.get() + 1);
+        InFlight {
+            shard: shard.clone(),
+            connection: connection.clone(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let left = self.0.requests_in_flight.get() - 1;
-        self.0.requests_in_flight.set(left);
+        self.connection.set(self.connection.get() - 1);
+        let left = self.shard.requests_in_flight.get() - 1;
+        self.shard.requests_in_flight.set(left);
         if left == 0 {
-            self.0.requests_idle.notify();
+            self.shard.requests_idle.notify();
         }
     }
 }
 
-type Response = Task<Result<Option<Bytes>, String>>;
+/// A response and the budget it holds until written.
+type Response = Task<Result<Option<(Bytes, Charge)>, String>>;
+
+/// Why a connection is closed, for the log.
+enum Close {
+    /// The client closed it, or the shard is stopping: nothing to say.
+    Quietly,
+    Idle(Duration),
+    Error(String),
+}
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
@@ -68,77 +119,255 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (queue, responses) =
         local_channel::new_bounded::<Response>(shard.settings.max_in_flight_per_connection.max(1));
+    let memory = Rc::new(ConnectionMemory::default());
+    let in_flight = Rc::new(Cell::new(0usize));
+    // Dropped by the writer when it stops: the reader stops too.
+    let (writer_alive, writer_stopped) = local_channel::new_bounded::<()>(1);
     let writer_shard = shard.clone();
+    let idle = Duration::from_millis(shard.settings.connections_max_idle_ms);
     let writer_task = glommio::spawn_local(async move {
+        let _alive = writer_alive;
         while let Some(task) = responses.recv().await {
             match task.await {
-                Ok(Some(bytes)) => {
-                    if writer.write_all(&bytes).await.is_err() {
+                Ok(Some((bytes, charge))) => {
+                    if let Err(close) = write_timed(&mut writer, &bytes, idle).await {
+                        log_close(&writer_shard, peer, close);
                         break;
                     }
+                    drop(charge);
                 }
                 Ok(None) => {}
                 Err(reason) => {
                     // Bad input: this connection ends, every other carries on.
-                    log_connection_error(&writer_shard, peer, &reason);
+                    log_close(&writer_shard, peer, Close::Error(reason));
                     break;
                 }
             }
         }
         let _ = writer.close().await;
     });
-    if let Err(reason) = read_requests(&shard, &mut reader, &queue).await {
-        log_connection_error(&shard, peer, &reason);
+    let reading = read_requests(&shard, &mut reader, &queue, &memory, &in_flight);
+    let writer_gone = async {
+        let _ = writer_stopped.recv().await;
+        Ok(())
+    };
+    if let Err(close) = futures_lite::future::or(reading, writer_gone).await {
+        log_close(&shard, peer, close);
     }
     drop(queue);
     writer_task.await;
 }
 
-fn log_connection_error(shard: &Shard, peer: Option<SocketAddr>, reason: &str) {
+fn log_close(shard: &Shard, peer: Option<SocketAddr>, close: Close) {
     let peer = peer
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
-    tracing::warn!(shard = shard.id, %peer, "closing connection: {reason}");
+    match close {
+        Close::Quietly => {}
+        Close::Idle(after) => tracing::debug!(
+            shard = shard.id,
+            %peer,
+            "closing connection: idle for {} ms (connections_max_idle_ms)",
+            after.as_millis()
+        ),
+        Close::Error(reason) => {
+            if let Some(suppressed) = shard.bad_input_log.allow() {
+                tracing::warn!(
+                    shard = shard.id,
+                    %peer,
+                    "closing connection: {reason} ({suppressed} more bad-input lines not logged since the last)"
+                );
+            }
+        }
+    }
 }
 
-/// Reads frames and queues their handling; returns why it stopped (Ok on a clean close).
+/// Writes all of `bytes`; a write that makes no progress for `idle` closes
+/// the connection (a client that stopped reading its responses).
+async fn write_timed(
+    writer: &mut (impl futures_lite::AsyncWrite + Unpin),
+    bytes: &[u8],
+    idle: Duration,
+) -> Result<(), Close> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let written =
+            futures_lite::future::or(async { Some(writer.write(&bytes[at..]).await) }, async {
+                glommio::timer::sleep(idle).await;
+                None
+            })
+            .await;
+        match written {
+            None => return Err(Close::Idle(idle)),
+            Some(Ok(0)) | Some(Err(_)) => return Err(Close::Quietly),
+            Some(Ok(n)) => at += n,
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf` until it is full. `deadline` bounds the whole read;
+/// reads cancelled by it lose no bytes (glommio reads are readiness-based).
+async fn read_full(
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<ReadOutcome, std::io::Error> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let read = futures_lite::future::or(
+            async { Some(reader.read(&mut buf[filled..]).await) },
+            async {
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                None
+            },
+        )
+        .await;
+        match read {
+            None => return Ok(ReadOutcome::TimedOut { filled }),
+            Some(Ok(0)) => return Ok(ReadOutcome::Eof),
+            Some(Ok(n)) => filled += n,
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(ReadOutcome::Full)
+}
+
+enum ReadOutcome {
+    Full,
+    TimedOut { filled: usize },
+    Eof,
+}
+
+/// Reads frames and queues their handling; returns why it stopped.
 async fn read_requests(
     shard: &Rc<Shard>,
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
     queue: &local_channel::LocalSender<Response>,
-) -> Result<(), String> {
+    memory: &Rc<ConnectionMemory>,
+    in_flight: &Rc<Cell<usize>>,
+) -> Result<(), Close> {
     let max_frame_bytes = shard.settings.max_frame_bytes;
+    let idle = Duration::from_millis(shard.settings.connections_max_idle_ms);
+    let request_timeout = Duration::from_millis(shard.settings.request_timeout_ms);
     loop {
         if shard.stopping.get() {
             return Ok(());
         }
+        // Backpressure: a client that does not read its responses is not read from.
+        memory.drained_to(CONNECTION_UNWRITTEN_BYTES_MAX).await;
+        // The size field. The connection is idle while nothing is in flight,
+        // nothing is unwritten and no byte arrives; once the first byte is
+        // in, the rest of the frame must come within the request timeout.
         let mut size = [0u8; FRAME_SIZE_BYTES];
-        match reader.read_exact(&mut size).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(format!("read failed: {e}")),
+        let mut filled = 0;
+        let mut first_byte_at: Option<Instant> = None;
+        let mut quiet_since = Instant::now();
+        while filled < FRAME_SIZE_BYTES {
+            let now = Instant::now();
+            if in_flight.get() > 0 || memory.unwritten() > 0 {
+                quiet_since = now;
+            }
+            let deadline = match first_byte_at {
+                Some(at) => at + request_timeout,
+                None => now + idle.min(IDLE_CHECK_INTERVAL),
+            };
+            match read_full(reader, &mut size[filled..], deadline)
+                .await
+                .map_err(|e| Close::Error(format!("read failed: {e}")))?
+            {
+                ReadOutcome::Full => filled = FRAME_SIZE_BYTES,
+                ReadOutcome::Eof => return Err(Close::Quietly),
+                ReadOutcome::TimedOut { filled: more } => {
+                    let now = Instant::now();
+                    if more > 0 && first_byte_at.is_none() {
+                        first_byte_at = Some(now);
+                    }
+                    filled += more;
+                    if first_byte_at.is_some_and(|at| now >= at + request_timeout) {
+                        return Err(Close::Error(format!(
+                            "request size field cut short for {} ms (request_timeout_ms)",
+                            request_timeout.as_millis()
+                        )));
+                    }
+                    if shard.stopping.get() {
+                        return Ok(());
+                    }
+                    let quiet = in_flight.get() == 0 && memory.unwritten() == 0;
+                    if filled == 0 && quiet && now.duration_since(quiet_since) >= idle {
+                        return Err(Close::Idle(now.duration_since(quiet_since)));
+                    }
+                }
+            }
         }
+        let frame_started = first_byte_at.unwrap_or_else(Instant::now);
         let size = i32::from_be_bytes(size);
         if size < 0 || size as usize > max_frame_bytes {
-            return Err(format!(
+            return Err(Close::Error(format!(
                 "request frame of {size} bytes is over max_frame_bytes {max_frame_bytes}"
-            ));
+            )));
         }
-        let mut body = BytesMut::zeroed(size as usize);
-        reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| format!("truncated request ({size} bytes announced): {e}"))?;
-        let frame = parse_request(body.freeze()).map_err(|e| e.to_string())?;
-        let in_flight = InFlight::new(shard);
+        let size = size as usize;
+        // The body: the buffer grows as bytes arrive, each step from the budget first.
+        let mut body = BytesMut::new();
+        let mut charge: Option<Charge> = None;
+        let mut filled = 0;
+        while filled < size {
+            if filled == body.len() {
+                let step = (size - filled).min(FRAME_STEP_BYTES);
+                let more = shard.memory.acquire(step).await;
+                match &mut charge {
+                    Some(charge) => charge.absorb(more),
+                    None => charge = Some(more),
+                }
+                body.resize(filled + step, 0);
+            }
+            let deadline = frame_started + request_timeout;
+            let end = body.len();
+            match read_full(reader, &mut body[filled..end], deadline)
+                .await
+                .map_err(|e| Close::Error(format!("read failed: {e}")))?
+            {
+                ReadOutcome::Full => filled = end,
+                ReadOutcome::Eof => {
+                    return Err(Close::Error(format!(
+                        "truncated request ({size} bytes announced, connection closed)"
+                    )))
+                }
+                ReadOutcome::TimedOut { filled: more } => {
+                    return Err(Close::Error(format!(
+                        "request of {size} bytes stopped arriving after {} bytes for {} ms (request_timeout_ms)",
+                        filled + more,
+                        request_timeout.as_millis()
+                    )))
+                }
+            }
+        }
+        let frame = parse_request(body.freeze()).map_err(|e| Close::Error(e.to_string()))?;
+        let request_charge = charge;
+        let in_flight_guard = InFlight::new(shard, in_flight);
         let handler_shard = shard.clone();
+        let handler_memory = memory.clone();
         let (api_key, api_version, correlation_id) =
             (frame.api_key, frame.api_version, frame.correlation_id);
         let task = glommio::spawn_local(async move {
-            let _in_flight = in_flight;
-            handlers::handle(&handler_shard, frame)
-                .await
-                .map_err(|reason| format!("{reason} (api key {api_key} v{api_version}, correlation id {correlation_id})"))
+            let _in_flight = in_flight_guard;
+            let result = handlers::handle(&handler_shard, &handler_memory, frame).await;
+            drop(request_charge);
+            // Charged in the same step as the handler's return: a fetch's
+            // grant (dropped inside) becomes the real response size here.
+            match result {
+                Ok(Some(bytes)) => {
+                    let charge = handler_shard
+                        .memory
+                        .charge(bytes.len(), Some(handler_memory.clone()));
+                    Ok(Some((bytes, charge)))
+                }
+                Ok(None) => Ok(None),
+                Err(reason) => Err(format!(
+                    "{reason} (api key {api_key} v{api_version}, correlation id {correlation_id})"
+                )),
+            }
         });
         if queue.send(task).await.is_err() {
             // The writer stopped (a failed request or a broken socket).

@@ -7,6 +7,8 @@
 pub mod connection;
 pub mod groups;
 pub mod handlers;
+pub mod log_limit;
+pub mod memory;
 pub mod mesh;
 pub mod metadata;
 pub mod producers;

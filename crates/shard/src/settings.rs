@@ -26,9 +26,21 @@ pub struct BrokerSettings {
     pub offsets_retention_ms: i64,
     /// Most partitions one topic may have (CreateTopics/CreatePartitions).
     pub max_partitions_per_topic: i32,
+    /// Each shard's budget for request bytes being read and response bytes
+    /// waiting to be written (index = shard id).
+    pub memory_budget_bytes_per_core: Vec<usize>,
+    /// A connection with nothing in flight and no traffic this long is closed
+    /// (Kafka's connections.max.idle.ms); also how long a response may make no progress.
+    pub connections_max_idle_ms: u64,
+    /// A request that stops arriving mid-frame this long closes its connection.
+    pub request_timeout_ms: u64,
 }
 
 impl BrokerSettings {
+    pub fn memory_budget_bytes(&self, shard: usize) -> usize {
+        self.memory_budget_bytes_per_core[shard]
+    }
+
     pub fn topics_dir(&self) -> PathBuf {
         self.data_dir.join("topics")
     }

@@ -4,6 +4,8 @@
 
 use crate::groups::coordinator::Coordinator;
 use crate::groups::offsets::{coordinator_shard, OffsetStore};
+use crate::log_limit::LogLimiter;
+use crate::memory::MemoryBudget;
 use crate::mesh::{
     AdminOp, AdminReply, FetchOutcome, GroupInfo, ListOffsetsOutcome, PartitionOp, PartitionReply,
     ProduceOutcome, ShardMsg,
@@ -61,6 +63,12 @@ pub struct Shard {
     producer_ids: RefCell<Option<ProducerIds>>,
     /// Set by `close_all`: no partition is opened any more.
     closing: Cell<bool>,
+    /// Decompression buffer of produce validation (borrowed only in a synchronous step).
+    pub validation_scratch: RefCell<Vec<u8>>,
+    /// Log lines about bad client input: at most one per interval.
+    pub bad_input_log: LogLimiter,
+    /// Request bytes being read and response bytes waiting to be written on this core.
+    pub memory: Rc<MemoryBudget>,
 }
 
 /// Kafka error code for a storage error; disk trouble is logged by storage.
@@ -87,6 +95,7 @@ impl Shard {
         metadata: Arc<MetadataStore>,
         peers: Vec<flume::Sender<ShardMsg>>,
     ) -> Shard {
+        let memory = MemoryBudget::new(settings.memory_budget_bytes(id));
         Shard {
             id,
             shard_count: peers.len(),
@@ -104,6 +113,9 @@ impl Shard {
             coordinator: RefCell::new(None),
             producer_ids: RefCell::new(None),
             closing: Cell::new(false),
+            validation_scratch: RefCell::new(Vec::new()),
+            bad_input_log: LogLimiter::new(Duration::from_secs(1)),
+            memory,
         }
     }
 
@@ -409,14 +421,8 @@ impl Shard {
                 ),
             );
         }
-        if let Ok(header) = BatchHeader::parse(&records) {
-            if header.total_bytes() < records.len() {
-                return fail(
-                    error_code::INVALID_RECORD,
-                    "a produce request must carry exactly one record batch per partition".into(),
-                );
-            }
-        }
+        // Record-level validation was done by the produce handler on the
+        // receiving shard (`handlers/produce.rs`); the log checks the CRC again.
         // Idempotent producers: a retried batch gets its original offsets.
         let header = BatchHeader::parse(&records).ok();
         if let Some(header) = &header {
@@ -826,7 +832,9 @@ impl Shard {
                 let _ = reply.send_async(()).await;
             }
             ShardMsg::Forward { frame, reply } => {
-                let answer = crate::handlers::handle_here(&self, frame).await;
+                // Group requests only (never a fetch): no connection memory of their own here.
+                let connection = Rc::new(crate::memory::ConnectionMemory::default());
+                let answer = crate::handlers::handle_here(&self, &connection, frame).await;
                 let _ = reply.send_async(answer).await;
             }
             ShardMsg::ListGroups { reply } => {

@@ -5,6 +5,7 @@
 //! shards, until `max_wait_ms`. Fetch sessions are declined (session id 0).
 
 use super::{respond, HandlerResult};
+use crate::memory::{Charge, ConnectionMemory};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply};
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -21,7 +22,11 @@ use std::time::{Duration, Instant};
 /// Upper bound on a long poll, whatever the client asks.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
 
-pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    connection: &Rc<ConnectionMemory>,
+    frame: RequestFrame,
+) -> HandlerResult {
     let request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let deadline = Instant::now()
         + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
@@ -32,19 +37,28 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     };
     let min_bytes = request.min_bytes.max(0) as usize;
     let mut outcomes;
+    // Held until the response is built; the connection then charges its real size.
+    let mut held: Option<Charge>;
     loop {
-        outcomes = read_all(shard, &request, max_bytes).await;
+        // Bytes from the core's budget, taken per read (not across a long
+        // poll); with none to be had, wait for some until the deadline.
+        let grant = budget_grant(shard, connection, max_bytes, deadline).await;
+        let allowed = grant.bytes();
+        held = Some(grant);
+        outcomes = read_all(shard, &request, allowed).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
         let errored = outcomes.iter().any(|o| o.error_code != error_code::NONE);
         if ready >= min_bytes.max(1)
             || errored
+            || allowed == 0
             || Instant::now() >= deadline
             || shard.stopping.get()
         {
             break;
         }
-        // Wait for the high watermark to pass what this read saw, so a fetch
-        // whose min_bytes is not met yet sleeps instead of re-reading in a loop.
+        drop(held.take()); // not held across the long poll
+                           // Wait for the high watermark to pass what this read saw, so a fetch
+                           // whose min_bytes is not met yet sleeps instead of re-reading in a loop.
         let mut waiting = Vec::new();
         let mut seen = outcomes.iter();
         for topic in &request.topics {
@@ -59,7 +73,9 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         }
         shard.wait_for_data(waiting, deadline).await;
         if Instant::now() >= deadline {
-            outcomes = read_all(shard, &request, max_bytes).await;
+            let grant = budget_grant(shard, connection, max_bytes, deadline).await;
+            outcomes = read_all(shard, &request, grant.bytes()).await;
+            held = Some(grant);
             break;
         }
     }
@@ -96,7 +112,31 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         .with_error_code(error_code::NONE)
         .with_session_id(0)
         .with_responses(responses);
-    respond(&frame, &body)
+    let response = respond(&frame, &body);
+    drop(held);
+    response
+}
+
+/// Up to `wanted` bytes of the core's memory budget for this response. When
+/// none can be had (slow connections hold the budget), waits for a release
+/// until `deadline`; a grant of 0 then means an answer without records.
+async fn budget_grant(
+    shard: &Rc<Shard>,
+    connection: &Rc<ConnectionMemory>,
+    wanted: usize,
+    deadline: Instant,
+) -> Charge {
+    loop {
+        let grant = shard.memory.grant_response(wanted, connection);
+        if grant.bytes() > 0 || Instant::now() >= deadline || shard.stopping.get() {
+            return grant;
+        }
+        drop(grant);
+        futures_lite::future::or(shard.memory.released(), async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
+        })
+        .await;
+    }
 }
 
 /// Bytes a wave of reads may plan even when less budget is left: with a

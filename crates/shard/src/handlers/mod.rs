@@ -11,6 +11,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 
+use crate::memory::ConnectionMemory;
 use crate::shard::Shard;
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -22,7 +23,13 @@ use std::rc::Rc;
 
 pub type HandlerResult = Result<Option<Bytes>, String>;
 
-pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+/// `connection` is the memory the request's connection holds in responses
+/// not yet written (a fetch sizes its response from the core's budget).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    connection: &Rc<ConnectionMemory>,
+    frame: RequestFrame,
+) -> HandlerResult {
     let api_key = frame.api_key;
     let version = frame.api_version;
     if api_key == ApiKey::ApiVersions as i16 {
@@ -40,11 +47,15 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     if let Some(owner) = groups::owner_of(shard, &frame)? {
         return shard.forward(owner, frame).await;
     }
-    handle_here(shard, frame).await
+    handle_here(shard, connection, frame).await
 }
 
 /// Handles a request on this shard (after any forwarding decision).
-pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+pub async fn handle_here(
+    shard: &Rc<Shard>,
+    connection: &Rc<ConnectionMemory>,
+    frame: RequestFrame,
+) -> HandlerResult {
     let key = ApiKey::try_from(frame.api_key)
         .map_err(|_| format!("unsupported API key {}", frame.api_key))?;
     match key {
@@ -60,7 +71,7 @@ pub async fn handle_here(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
         ApiKey::DeleteGroups => groups::delete_groups(shard, frame).await,
         ApiKey::InitProducerId => produce::init_producer_id(shard, frame).await,
         ApiKey::Produce => produce::handle(shard, frame).await,
-        ApiKey::Fetch => fetch::handle(shard, frame).await,
+        ApiKey::Fetch => fetch::handle(shard, connection, frame).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,
         ApiKey::Metadata => metadata::handle(shard, frame).await,
         ApiKey::CreateTopics => admin::create_topics(shard, frame).await,

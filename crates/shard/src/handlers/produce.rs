@@ -10,8 +10,11 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 use sluice_protocol::api::error_code;
+use sluice_protocol::compression::Codec;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
+use sluice_protocol::record_batch::BatchHeader;
+use sluice_protocol::validate::validate_produced_batch;
 use sluice_storage::event::join_all;
 use std::rc::Rc;
 
@@ -44,11 +47,16 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         let mut partitions = Vec::new();
         for partition in &topic.partition_data {
             partitions.push(partition.index);
-            let shard = shard.clone();
-            let name = name.clone();
             let records = partition.records.clone().unwrap_or_default();
             let index = partition.index;
-            let refuse = refuse.clone();
+            // Validated here, in the synchronous step before any await, so a
+            // bad batch is refused without reaching the owner and request
+            // order on the connection is kept.
+            let refuse = refuse
+                .clone()
+                .or_else(|| validate(shard, &frame, &name, index, &records));
+            let shard = shard.clone();
+            let name = name.clone();
             calls.push(async move {
                 if let Some((code, message)) = refuse {
                     return ProduceOutcome {
@@ -114,6 +122,54 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         &frame,
         &ProduceResponse::default().with_responses(responses),
     )
+}
+
+/// Record-level validation of one partition's batch (Kafka's LogValidator):
+/// the refusal to answer, if any, with one rate-limited log line.
+fn validate(
+    shard: &Shard,
+    frame: &RequestFrame,
+    topic: &str,
+    partition: i32,
+    records: &bytes::Bytes,
+) -> Option<(i16, String)> {
+    let refusal = if records.is_empty() {
+        Some((
+            error_code::INVALID_RECORD,
+            "a produce request must carry a record batch for every partition".to_string(),
+        ))
+    } else if BatchHeader::parse(records).is_ok_and(|h| h.total_bytes() < records.len()) {
+        Some((
+            error_code::INVALID_RECORD,
+            "a produce request must carry exactly one record batch per partition".to_string(),
+        ))
+    } else {
+        let mut scratch = shard.validation_scratch.borrow_mut();
+        match validate_produced_batch(records, &mut scratch) {
+            Ok(header) if header.compression() == Codec::Zstd.id() && frame.api_version < 7 => {
+                Some((
+                    error_code::UNSUPPORTED_COMPRESSION_TYPE,
+                    format!(
+                        "zstd batches need Produce v7 or later, got v{}",
+                        frame.api_version
+                    ),
+                ))
+            }
+            Ok(_) => None,
+            Err(e) => Some((e.error_code(), e.to_string())),
+        }
+    };
+    if let Some((code, message)) = &refusal {
+        if let Some(suppressed) = shard.bad_input_log.allow() {
+            tracing::warn!(
+                shard = shard.id,
+                client = frame.client_id.as_deref().unwrap_or(""),
+                "produce to {topic}-{partition} refused with {}: {message} ({suppressed} more refusals not logged since the last line)",
+                error_code::name(*code)
+            );
+        }
+    }
+    refusal
 }
 
 /// InitProducerId: a fresh id (epoch 0), or for a known id and epoch (v3+) the

@@ -1,0 +1,275 @@
+//! A core's memory budget for request bytes being read and response bytes
+//! waiting to be written (Kafka's `queued.max.request.bytes` and channel
+//! muting are the model). Lives on one shard (`Rc`, `Cell`).
+//!
+//! - Request frames take their bytes from the budget in steps as they arrive
+//!   (`acquire`, which waits when the budget is spent: reads stop, nothing is
+//!   buffered) and give them back when their handler is done.
+//! - Fetch responses are granted bytes up front, never waiting
+//!   (`grant_response`): at most what is left of the response share, so a
+//!   fetch answers with fewer bytes rather than more memory. A connection
+//!   with nothing unwritten may take a small floor past that share, so a
+//!   consumer that reads its responses is served even while slow connections
+//!   hold the rest.
+//! - Every response is charged to its connection until it is written; the
+//!   connection's reader stops reading while too much is unwritten.
+//!
+//! Bounds: responses granted from the budget stay under `RESPONSE_SHARE` of
+//! it, floors under `FLOOR_SHARE`, requests under the whole; a response may
+//! pass its grant by at most one batch (Kafka returns the first batch whole
+//! even over `max_bytes`).
+
+use sluice_storage::event::Event;
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// Responses are granted bytes only while the budget is used below this
+/// fraction (in 1/8ths), so requests can always be read.
+const RESPONSE_SHARE_EIGHTHS: usize = 6;
+/// Floor grants (to connections with nothing unwritten) up to this fraction.
+const FLOOR_SHARE_EIGHTHS: usize = 7;
+/// What a fetch on a connection with nothing unwritten gets even when the
+/// response share is spent.
+pub const FETCH_FLOOR_BYTES: usize = 1 << 20;
+/// The smallest budget a core may have (config validation).
+pub const MEMORY_BUDGET_BYTES_MIN: usize = 16 << 20;
+
+const _: () = assert!(RESPONSE_SHARE_EIGHTHS < FLOOR_SHARE_EIGHTHS && FLOOR_SHARE_EIGHTHS < 8);
+const _: () = assert!(FETCH_FLOOR_BYTES * 8 <= MEMORY_BUDGET_BYTES_MIN);
+
+pub struct MemoryBudget {
+    capacity: usize,
+    used: Cell<usize>,
+    /// Notified whenever bytes are given back.
+    released: Event,
+}
+
+impl MemoryBudget {
+    pub fn new(capacity: usize) -> Rc<MemoryBudget> {
+        assert!(capacity >= MEMORY_BUDGET_BYTES_MIN);
+        Rc::new(MemoryBudget {
+            capacity,
+            used: Cell::new(0),
+            released: Event::default(),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+
+    /// Takes `bytes` for a request, waiting while they do not fit. A request
+    /// step larger than the whole budget waits for an empty budget instead of
+    /// forever.
+    pub async fn acquire(self: &Rc<Self>, bytes: usize) -> Charge {
+        loop {
+            let used = self.used.get();
+            if used + bytes <= self.capacity || used == 0 {
+                return self.charge(bytes, None);
+            }
+            self.released.listen().await;
+        }
+    }
+
+    /// Bytes for a response of at most `wanted`, without waiting; 0 when none
+    /// can be had. `connection` is charged too.
+    pub fn grant_response(
+        self: &Rc<Self>,
+        wanted: usize,
+        connection: &Rc<ConnectionMemory>,
+    ) -> Charge {
+        let used = self.used.get();
+        let share = self.capacity / 8 * RESPONSE_SHARE_EIGHTHS;
+        let mut granted = wanted.min(share.saturating_sub(used));
+        if granted < wanted.min(FETCH_FLOOR_BYTES) && connection.unwritten() == 0 {
+            let floor_share = self.capacity / 8 * FLOOR_SHARE_EIGHTHS;
+            if used + FETCH_FLOOR_BYTES <= floor_share {
+                granted = wanted.min(FETCH_FLOOR_BYTES);
+            }
+        }
+        self.charge(granted, Some(connection.clone()))
+    }
+
+    /// Charges `bytes` unconditionally (responses already built).
+    pub fn charge(
+        self: &Rc<Self>,
+        bytes: usize,
+        connection: Option<Rc<ConnectionMemory>>,
+    ) -> Charge {
+        self.used.set(self.used.get() + bytes);
+        if let Some(connection) = &connection {
+            connection.unwritten.set(connection.unwritten.get() + bytes);
+        }
+        Charge {
+            budget: self.clone(),
+            bytes,
+            connection,
+        }
+    }
+
+    /// Completes at the next release of bytes.
+    pub async fn released(&self) {
+        self.released.listen().await
+    }
+
+    fn give_back(&self, bytes: usize) {
+        debug_assert!(bytes <= self.used.get());
+        self.used.set(self.used.get() - bytes);
+        if bytes > 0 {
+            self.released.notify();
+        }
+    }
+}
+
+/// What one connection holds of its core's budget in responses not yet written.
+#[derive(Default)]
+pub struct ConnectionMemory {
+    unwritten: Cell<usize>,
+    /// Notified whenever a response's bytes are given back.
+    written: Event,
+}
+
+impl ConnectionMemory {
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.get()
+    }
+
+    /// Waits until at most `bytes` are unwritten.
+    pub async fn drained_to(&self, bytes: usize) {
+        while self.unwritten.get() > bytes {
+            self.written.listen().await;
+        }
+    }
+}
+
+/// Bytes held from a budget; given back on drop.
+pub struct Charge {
+    budget: Rc<MemoryBudget>,
+    bytes: usize,
+    connection: Option<Rc<ConnectionMemory>>,
+}
+
+impl Charge {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds `other` to this charge (they must be of the same budget and connection).
+    pub fn absorb(&mut self, mut other: Charge) {
+        debug_assert!(Rc::ptr_eq(&self.budget, &other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+        if let (Some(mine), Some(theirs)) = (&self.connection, &other.connection) {
+            debug_assert!(Rc::ptr_eq(mine, theirs));
+        }
+    }
+
+    /// Sets the charge to exactly `bytes` (a response's real size once built;
+    /// it may be more than granted: one oversized first batch).
+    pub fn resize(&mut self, bytes: usize) {
+        if bytes >= self.bytes {
+            let more = bytes - self.bytes;
+            self.budget.used.set(self.budget.used.get() + more);
+            if let Some(connection) = &self.connection {
+                connection.unwritten.set(connection.unwritten.get() + more);
+            }
+        } else {
+            let less = self.bytes - bytes;
+            self.release_bytes(less);
+        }
+        self.bytes = bytes;
+    }
+
+    fn release_bytes(&self, bytes: usize) {
+        if let Some(connection) = &self.connection {
+            debug_assert!(bytes <= connection.unwritten.get());
+            connection.unwritten.set(connection.unwritten.get() - bytes);
+            if bytes > 0 {
+                connection.written.notify();
+            }
+        }
+        self.budget.give_back(bytes);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.release_bytes(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn responses_stay_within_their_share_and_floors_within_theirs() {
+        let budget = MemoryBudget::new(64 * MIB);
+        let slow = Rc::new(ConnectionMemory::default());
+        // 6/8 of 64 MiB = 48 MiB for responses.
+        let a = budget.grant_response(40 * MIB, &slow);
+        assert_eq!(a.bytes(), 40 * MIB);
+        let b = budget.grant_response(40 * MIB, &slow);
+        assert_eq!(b.bytes(), 8 * MIB);
+        // Spent: a connection with something unwritten gets nothing.
+        assert_eq!(budget.grant_response(40 * MIB, &slow).bytes(), 0);
+        // One with nothing unwritten gets the floor, up to 7/8 of the budget.
+        let mut floors = Vec::new();
+        for _ in 0..20 {
+            let fresh = Rc::new(ConnectionMemory::default());
+            let charge = budget.grant_response(40 * MIB, &fresh);
+            floors.push((fresh, charge));
+        }
+        let granted: Vec<usize> = floors.iter().map(|(_, c)| c.bytes()).collect();
+        assert_eq!(
+            granted.iter().filter(|b| **b == FETCH_FLOOR_BYTES).count(),
+            8
+        );
+        assert!(budget.used() <= 56 * MIB);
+        drop(floors);
+        assert_eq!(slow.unwritten(), 48 * MIB);
+        drop((a, b));
+        assert_eq!((budget.used(), slow.unwritten()), (0, 0));
+    }
+
+    #[test]
+    fn resize_and_absorb_keep_the_books() {
+        let budget = MemoryBudget::new(16 * MIB);
+        let connection = Rc::new(ConnectionMemory::default());
+        let mut charge = budget.grant_response(4 * MIB, &connection);
+        charge.resize(5 * MIB);
+        assert_eq!((budget.used(), connection.unwritten()), (5 * MIB, 5 * MIB));
+        charge.resize(MIB);
+        assert_eq!((budget.used(), connection.unwritten()), (MIB, MIB));
+        let mut request = budget.charge(100, None);
+        request.absorb(budget.charge(50, None));
+        assert_eq!(request.bytes(), 150);
+        drop(charge);
+        assert_eq!((budget.used(), connection.unwritten()), (150, 0));
+        drop(request);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn acquire_waits_for_a_release() {
+        glommio::LocalExecutor::default().run(async {
+            let budget = MemoryBudget::new(16 * MIB);
+            let held = budget.acquire(15 * MIB).await;
+            let waiter = {
+                let budget = budget.clone();
+                glommio::spawn_local(async move { budget.acquire(2 * MIB).await.bytes() })
+            };
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(budget.used(), 15 * MIB, "the second request must wait");
+            drop(held);
+            assert_eq!(waiter.await, 2 * MIB);
+            // Larger than the whole budget: waits for an empty budget, then goes.
+            assert_eq!(budget.acquire(32 * MIB).await.bytes(), 32 * MIB);
+        });
+    }
+}
