@@ -37,3 +37,68 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
         return True
     except socket.timeout:
         return False
+
+
+# --- v2 record batches, built by hand so that tests can break them ---------
+
+def zigzag(n: int) -> bytes:
+    """A Kafka varint/varlong (zigzag, 7 bits a byte)."""
+    z = (n << 1) ^ (n >> 63)
+    out = b""
+    while True:
+        if z < 0x80:
+            return out + bytes([z])
+        out += bytes([(z & 0x7F) | 0x80])
+        z >>= 7
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def record(offset_delta: int, value: bytes, key: bytes = None, timestamp_delta: int = 0) -> bytes:
+    """One record: length, attributes, timestamp delta, offset delta, key, value, no headers."""
+    body = bytes([0]) + zigzag(timestamp_delta) + zigzag(offset_delta)
+    body += zigzag(-1) if key is None else zigzag(len(key)) + key
+    body += zigzag(len(value)) + value + zigzag(0)
+    return zigzag(len(body)) + body
+
+
+def batch(section: bytes, records_count: int, attributes: int = 0, last_offset_delta: int = None,
+          producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
+          timestamp: int = 1_700_000_000_000) -> bytes:
+    """A v2 batch around a records section (already compressed if the attributes say so), CRC filled in."""
+    if last_offset_delta is None:
+        last_offset_delta = records_count - 1
+    after_crc = struct.pack(">hiqqqhii", attributes, last_offset_delta, timestamp, timestamp,
+                            producer_id, producer_epoch, base_sequence, records_count) + section
+    return struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), 0, 2, crc32c(after_crc)) + after_crc
+
+
+def produce_v7(sock: socket.socket, topic: str, partition: int, records: bytes,
+               correlation_id: int = 1, acks: int = -1):
+    """Sends one Produce v7 with one partition; returns (error_code, base_offset)."""
+    name = topic.encode()
+    body = (struct.pack(">hhi", -1, acks, 10_000) + struct.pack(">i", 1)
+            + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
+            + struct.pack(">ii", partition, len(records)) + records)
+    sock.sendall(request(0, 7, correlation_id, body=body))
+    response = read_response(sock)
+    at = 4 + 4 + 2 + len(name) + 4 + 4  # correlation id, topics[1], name, partitions[1], index
+    error_code, base_offset = struct.unpack(">hq", response[at:at + 10])
+    return error_code, base_offset
+
+
+def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, correlation_id: int = 1,
+             max_wait_ms: int = 0) -> bytes:
+    """A whole Fetch v4 request frame for one partition."""
+    name = topic.encode()
+    body = (struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0) + struct.pack(">i", 1)
+            + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
+            + struct.pack(">iqi", partition, offset, max_bytes))
+    return request(1, 4, correlation_id, body=body)

@@ -5,7 +5,7 @@ import socket
 import struct
 import subprocess
 
-from kafka_wire import closed_by_peer, read_response, request
+from kafka_wire import batch, closed_by_peer, read_response, record, request
 
 API_VERSIONS = 18
 METADATA = 3
@@ -118,33 +118,7 @@ def test_produce_with_invalid_acks_and_corrupt_batch(broker):
 
 def valid_batch() -> bytes:
     """One uncompressed v2 batch with one record (value b"hello")."""
-    import zlib  # noqa: F401  (crc32c is computed below by hand)
-    value = b"hello"
-    record_body = bytes([0]) + zigzag(0) + zigzag(0) + zigzag(-1) + zigzag(len(value)) + value + zigzag(0)
-    records = zigzag(len(record_body)) + record_body
-    after_crc = (struct.pack(">hiqqqhii", 0, 0, 1000, 1000, -1, -1, -1, 1)) + records
-    crc = crc32c(after_crc)
-    header = struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), 0, 2, crc)
-    return header + after_crc
-
-
-def zigzag(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = b""
-    while True:
-        if z < 0x80:
-            return out + bytes([z])
-        out += bytes([(z & 0x7F) | 0x80])
-        z >>= 7
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
+    return batch(record(0, b"hello"), 1, timestamp=1000)
 
 
 def test_an_array_count_of_two_billion_is_refused_not_allocated(broker):

@@ -15,7 +15,7 @@
 
 use crate::handlers;
 use crate::log_limit::LogLimiter;
-use crate::memory::{Charge, ConnectionMemory};
+use crate::memory::{Charge, ConnectionMemory, FrameStep};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -315,7 +315,12 @@ async fn read_requests(
         while filled < size {
             if filled == body.len() {
                 let step = (size - filled).min(FRAME_STEP_BYTES);
-                let more = shard.memory.acquire(step).await;
+                let kind = if filled == 0 {
+                    FrameStep::First
+                } else {
+                    FrameStep::Continuation
+                };
+                let more = shard.memory.acquire(step, kind).await;
                 match &mut charge {
                     Some(charge) => charge.absorb(more),
                     None => charge = Some(more),

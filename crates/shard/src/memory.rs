@@ -25,9 +25,13 @@ use std::rc::Rc;
 
 /// Responses are granted bytes only while the budget is used below this
 /// fraction (in 1/8ths), so requests can always be read.
-const RESPONSE_SHARE_EIGHTHS: usize = 6;
+const RESPONSE_SHARE_EIGHTHS: usize = 4;
 /// Floor grants (to connections with nothing unwritten) up to this fraction.
 const FLOOR_SHARE_EIGHTHS: usize = 7;
+/// A frame's steps after its first up to this fraction: above it, floors of
+/// fetches and the first steps of frames (the whole of every small request)
+/// still go, so large frames that stop arriving starve neither.
+const CONTINUATION_SHARE_EIGHTHS: usize = 5;
 /// What a fetch on a connection with nothing unwritten gets even when the
 /// response share is spent.
 pub const FETCH_FLOOR_BYTES: usize = 1 << 20;
@@ -35,6 +39,19 @@ pub const FETCH_FLOOR_BYTES: usize = 1 << 20;
 pub const MEMORY_BUDGET_BYTES_MIN: usize = 16 << 20;
 
 const _: () = assert!(RESPONSE_SHARE_EIGHTHS < FLOOR_SHARE_EIGHTHS && FLOOR_SHARE_EIGHTHS < 8);
+const _: () = assert!(
+    RESPONSE_SHARE_EIGHTHS < CONTINUATION_SHARE_EIGHTHS
+        && CONTINUATION_SHARE_EIGHTHS < FLOOR_SHARE_EIGHTHS
+);
+
+/// Which step of a request frame asks for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameStep {
+    /// Its first (and for small requests only) step.
+    First,
+    /// A later step of a large frame.
+    Continuation,
+}
 const _: () = assert!(FETCH_FLOOR_BYTES * 8 <= MEMORY_BUDGET_BYTES_MIN);
 
 pub struct MemoryBudget {
@@ -62,13 +79,20 @@ impl MemoryBudget {
         self.used.get()
     }
 
-    /// Takes `bytes` for a request, waiting while they do not fit. A request
-    /// step larger than the whole budget waits for an empty budget instead of
-    /// forever.
-    pub async fn acquire(self: &Rc<Self>, bytes: usize) -> Charge {
+    /// Takes `bytes` for a request frame, waiting while they do not fit. A
+    /// frame's first step may use the whole budget; its later steps (frames
+    /// over `FRAME_STEP_BYTES`) only up to `CONTINUATION_SHARE_EIGHTHS`, so
+    /// big frames that stop arriving cannot keep small requests from being
+    /// read. A step larger than the whole budget waits for an empty budget
+    /// instead of forever.
+    pub async fn acquire(self: &Rc<Self>, bytes: usize, step: FrameStep) -> Charge {
+        let limit = match step {
+            FrameStep::First => self.capacity,
+            FrameStep::Continuation => self.capacity / 8 * CONTINUATION_SHARE_EIGHTHS,
+        };
         loop {
             let used = self.used.get();
-            if used + bytes <= self.capacity || used == 0 {
+            if used + bytes <= limit || used == 0 {
                 return self.charge(bytes, None);
             }
             self.released.listen().await;
@@ -211,16 +235,16 @@ mod tests {
     fn responses_stay_within_their_share_and_floors_within_theirs() {
         let budget = MemoryBudget::new(64 * MIB);
         let slow = Rc::new(ConnectionMemory::default());
-        // 6/8 of 64 MiB = 48 MiB for responses.
-        let a = budget.grant_response(40 * MIB, &slow);
-        assert_eq!(a.bytes(), 40 * MIB);
-        let b = budget.grant_response(40 * MIB, &slow);
-        assert_eq!(b.bytes(), 8 * MIB);
+        // 4/8 of 64 MiB = 32 MiB for responses.
+        let a = budget.grant_response(20 * MIB, &slow);
+        assert_eq!(a.bytes(), 20 * MIB);
+        let b = budget.grant_response(20 * MIB, &slow);
+        assert_eq!(b.bytes(), 12 * MIB);
         // Spent: a connection with something unwritten gets nothing.
         assert_eq!(budget.grant_response(40 * MIB, &slow).bytes(), 0);
         // One with nothing unwritten gets the floor, up to 7/8 of the budget.
         let mut floors = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..30 {
             let fresh = Rc::new(ConnectionMemory::default());
             let charge = budget.grant_response(40 * MIB, &fresh);
             floors.push((fresh, charge));
@@ -228,11 +252,11 @@ mod tests {
         let granted: Vec<usize> = floors.iter().map(|(_, c)| c.bytes()).collect();
         assert_eq!(
             granted.iter().filter(|b| **b == FETCH_FLOOR_BYTES).count(),
-            8
+            24
         );
         assert!(budget.used() <= 56 * MIB);
         drop(floors);
-        assert_eq!(slow.unwritten(), 48 * MIB);
+        assert_eq!(slow.unwritten(), 32 * MIB);
         drop((a, b));
         assert_eq!((budget.used(), slow.unwritten()), (0, 0));
     }
@@ -259,17 +283,30 @@ mod tests {
     fn acquire_waits_for_a_release() {
         glommio::LocalExecutor::default().run(async {
             let budget = MemoryBudget::new(16 * MIB);
-            let held = budget.acquire(15 * MIB).await;
-            let waiter = {
+            let held = budget.acquire(9 * MIB, FrameStep::Continuation).await;
+            // Continuations stop at 5/8 (10 MiB); a first step may still go.
+            let continuation = {
                 let budget = budget.clone();
-                glommio::spawn_local(async move { budget.acquire(2 * MIB).await.bytes() })
+                glommio::spawn_local(async move {
+                    budget
+                        .acquire(2 * MIB, FrameStep::Continuation)
+                        .await
+                        .bytes()
+                })
             };
+            let first = budget.acquire(2 * MIB, FrameStep::First).await;
             glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-            assert_eq!(budget.used(), 15 * MIB, "the second request must wait");
+            assert_eq!(budget.used(), 11 * MIB, "the continuation must wait");
+            drop(first);
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(budget.used(), 9 * MIB, "still over 5/8 with it");
             drop(held);
-            assert_eq!(waiter.await, 2 * MIB);
+            assert_eq!(continuation.await, 2 * MIB);
             // Larger than the whole budget: waits for an empty budget, then goes.
-            assert_eq!(budget.acquire(32 * MIB).await.bytes(), 32 * MIB);
+            assert_eq!(
+                budget.acquire(32 * MIB, FrameStep::First).await.bytes(),
+                32 * MIB
+            );
         });
     }
 }

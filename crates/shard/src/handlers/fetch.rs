@@ -43,7 +43,7 @@ pub async fn handle(
         // Bytes from the core's budget, taken per read (not across a long
         // poll); with none to be had, wait for some until the deadline.
         let grant = budget_grant(shard, connection, max_bytes, deadline).await;
-        let allowed = grant.bytes();
+        let allowed = records_allowed(&grant);
         held = Some(grant);
         outcomes = read_all(shard, &request, allowed).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
@@ -74,7 +74,7 @@ pub async fn handle(
         shard.wait_for_data(waiting, deadline).await;
         if Instant::now() >= deadline {
             let grant = budget_grant(shard, connection, max_bytes, deadline).await;
-            outcomes = read_all(shard, &request, grant.bytes()).await;
+            outcomes = read_all(shard, &request, records_allowed(&grant)).await;
             held = Some(grant);
             break;
         }
@@ -117,7 +117,15 @@ pub async fn handle(
     response
 }
 
-/// Up to `wanted` bytes of the core's memory budget for this response. When
+/// The records a grant pays for: while a response is built its records are
+/// in memory twice (the reads, then the encoded frame), so a grant covers
+/// twice the records it allows; once built, the connection charges the
+/// frame's real size instead.
+fn records_allowed(grant: &Charge) -> usize {
+    grant.bytes() / 2
+}
+
+/// Twice `wanted` bytes of the core's memory budget for this response (see `records_allowed`). When
 /// none can be had (slow connections hold the budget), waits for a release
 /// until `deadline`; a grant of 0 then means an answer without records.
 async fn budget_grant(
@@ -127,7 +135,9 @@ async fn budget_grant(
     deadline: Instant,
 ) -> Charge {
     loop {
-        let grant = shard.memory.grant_response(wanted, connection);
+        let grant = shard
+            .memory
+            .grant_response(wanted.saturating_mul(2), connection);
         if grant.bytes() > 0 || Instant::now() >= deadline || shard.stopping.get() {
             return grant;
         }
