@@ -12,6 +12,8 @@ pub mod memory;
 pub mod mesh;
 pub mod metadata;
 pub mod producers;
+pub mod replay;
 pub mod settings;
 pub mod shard;
+pub mod storage_dir;
 pub mod topic_config;

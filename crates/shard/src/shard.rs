@@ -13,11 +13,11 @@ use crate::mesh::{
 use crate::metadata::{validate_topic_name, MetadataStore, Snapshot, TopicMeta};
 use crate::producers::{PartitionProducers, ProducerIds, SequenceCheck};
 use crate::settings::BrokerSettings;
+use crate::storage_dir::{open_dir, Dir};
 use crate::topic_config::{effective, EffectiveTopicConfig};
 use sluice_protocol::api::error_code;
 use sluice_protocol::record_batch::{BatchError, BatchHeader};
 use sluice_storage::event::Event;
-use sluice_storage::io::dma::DmaDir;
 use sluice_storage::{AppendOptions, LogError, PartitionLog};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type Log = PartitionLog<DmaDir>;
+pub type Log = PartitionLog<Dir>;
 
 pub struct PartitionEntry {
     pub log: Rc<Log>,
@@ -292,7 +292,7 @@ impl Shard {
         }
         let config = effective(&self.settings, &topic.configs);
         let path = self.settings.partition_dir(&topic.name, partition);
-        let dir = DmaDir::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
         let log = PartitionLog::open(dir, config.log.clone(), name.clone())
             .await

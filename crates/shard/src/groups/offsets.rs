@@ -20,8 +20,8 @@
 
 use crate::settings::BrokerSettings;
 use crate::shard::Log;
+use crate::storage_dir::open_dir;
 use sluice_protocol::record_batch::{build_batch, record_values, BatchHeader};
-use sluice_storage::io::dma::DmaDir;
 use sluice_storage::{AppendOptions, LogError, PartitionLog};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -244,7 +244,7 @@ impl OffsetStore {
                 .data_dir
                 .join("offsets")
                 .join(format!("bucket-{bucket:02}"));
-            let dir = DmaDir::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let config = sluice_storage::LogConfig {
                 segment_bytes: 4 << 20,
                 retention_ms: None,

@@ -1,0 +1,27 @@
+//! The storage backend of the shard's partition logs and offset-store buckets.
+//! The broker runs on O_DIRECT files (glommio DMA). With the `memory-storage`
+//! feature the same shard code runs on the storage crate's in-memory backend:
+//! the request-handler fuzzer (`fuzz/`) builds it that way, so millions of
+//! requests cost no disk I/O. Snapshots and metadata are still plain files
+//! under the data directory in both builds.
+
+use std::path::Path;
+
+#[cfg(not(feature = "memory-storage"))]
+pub type Dir = sluice_storage::io::dma::DmaDir;
+#[cfg(feature = "memory-storage")]
+pub type Dir = sluice_storage::io::memory::MemDir;
+
+/// Opens (creating it if needed) the log directory at `path`.
+pub fn open_dir(path: &Path) -> std::io::Result<Dir> {
+    #[cfg(not(feature = "memory-storage"))]
+    {
+        Dir::create(path)
+    }
+    #[cfg(feature = "memory-storage")]
+    {
+        // The directory still exists: producer snapshots are written next to the log.
+        std::fs::create_dir_all(path)?;
+        Ok(Dir::new())
+    }
+}
