@@ -24,8 +24,8 @@ fuzz_target!(|data: &[u8]| {
     // The raw payload under every codec, with a small bound.
     if let Some((&selector, payload)) = data.split_first() {
         if let Some(codec) = Codec::from_id((selector % 5) as i16) {
-            if decompress(codec, payload, 1 << 16, &mut scratch).is_ok() {
-                assert!(scratch.len() <= 1 << 16);
+            if let Ok(length) = decompress(codec, payload, 1 << 16, &mut scratch) {
+                assert!(length <= 1 << 16 && length <= scratch.len());
             }
         }
     }

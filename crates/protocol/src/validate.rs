@@ -140,9 +140,9 @@ pub fn validate_produced_batch(
     let result = if codec == Codec::None {
         check_records(section, header.records_count)
     } else {
-        decompress(codec, section, DECOMPRESSED_BYTES_MAX, scratch)
+        let length = decompress(codec, section, DECOMPRESSED_BYTES_MAX, scratch)
             .map_err(InvalidBatch::Decompress)?;
-        let result = check_records(scratch, header.records_count);
+        let result = check_records(&scratch[..length], header.records_count);
         // One huge batch should not pin its size on this thread forever.
         if scratch.capacity() > SCRATCH_BYTES_KEPT {
             *scratch = Vec::new();
