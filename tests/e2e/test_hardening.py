@@ -247,3 +247,60 @@ def test_idle_and_half_sent_connections_are_closed(make_broker, tmp_path):
         assert struct.unpack(">i", response[:4])[0] == 1  # the fetch's correlation id
         assert time.time() - started >= 2.5
     assert "stopped arriving" in broker.log()
+
+
+def test_at_the_descriptor_limit_accept_failures_are_logged_once_per_interval(tmp_path):
+    import resource
+    import subprocess
+
+    from conftest import SLUICE, Broker
+
+    class LimitedBroker(Broker):
+        """A broker whose process may open only 128 files."""
+
+        def start(self):
+            real_popen = subprocess.Popen
+
+            def popen(*args, **kwargs):
+                kwargs["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+                return real_popen(*args, **kwargs)
+
+            subprocess.Popen = popen
+            try:
+                return super().start()
+            finally:
+                subprocess.Popen = real_popen
+
+    assert SLUICE.exists()
+    broker = LimitedBroker(tmp_path / "data", cores=1).start()
+    sockets = []
+    try:
+        # Far more connections than descriptors: the kernel completes them,
+        # and the broker's accept fails with EMFILE for those past its limit.
+        for _ in range(300):
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", broker.port), timeout=2))
+            except OSError:
+                break
+        time.sleep(3)
+        assert broker.alive()
+        lines = [line for line in broker.log().splitlines() if "accept failed" in line]
+        assert 1 <= len(lines) <= 2, lines  # one per 10 s, not hundreds a second
+        assert "Too many open files" in lines[0]
+    finally:
+        for s in sockets:
+            s.close()
+    # Once they are gone the broker accepts and serves again.
+    deadline = time.time() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=2) as s:
+                s.settimeout(2)
+                s.sendall(request(18, 0, 1))
+                read_response(s)
+                break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    broker.stop()
