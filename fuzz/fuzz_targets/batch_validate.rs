@@ -10,7 +10,7 @@ use sluice_protocol::validate::validate_produced_batch;
 
 fuzz_target!(|data: &[u8]| {
     let mut scratch = Vec::new();
-    if let Ok(header) = validate_produced_batch(data, &mut scratch) {
+    if let Ok((header, _)) = validate_produced_batch(data, &mut scratch, 1 << 20) {
         if header.compression() == 0 {
             let section = &data[HEADER_BYTES..];
             // Validated records must all be walkable (paired checks).

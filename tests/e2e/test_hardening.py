@@ -304,3 +304,39 @@ def test_at_the_descriptor_limit_accept_failures_are_logged_once_per_interval(tm
                 raise
             time.sleep(0.2)
     broker.stop()
+
+
+def test_large_frames_arriving_together_do_not_starve_each_other(make_broker, tmp_path):
+    """Three 30 MiB produce requests sent slowly at once on a core whose
+    budget holds two: each is read in turn and answered (MESSAGE_TOO_LARGE:
+    the topic's max.message.bytes is 1 MiB), none waits for the others forever."""
+    config = tmp_path / "small-budget.toml"
+    config.write_text(f"memory_budget_bytes = {64 * MIB}\nmax_frame_bytes = {32 * MIB}\n")
+    broker = make_broker(cores=1, extra_args=["--config", str(config)])
+    create_topic(broker.bootstrap, "large")
+    big = batch(section([b"x" * (30 * MIB)]), 1)
+    results = []
+
+    def send():
+        name = b"large"
+        body = (struct.pack(">hhi", -1, -1, 10_000) + struct.pack(">i", 1)
+                + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
+                + struct.pack(">ii", 0, len(big)) + big)
+        frame = request(0, 7, 5, body=body)
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=60) as s:
+            for at in range(0, len(frame), MIB):
+                s.sendall(frame[at:at + MIB])
+                time.sleep(0.01)
+            response = read_response(s)
+        at = 4 + 4 + 2 + len(name) + 4 + 4
+        results.append(struct.unpack(">h", response[at:at + 2])[0])
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    started = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert results == [10, 10, 10]  # MESSAGE_TOO_LARGE, for every one of them
+    assert time.time() - started < 60
+    assert broker.alive()

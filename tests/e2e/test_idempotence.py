@@ -7,8 +7,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_wire import read_response, request
-from test_bad_input import crc32c, zigzag
+from kafka_wire import crc32c, read_response, request, zigzag
 
 
 def read_all(broker, topic, partitions=1):

@@ -5,7 +5,7 @@
 //!
 //! usage: validate [SECONDS_PER_CODEC]   (default 2)
 
-use sluice_protocol::compression::{compress, Codec};
+use sluice_protocol::compression::{compress, Codec, DECOMPRESSED_BYTES_MAX};
 use sluice_protocol::record_batch::{assemble_batch, put_record, BatchFields};
 use sluice_protocol::validate::validate_produced_batch;
 use std::time::{Duration, Instant};
@@ -62,7 +62,8 @@ fn main() {
         let mut batches = 0u64;
         while started.elapsed() < Duration::from_secs(seconds) {
             for _ in 0..16 {
-                validate_produced_batch(&batch, &mut scratch).expect("a valid batch");
+                validate_produced_batch(&batch, &mut scratch, DECOMPRESSED_BYTES_MAX)
+                    .expect("a valid batch");
             }
             batches += 16;
         }

@@ -151,9 +151,11 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// machine's memory (1/8), split evenly between them.
 const MEMORY_BUDGET_FRACTION_DIVISOR: u64 = 8;
 
-/// The default per-shard memory budget: 1/8 of physical memory shared by the
-/// shards, at least the minimum.
-fn memory_budget_default(shards: usize) -> usize {
+/// The default per-shard memory budget: 1/8 of the memory this process may
+/// use (physical memory, or the cgroup's limit if lower) shared by the shards,
+/// and at least twice the largest frame (the validation rule), so the
+/// defaults start on any machine.
+fn memory_budget_default(shards: usize, max_frame_bytes: usize) -> usize {
     // SAFETY: sysconf only reads system values.
     let (pages, page_bytes) = unsafe {
         (
@@ -166,8 +168,15 @@ fn memory_budget_default(shards: usize) -> usize {
     } else {
         4 << 30
     };
-    let per_shard = physical / MEMORY_BUDGET_FRACTION_DIVISOR / shards.max(1) as u64;
-    (per_shard as usize).max(sluice_shard::memory::MEMORY_BUDGET_BYTES_MIN)
+    // cgroup v2: "max" or a byte count.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let usable = cgroup.map_or(physical, |limit| limit.min(physical));
+    let per_shard = usable / MEMORY_BUDGET_FRACTION_DIVISOR / shards.max(1) as u64;
+    (per_shard as usize)
+        .max(2 * max_frame_bytes)
+        .max(sluice_shard::memory::MEMORY_BUDGET_BYTES_MIN)
 }
 
 fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
@@ -290,6 +299,10 @@ impl Config {
             .or(file.advertised_listener.clone())
             .unwrap_or_else(|| listen.clone());
         let cpus_len = cpus.len();
+        let max_frame_bytes = cli
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(sluice_protocol::frame::FRAME_BYTES_MAX_DEFAULT);
         let config = Config {
             data_dir: cli
                 .data_dir
@@ -308,10 +321,7 @@ impl Config {
                 .default_partitions
                 .or(file.default_partitions)
                 .unwrap_or(1),
-            max_frame_bytes: cli
-                .max_frame_bytes
-                .or(file.max_frame_bytes)
-                .unwrap_or(sluice_protocol::frame::FRAME_BYTES_MAX_DEFAULT),
+            max_frame_bytes,
             max_in_flight_per_connection: file.max_in_flight_per_connection.unwrap_or(64),
             max_message_bytes: file.max_message_bytes.unwrap_or(1_048_588),
             retention_check_ms: file.retention_check_ms.unwrap_or(60_000),
@@ -347,7 +357,7 @@ impl Config {
             io_depth: file.io_depth.unwrap_or(IO_DEPTH_DEFAULT),
             memory_budget_bytes: file
                 .memory_budget_bytes
-                .unwrap_or_else(|| memory_budget_default(cpus_len)),
+                .unwrap_or_else(|| memory_budget_default(cpus_len, max_frame_bytes)),
             connections_max_idle_ms: file
                 .connections_max_idle_ms
                 .unwrap_or(CONNECTIONS_MAX_IDLE_MS_DEFAULT),

@@ -36,27 +36,40 @@ fn keep_freed_memory() {
     }
 }
 
-/// Free bytes the heap may keep before they are given back to the kernel.
-const HEAP_FREE_BYTES_KEPT: usize = 128 << 20;
+/// Free bytes the heaps may keep before they are given back.
+const HEAP_FREE_BYTES_KEPT: usize = 64 << 20;
 const HEAP_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Checks in a row the free bytes must stay above the threshold: a burst
+/// between two requests is not trimmed, memory left after load is.
+const HEAP_CHECKS_BEFORE_TRIM: u32 = 3;
 
-/// Memory returns after a burst: every couple of seconds, if the heaps hold
-/// more than `HEAP_FREE_BYTES_KEPT` free, `malloc_trim` gives the free pages
-/// back (one slow consumer used to leave 3 GiB with the process for good).
-/// Under steady load the free pool stays small and nothing is trimmed, so the
-/// page-fault cost `keep_freed_memory` avoids is paid at most once per interval.
+/// Memory returns after a burst: when the heaps have held more than
+/// `HEAP_FREE_BYTES_KEPT` free for three checks in a row (6 s), `malloc_trim`
+/// gives the free pages back (one slow consumer used to leave 3 GiB with the
+/// process for good). A burst between two checks is not trimmed; under steady
+/// load with a large free pool the page-fault cost `keep_freed_memory` avoids
+/// comes back at most once per 6 s. (mallinfo2: glibc 2.33 or later.)
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     std::thread::Builder::new()
         .name("sluice-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(HEAP_CHECK_INTERVAL);
-            // SAFETY: mallinfo2 and malloc_trim only read and adjust the allocator's own state.
-            let free_bytes = unsafe { libc::mallinfo2() }.fordblks;
-            if free_bytes > HEAP_FREE_BYTES_KEPT {
-                // SAFETY: as above.
-                unsafe { libc::malloc_trim(0) };
-                tracing::debug!(free_bytes, "returned free heap memory to the kernel");
+        .spawn(move || {
+            let mut high = 0;
+            loop {
+                std::thread::sleep(HEAP_CHECK_INTERVAL);
+                // SAFETY: mallinfo2 and malloc_trim only read and adjust the allocator's own state.
+                let free_bytes = unsafe { libc::mallinfo2() }.fordblks;
+                high = if free_bytes > HEAP_FREE_BYTES_KEPT {
+                    high + 1
+                } else {
+                    0
+                };
+                if high >= HEAP_CHECKS_BEFORE_TRIM {
+                    high = 0;
+                    // SAFETY: as above.
+                    unsafe { libc::malloc_trim(0) };
+                    tracing::debug!(free_bytes, "returned free heap memory to the kernel");
+                }
             }
         })
         .expect("spawning the memory trimmer thread");

@@ -90,6 +90,12 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// The largest zstd window a streamed frame may ask for (2^25 = 32 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+/// Snappy cannot expand more than ~21x (a 64-byte copy in a 3-byte tag); a
+/// block declaring more is corrupt, and is refused before anything is sized by it.
+const SNAPPY_EXPANSION_MAX: usize = 32;
+
 /// snappy-java's stream header: magic, then version and compatible version (i32 each).
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER_BYTES: usize = 16;
@@ -157,12 +163,24 @@ fn decompress_appending(
                     };
                     Ok::<bool, DecompressError>(context.decompress_to_buffer(input, out).is_ok())
                 })?;
-                if done {
+                // The context writes into all of `out`'s capacity: a second
+                // frame after the declared one may pass the size, so the
+                // bound is checked again.
+                if done && out.len() <= limit {
                     return Ok(());
+                }
+                if done {
+                    return Err(DecompressError::TooLarge { codec, limit });
                 }
                 out.clear();
             }
-            let decoder = zstd::stream::read::Decoder::with_buffer(input)
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| corrupt(e.to_string()))?;
+            // A tiny frame may declare a 128 MiB window (libzstd's default
+            // limit) and have the decoder allocate it; 32 MiB covers every
+            // level up to 19 and the small batches of level 20+.
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| corrupt(e.to_string()))?;
             read_bounded(codec, decoder, limit, out)
         }
@@ -204,6 +222,12 @@ enum SnappyFail {
 fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), SnappyFail> {
     let length =
         snap::raw::decompress_len(block).map_err(|e| SnappyFail::Corrupt(e.to_string()))?;
+    if length > block.len().saturating_mul(SNAPPY_EXPANSION_MAX) + 64 {
+        return Err(SnappyFail::Corrupt(format!(
+            "a block of {} bytes declares {length} bytes",
+            block.len()
+        )));
+    }
     if out.len() + length > limit {
         return Err(SnappyFail::TooLarge);
     }

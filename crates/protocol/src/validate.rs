@@ -122,10 +122,14 @@ impl InvalidBatch {
 
 /// Validates one whole produced batch (exactly `batch`, nothing after it).
 /// `scratch` holds the decompressed section of a compressed batch; reuse it.
+/// A compressed section may decompress to at most `decompressed_bytes_max`
+/// (and never more than [`DECOMPRESSED_BYTES_MAX`]). Returns the header and
+/// the bytes of the (decompressed) records section.
 pub fn validate_produced_batch(
     batch: &[u8],
     scratch: &mut Vec<u8>,
-) -> Result<BatchHeader, InvalidBatch> {
+    decompressed_bytes_max: usize,
+) -> Result<(BatchHeader, usize), InvalidBatch> {
     let header = validate_batch(batch).map_err(InvalidBatch::Batch)?;
     if header.is_control() {
         return Err(InvalidBatch::Control);
@@ -137,20 +141,25 @@ pub fn validate_produced_batch(
         id: header.compression(),
     })?;
     let section = &batch[HEADER_BYTES..];
-    let result = if codec == Codec::None {
-        check_records(section, header.records_count)
+    let (result, records_bytes) = if codec == Codec::None {
+        (check_records(section, header.records_count), section.len())
     } else {
-        let length = decompress(codec, section, DECOMPRESSED_BYTES_MAX, scratch)
-            .map_err(InvalidBatch::Decompress)?;
+        let length = decompress(
+            codec,
+            section,
+            decompressed_bytes_max.min(DECOMPRESSED_BYTES_MAX),
+            scratch,
+        )
+        .map_err(InvalidBatch::Decompress)?;
         let result = check_records(&scratch[..length], header.records_count);
         // One huge batch should not pin its size on this thread forever.
         if scratch.capacity() > SCRATCH_BYTES_KEPT {
             *scratch = Vec::new();
         }
-        result
+        (result, length)
     };
     result.map_err(|(index, fault)| InvalidBatch::Record { index, fault })?;
-    Ok(header)
+    Ok((header, records_bytes))
 }
 
 /// A decompression buffer above this is freed after use. Above an LZ4
@@ -321,7 +330,7 @@ mod tests {
     }
 
     fn check(batch: &[u8]) -> Result<BatchHeader, InvalidBatch> {
-        validate_produced_batch(batch, &mut Vec::new())
+        validate_produced_batch(batch, &mut Vec::new(), DECOMPRESSED_BYTES_MAX).map(|(h, _)| h)
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! `max_in_flight_per_connection`) and handled concurrently; responses are
 //! written strictly in request order, as the Kafka protocol requires.
 //!
-//! Memory (see `memory.rs`): a frame's buffer grows in steps as its bytes
-//! arrive, each step taken from the core's budget first (reads wait when it
-//! is spent); a response is charged to its connection until written, and the
+//! Memory (see `memory.rs`): a frame's first step (all of a small request) is
+//! taken from the core's budget before it is read, the rest of a large frame
+//! once that step has arrived; the buffer grows as the bytes arrive (reads
+//! wait when the budget is spent); a response is charged to its connection until written, and the
 //! reader stops reading while more than `CONNECTION_UNWRITTEN_BYTES_MAX` are
 //! unwritten (a client that does not read its responses is not read from).
 //!
@@ -30,8 +31,8 @@ use std::time::{Duration, Instant};
 
 /// The reader pauses while a connection has more than this unwritten.
 pub const CONNECTION_UNWRITTEN_BYTES_MAX: usize = 1 << 20;
-/// A frame's buffer grows by at most this much at a time, each step taken
-/// from the budget before it is allocated.
+/// A frame's buffer grows by at most this much at a time; a frame's first
+/// step is also what it holds of the budget while waiting for the rest.
 pub const FRAME_STEP_BYTES: usize = 1 << 20;
 /// How often a connection waiting for a request checks whether it is idle.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -239,6 +240,32 @@ enum ReadOutcome {
     Eof,
 }
 
+/// `bytes` of the core's budget for a request frame of `size` bytes, waiting
+/// at most `limit` for them.
+async fn acquire_within(
+    shard: &Rc<Shard>,
+    bytes: usize,
+    step: FrameStep,
+    size: usize,
+    limit: Duration,
+) -> Result<Charge, Close> {
+    futures_lite::future::or(
+        async { Some(shard.memory.acquire(bytes, step).await) },
+        async {
+            glommio::timer::sleep(limit).await;
+            None
+        },
+    )
+    .await
+    .ok_or_else(|| {
+        Close::Error(format!(
+            "no memory for a request of {size} bytes for {} ms (memory_budget_bytes {} of this core in use)",
+            limit.as_millis(),
+            shard.memory.used()
+        ))
+    })
+}
+
 /// Reads frames and queues their handling; returns why it stopped.
 async fn read_requests(
     shard: &Rc<Shard>,
@@ -308,26 +335,38 @@ async fn read_requests(
             )));
         }
         let size = size as usize;
-        // The body: the buffer grows as bytes arrive, each step from the budget first.
+        // The body. Its first step (all of a small request) is taken from the
+        // budget before it is read; once that step has arrived, the rest of a
+        // large frame is taken at once (so frames waiting for memory hold one
+        // step each, never half a frame), and the buffer grows as bytes
+        // arrive. Time spent waiting for memory is the broker's: it does not
+        // count against the client's request timeout, but a wait longer than
+        // that timeout closes the connection.
+        let first_step = size.min(FRAME_STEP_BYTES);
+        let mut charge =
+            acquire_within(shard, first_step, FrameStep::First, size, request_timeout).await?;
+        let mut waited = Duration::ZERO;
         let mut body = BytesMut::new();
-        let mut charge: Option<Charge> = None;
         let mut filled = 0;
         while filled < size {
             if filled == body.len() {
-                let step = (size - filled).min(FRAME_STEP_BYTES);
-                let kind = if filled == 0 {
-                    FrameStep::First
-                } else {
-                    FrameStep::Continuation
-                };
-                let more = shard.memory.acquire(step, kind).await;
-                match &mut charge {
-                    Some(charge) => charge.absorb(more),
-                    None => charge = Some(more),
+                if filled == first_step {
+                    let started = Instant::now();
+                    let rest = acquire_within(
+                        shard,
+                        size - first_step,
+                        FrameStep::Continuation,
+                        size,
+                        request_timeout,
+                    )
+                    .await?;
+                    charge.absorb(rest);
+                    waited = started.elapsed();
                 }
+                let step = (size - filled).min(FRAME_STEP_BYTES);
                 body.resize(filled + step, 0);
             }
-            let deadline = frame_started + request_timeout;
+            let deadline = frame_started + waited + request_timeout;
             let end = body.len();
             match read_full(reader, &mut body[filled..end], deadline)
                 .await

@@ -2,9 +2,12 @@
 //! waiting to be written (Kafka's `queued.max.request.bytes` and channel
 //! muting are the model). Lives on one shard (`Rc`, `Cell`).
 //!
-//! - Request frames take their bytes from the budget in steps as they arrive
+//! - Request frames take their first step from the budget before it is
+//!   read, and the rest of a large frame at once when that step has arrived
 //!   (`acquire`, which waits when the budget is spent: reads stop, nothing is
-//!   buffered) and give them back when their handler is done.
+//!   buffered; a waiting frame holds one step, never half a frame, so frames
+//!   cannot starve each other for good), and give them back when their
+//!   handler is done.
 //! - Fetch responses are granted bytes up front, never waiting
 //!   (`grant_response`): at most what is left of the response share, so a
 //!   fetch answers with fewer bytes rather than more memory. A connection
@@ -28,9 +31,9 @@ use std::rc::Rc;
 const RESPONSE_SHARE_EIGHTHS: usize = 4;
 /// Floor grants (to connections with nothing unwritten) up to this fraction.
 const FLOOR_SHARE_EIGHTHS: usize = 7;
-/// A frame's steps after its first up to this fraction: above it, floors of
-/// fetches and the first steps of frames (the whole of every small request)
-/// still go, so large frames that stop arriving starve neither.
+/// The rest of a large frame (after its first step) up to this fraction:
+/// above it, floors of fetches and the first steps of frames (the whole of
+/// every small request) still go, so large frames starve neither.
 const CONTINUATION_SHARE_EIGHTHS: usize = 5;
 /// What a fetch on a connection with nothing unwritten gets even when the
 /// response share is spent.
@@ -49,7 +52,7 @@ const _: () = assert!(
 pub enum FrameStep {
     /// Its first (and for small requests only) step.
     First,
-    /// A later step of a large frame.
+    /// The rest of a large frame, once its first step has arrived.
     Continuation,
 }
 const _: () = assert!(FETCH_FLOOR_BYTES * 8 <= MEMORY_BUDGET_BYTES_MIN);
@@ -80,11 +83,10 @@ impl MemoryBudget {
     }
 
     /// Takes `bytes` for a request frame, waiting while they do not fit. A
-    /// frame's first step may use the whole budget; its later steps (frames
-    /// over `FRAME_STEP_BYTES`) only up to `CONTINUATION_SHARE_EIGHTHS`, so
-    /// big frames that stop arriving cannot keep small requests from being
-    /// read. A step larger than the whole budget waits for an empty budget
-    /// instead of forever.
+    /// frame's first step may use the whole budget; the rest of a larger
+    /// frame only up to `CONTINUATION_SHARE_EIGHTHS`, so big frames that stop
+    /// arriving cannot keep small requests from being read. More than the
+    /// whole budget waits for an empty budget instead of forever.
     pub async fn acquire(self: &Rc<Self>, bytes: usize, step: FrameStep) -> Charge {
         let limit = match step {
             FrameStep::First => self.capacity,

@@ -57,8 +57,12 @@ fn validator_corpus_replays_without_a_panic() {
     let mut scratch = Vec::new();
     let mut valid = 0;
     for (_, bytes) in inputs("batch_validate") {
-        valid += sluice_protocol::validate::validate_produced_batch(&bytes, &mut scratch).is_ok()
-            as usize;
+        valid += sluice_protocol::validate::validate_produced_batch(
+            &bytes,
+            &mut scratch,
+            sluice_protocol::compression::DECOMPRESSED_BYTES_MAX,
+        )
+        .is_ok() as usize;
     }
     assert!(valid >= 5, "real clients' batches in the corpus validate");
 }

@@ -185,7 +185,8 @@ async fn read_all(
     let mut outcomes = Vec::with_capacity(wanted.len());
     let mut next = 0;
     while next < wanted.len() {
-        let wave_bytes = budget.remaining.max(WAVE_MIN_BYTES);
+        // At least WAVE_MIN_BYTES, but never more than the memory grant allows.
+        let wave_bytes = budget.remaining.max(WAVE_MIN_BYTES.min(max_bytes));
         let mut planned = 0usize;
         let mut reads = Vec::new();
         while next < wanted.len() {

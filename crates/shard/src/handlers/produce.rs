@@ -5,6 +5,7 @@
 use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
 use crate::shard::Shard;
+use crate::topic_config::effective;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
@@ -15,6 +16,11 @@ use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
 use sluice_protocol::record_batch::BatchHeader;
 use sluice_protocol::validate::validate_produced_batch;
+
+/// A produce request may decompress to at least this much in all ...
+const DECOMPRESSED_BYTES_PER_REQUEST_MIN: usize = 64 << 20;
+/// ... or this many times its own size, if more.
+const DECOMPRESSED_BYTES_PER_REQUEST_RATIO: usize = 8;
 use sluice_storage::event::join_all;
 use std::rc::Rc;
 
@@ -42,8 +48,25 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         .sum();
     let mut calls = Vec::with_capacity(count);
     let mut shape = Vec::with_capacity(request.topic_data.len());
+    // What the whole request may decompress to: a small request of many
+    // tiny batches that each expand to the per-batch limit must not keep
+    // the core busy for minutes.
+    let mut decompressed_left = DECOMPRESSED_BYTES_PER_REQUEST_MIN.max(
+        frame
+            .body
+            .len()
+            .saturating_mul(DECOMPRESSED_BYTES_PER_REQUEST_RATIO),
+    );
+    let snapshot = shard.snapshot();
     for topic in &request.topic_data {
         let name = topic.name.0.to_string();
+        // Kafka's order: an unknown topic (not auto-created) or a batch over
+        // max.message.bytes is refused by the owner before its records matter.
+        let max_message_bytes = match snapshot.topics.get(&name) {
+            Some(meta) => Some(effective(&shard.settings, &meta.configs).max_message_bytes),
+            None if shard.settings.auto_create_topics => Some(shard.settings.max_message_bytes),
+            None => None,
+        };
         let mut partitions = Vec::new();
         for partition in &topic.partition_data {
             partitions.push(partition.index);
@@ -52,9 +75,17 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             // Validated here, in the synchronous step before any await, so a
             // bad batch is refused without reaching the owner and request
             // order on the connection is kept.
-            let refuse = refuse
-                .clone()
-                .or_else(|| validate(shard, &frame, &name, index, &records));
+            let refuse = refuse.clone().or_else(|| match max_message_bytes {
+                Some(max) if records.len() as i64 <= max => validate(
+                    shard,
+                    &frame,
+                    &name,
+                    index,
+                    &records,
+                    &mut decompressed_left,
+                ),
+                _ => None,
+            });
             let shard = shard.clone();
             let name = name.clone();
             calls.push(async move {
@@ -132,6 +163,7 @@ fn validate(
     topic: &str,
     partition: i32,
     records: &bytes::Bytes,
+    decompressed_left: &mut usize,
 ) -> Option<(i16, String)> {
     let refusal = if records.is_empty() {
         Some((
@@ -145,8 +177,10 @@ fn validate(
         ))
     } else {
         let mut scratch = shard.validation_scratch.borrow_mut();
-        match validate_produced_batch(records, &mut scratch) {
-            Ok(header) if header.compression() == Codec::Zstd.id() && frame.api_version < 7 => {
+        match validate_produced_batch(records, &mut scratch, *decompressed_left) {
+            Ok((header, _))
+                if header.compression() == Codec::Zstd.id() && frame.api_version < 7 =>
+            {
                 Some((
                     error_code::UNSUPPORTED_COMPRESSION_TYPE,
                     format!(
@@ -155,7 +189,12 @@ fn validate(
                     ),
                 ))
             }
-            Ok(_) => None,
+            Ok((header, records_bytes)) => {
+                if header.compression() != Codec::None.id() {
+                    *decompressed_left = decompressed_left.saturating_sub(records_bytes);
+                }
+                None
+            }
             Err(e) => Some((e.error_code(), e.to_string())),
         }
     };
