@@ -173,3 +173,77 @@ def test_aiokafka_group_consumer_reads_everything_once(broker):
         return got
 
     assert len(asyncio.run(main())) == 100
+
+
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_commits_in_the_revoke_callback_hand_over_without_duplicates_or_gaps(broker, strategy):
+    """A member that commits what it processed when its partitions are revoked
+    (during the rebalance, as Java, librdkafka and the Python clients do) hands
+    them over exactly: the other member starts where it stopped. Kafka accepts
+    such a commit while the group prepares the rebalance."""
+    topic, total = f"handover-{strategy}", 2000
+    create(broker, topic, 4)
+    produce(broker, topic, total // 2, 4)
+    seen = {}  # (partition, offset) -> consumer name
+    duplicates = []
+    commit_errors = []
+
+    def make(name):
+        c = consumer(broker, f"handover-{strategy}", **{"partition.assignment.strategy": strategy})
+        processed = {}  # partition -> next offset to process
+
+        def on_revoke(c, partitions):
+            offsets = [TopicPartition(topic, p.partition, processed[p.partition])
+                       for p in partitions if p.partition in processed]
+            if offsets:
+                try:
+                    c.commit(offsets=offsets, asynchronous=False)
+                except Exception as e:  # noqa: BLE001 - what a user would see
+                    commit_errors.append((name, e))
+            for p in partitions:
+                processed.pop(p.partition, None)
+
+        def on_assign(c, partitions):
+            if strategy == "cooperative-sticky":
+                c.incremental_assign(partitions)
+            else:
+                c.assign(partitions)
+
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+
+        def poll():
+            for message in c.consume(500, 0.05):
+                if message.error():
+                    continue
+                key = (message.partition(), message.offset())
+                if key in seen:
+                    duplicates.append((name, key, seen[key]))
+                seen[key] = name
+                processed[message.partition()] = message.offset() + 1
+        return c, poll
+
+    a, poll_a = make("a")
+    deadline = time.time() + 30
+    while len(seen) < total // 2 and time.time() < deadline:
+        poll_a()
+    # b joins: a's partitions (some or all) are revoked, a commits what it
+    # processed in its revoke callback, and b resumes there.
+    b, poll_b = make("b")
+    deadline = time.time() + 30
+    while not (a.assignment() and b.assignment()) and time.time() < deadline:
+        poll_a()
+        poll_b()
+    produce(broker, topic, total // 2, 4)
+    deadline = time.time() + 60
+    while len(seen) < total and time.time() < deadline:
+        poll_a()
+        poll_b()
+    for _ in range(20):  # nothing more may come
+        poll_a()
+        poll_b()
+    assert commit_errors == []
+    assert duplicates == []
+    assert len(seen) == total, f"gaps: {total - len(seen)} messages never delivered"
+    assert {name for name in seen.values()} == {"a", "b"}, "b took over some partitions"
+    a.close()
+    b.close()

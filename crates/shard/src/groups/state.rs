@@ -477,7 +477,11 @@ impl Group {
                 Err(code::UNKNOWN_MEMBER_ID)
             };
         }
-        if self.state == GroupState::PreparingRebalance && self.members.contains_key(member_id) {
+        // Kafka's rule: a member of the current generation may commit while
+        // the group prepares a rebalance (clients commit in their revoke
+        // callback exactly then); only while the group waits for SyncGroup
+        // is a commit refused, so the member finishes joining first.
+        if self.state == GroupState::CompletingRebalance {
             return Err(code::REBALANCE_IN_PROGRESS);
         }
         self.check_member(member_id, generation)
@@ -557,10 +561,15 @@ mod tests {
         assert_eq!(g.leave(&b, None, 10, 0), code::NONE);
         assert_eq!(g.state, GroupState::PreparingRebalance);
         assert_eq!(g.heartbeat(&a, 1, 11), code::REBALANCE_IN_PROGRESS);
-        assert_eq!(g.check_commit(&a, 1), Err(code::REBALANCE_IN_PROGRESS));
+        // Preparing: the current generation's commit (from a revoke callback) goes in.
+        assert_eq!(g.check_commit(&a, 1), Ok(()));
+        assert_eq!(g.check_commit(&b, 1), Err(code::UNKNOWN_MEMBER_ID));
         g.join(join_request(&a, &["range"]), 12, 0);
         assert!(g.try_complete_join(12));
         assert_eq!(g.generation, 2);
+        // Completing (waiting for SyncGroup): refused until the member has synced.
+        assert_eq!(g.check_commit(&a, 2), Err(code::REBALANCE_IN_PROGRESS));
+        g.sync(&a, 2, vec![(a.clone(), Bytes::from_static(b"A"))], 13);
         assert_eq!(g.check_commit(&a, 1), Err(code::ILLEGAL_GENERATION));
         assert_eq!(g.check_commit(&a, 2), Ok(()));
         assert_eq!(g.check_commit("", -1), Err(code::UNKNOWN_MEMBER_ID));
