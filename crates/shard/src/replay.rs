@@ -33,6 +33,9 @@ pub struct World {
     shard: Rc<Shard>,
     connection: Rc<ConnectionMemory>,
     data_dir: PathBuf,
+    /// Dropped with the world: the inbox task ends and lets go of the shard
+    /// (the shard holds its own inbox's sender, so the inbox never closes).
+    stop: Option<glommio::channels::local_channel::LocalSender<()>>,
 }
 
 impl World {
@@ -74,12 +77,22 @@ impl World {
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (sender, inbox) = flume::bounded::<ShardMsg>(1024);
+        let (stop, stopped) = glommio::channels::local_channel::new_bounded::<()>(1);
         let shard = executor.run(async move {
             let shard = Rc::new(Shard::new(0, settings, metadata, vec![sender]));
-            let inbox_shard = shard.clone();
+            let inbox_shard = Rc::downgrade(&shard);
             glommio::spawn_local(async move {
-                while let Ok(message) = inbox.recv_async().await {
-                    glommio::spawn_local(inbox_shard.clone().handle_message(message)).detach();
+                loop {
+                    let message =
+                        futures_lite::future::or(async { inbox.recv_async().await.ok() }, async {
+                            let _ = stopped.recv().await;
+                            None
+                        })
+                        .await;
+                    let (Some(message), Some(shard)) = (message, inbox_shard.upgrade()) else {
+                        break;
+                    };
+                    glommio::spawn_local(shard.handle_message(message)).detach();
                 }
             })
             .detach();
@@ -92,6 +105,7 @@ impl World {
             shard,
             connection: Rc::new(ConnectionMemory::default()),
             data_dir,
+            stop: Some(stop),
         }
     }
 
@@ -130,6 +144,15 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // Requests still parked (long polls, joins) end as the shard stops;
+        // its logs are closed so the in-memory files are freed with it.
+        drop(self.stop.take());
+        let shard = self.shard.clone();
+        self.executor.run(async move {
+            shard.stopping.set(true);
+            shard.close_all().await;
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        });
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
