@@ -44,3 +44,26 @@ def test_gzip_seek_offsets_and_times(broker):
     admin.close()
     partition_dirs = list((broker.data_dir / "topics").glob("kp-*"))
     assert partition_dirs == []
+
+
+def test_offsets_for_times_is_record_exact_inside_compressed_batches(broker):
+    """Batches of hundreds of records in every codec (built by librdkafka):
+    the answer is the first record at or after the time, not its batch's start."""
+    from confluent_kafka import Producer
+
+    base_ts = int(time.time() * 1000) - 1_000_000
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    for codec in ["gzip", "snappy", "lz4", "zstd"]:
+        topic = f"times-{codec}"
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": codec,
+                             "linger.ms": 200, "batch.num.messages": 10_000})
+        for i in range(500):
+            producer.produce(topic, value=b"v%d" % i, partition=0, timestamp=base_ts + i * 10)
+        assert producer.flush(30) == 0
+        tp = TopicPartition(topic, 0)
+        found = consumer.offsets_for_times({tp: base_ts + 2_505})[tp]
+        assert (found.offset, found.timestamp) == (251, base_ts + 2_510), codec
+        found = consumer.offsets_for_times({tp: base_ts})[tp]
+        assert (found.offset, found.timestamp) == (0, base_ts), codec
+        assert consumer.offsets_for_times({tp: base_ts + 5_000})[tp] is None
+    consumer.close()

@@ -1046,10 +1046,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     }
 
     /// The first offset whose record timestamp is ≥ `timestamp`, with that
-    /// timestamp; `None` if every record is older. Record-exact for
-    /// uncompressed batches; for compressed ones, the base offset of the first
-    /// batch whose max timestamp qualifies (a consumer starting there misses
-    /// nothing).
+    /// timestamp; `None` if every record is older. Record-exact in every
+    /// codec (compressed batches are decompressed to walk their records); a
+    /// batch whose records cannot be walked answers its base offset (a
+    /// consumer starting there misses nothing).
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> LogResult<Option<(i64, i64)>> {
         let candidates: Vec<(i64, i64)> = {
             let state = self.state.borrow();
