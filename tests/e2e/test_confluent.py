@@ -1,6 +1,8 @@
 """confluent-kafka (librdkafka 2.x): admin, keyed produce with headers and lz4,
 consume by assignment, checking every byte and offset."""
 
+import time
+
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
@@ -75,6 +77,11 @@ def test_admin_errors(broker):
     with pytest.raises(Exception) as e:
         client.create_topics([NewTopic("dup", 1, 1)])["dup"].result(timeout=30)
     assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+    # An existing topic is TOPIC_ALREADY_EXISTS whatever the configs asked for
+    # (Kafka Connect re-creates its topics with cleanup.policy=compact at every start).
+    with pytest.raises(Exception) as e:
+        client.create_topics([NewTopic("dup", 1, 1, config={"cleanup.policy": "compact"})])["dup"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
     with pytest.raises(Exception) as e:
         client.create_topics([NewTopic("rf3", 1, 3)])["rf3"].result(timeout=30)
     assert e.value.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR
@@ -124,3 +131,16 @@ def test_log_append_time_is_reported(broker):
     kind, ts = msg.timestamp()
     assert kind == 2  # TIMESTAMP_LOG_APPEND_TIME
     assert ts > 1_600_000_000_000
+
+
+def test_a_transactional_producer_fails_fast(broker):
+    """No transactions yet: init_transactions fails at once with a fatal,
+    clear error instead of retrying a retriable one until its timeout."""
+    from confluent_kafka import Producer
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "eos-app"})
+    started = time.time()
+    with pytest.raises(Exception) as e:
+        producer.init_transactions(30)
+    assert time.time() - started < 10
+    error = e.value.args[0]
+    assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error

@@ -51,6 +51,16 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             results.push(fail(error_code::INVALID_TOPIC_EXCEPTION, e));
             continue;
         }
+        // Kafka's order: an existing topic is TOPIC_ALREADY_EXISTS whatever
+        // its configs say (Kafka Connect creates its topics at every start
+        // and expects exactly this answer).
+        if shard.snapshot().topics.contains_key(&name) {
+            results.push(fail(
+                error_code::TOPIC_ALREADY_EXISTS,
+                format!("Topic '{name}' already exists."),
+            ));
+            continue;
+        }
         if topic.replication_factor != 1 && topic.replication_factor != -1 {
             results.push(fail(
                 error_code::INVALID_REPLICATION_FACTOR,

@@ -73,9 +73,15 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         if key_type == 0 {
             (error_code::NONE, None)
         } else {
+            // Not COORDINATOR_NOT_AVAILABLE: clients retry that forever, and
+            // an exactly-once application hung instead of failing. This code
+            // is fatal to a transactional producer (Java, librdkafka).
             (
-                error_code::COORDINATOR_NOT_AVAILABLE,
-                Some("transactions are not supported: no transaction coordinator".into()),
+                error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                Some(
+                    "transactions are not supported by this broker (no transaction coordinator)"
+                        .into(),
+                ),
             )
         }
     };
