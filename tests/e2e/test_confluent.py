@@ -144,3 +144,55 @@ def test_a_transactional_producer_fails_fast(broker):
     assert time.time() - started < 10
     error = e.value.args[0]
     assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error
+
+
+def test_describe_cluster(broker):
+    """AdminClient.describe_cluster as librdkafka does it (through Metadata),
+    and DescribeCluster (API 60, what the Java AdminClient sends) on the wire."""
+    import socket
+    import struct
+
+    from kafka_wire import read_response
+
+    client = admin(broker)
+    cluster = client.describe_cluster().result(timeout=30)
+    host, port = broker.bootstrap.split(":")
+    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(0, host, int(port))]
+    assert cluster.controller.id == 0
+    cluster_id = (broker.data_dir / "cluster_id").read_text().strip()
+    assert cluster.cluster_id == cluster_id
+
+    def describe(version, body):
+        client_id = b"raw"
+        header = struct.pack(">hhih", 60, version, 9, len(client_id)) + client_id + b"\0"
+        frame = header + body
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+            s.sendall(struct.pack(">i", len(frame)) + frame)
+            return read_response(s)
+
+    def compact_string(data, at):
+        n = data[at] - 1  # every length here fits one varint byte
+        return data[at + 1:at + 1 + n].decode(), at + 1 + n
+
+    # v0: include_cluster_authorized_operations = true.
+    response = describe(0, b"\1\0")
+    assert struct.unpack(">i", response[:4])[0] == 9 and response[4] == 0  # correlation id, no tags
+    throttle, error = struct.unpack(">ih", response[5:11])
+    assert (throttle, error) == (0, 0)
+    assert response[11] == 0  # null error message
+    got_cluster_id, at = compact_string(response, 12)
+    assert got_cluster_id == cluster_id
+    controller, brokers = struct.unpack(">i", response[at:at + 4])[0], response[at + 4] - 1
+    assert (controller, brokers) == (0, 1)
+    at += 5
+    broker_id = struct.unpack(">i", response[at:at + 4])[0]
+    got_host, at = compact_string(response, at + 4)
+    got_port = struct.unpack(">i", response[at:at + 4])[0]
+    assert (broker_id, got_host, got_port) == (0, host, int(port))
+    at += 4 + 1 + 1  # null rack, no tags
+    operations = struct.unpack(">i", response[at:at + 4])[0]
+    for op in (5, 7, 8, 9, 10, 11, 12):  # CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE/ALTER_CONFIGS, IDEMPOTENT_WRITE
+        assert operations & (1 << op), op
+    # v1 asking a broker for its controllers: MISMATCHED_ENDPOINT_TYPE, as Kafka answers.
+    response = describe(1, b"\0\2\0")
+    assert struct.unpack(">h", response[9:11])[0] == 114

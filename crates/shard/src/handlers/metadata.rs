@@ -6,10 +6,14 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::AdminOp;
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::shard::Shard;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
@@ -108,4 +112,55 @@ fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(code)
         .with_name(name.map(|n| TopicName(str_bytes(n))))
+}
+
+/// The cluster operations a client may perform (Kafka's `AclOperation` codes
+/// as bits): with no authorizer, Kafka reports every operation the cluster
+/// resource supports.
+const CLUSTER_OPERATIONS: &[i32] = &[
+    5,  // CREATE
+    7,  // ALTER
+    8,  // DESCRIBE
+    9,  // CLUSTER_ACTION
+    10, // DESCRIBE_CONFIGS
+    11, // ALTER_CONFIGS
+    12, // IDEMPOTENT_WRITE
+];
+/// "Not asked for" in authorized-operations fields.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+/// DescribeCluster endpoint types.
+const ENDPOINT_TYPE_BROKER: i8 = 1;
+
+/// DescribeCluster (what `AdminClient.describeCluster` asks first): this node
+/// is the only broker and the controller. Asking a broker for controllers is
+/// MISMATCHED_ENDPOINT_TYPE, as Kafka answers.
+pub async fn describe_cluster(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: DescribeClusterRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let settings = &shard.settings;
+    let node = BrokerId(settings.node_id);
+    let mut body = DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&settings.cluster_id))
+        .with_controller_id(node)
+        .with_endpoint_type(ENDPOINT_TYPE_BROKER)
+        .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+                .iter()
+                .fold(0, |bits, op| bits | (1 << op))
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        });
+    if frame.api_version >= 1 && request.endpoint_type != ENDPOINT_TYPE_BROKER {
+        body = body
+            .with_error_code(error_code::MISMATCHED_ENDPOINT_TYPE)
+            .with_error_message(Some(str_bytes(
+                "this endpoint serves brokers: the controllers are not described here",
+            )))
+            .with_controller_id(BrokerId(-1));
+    } else {
+        body = body.with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(node)
+            .with_host(str_bytes(&settings.advertised_host))
+            .with_port(settings.advertised_port)]);
+    }
+    respond(&frame, &body)
 }

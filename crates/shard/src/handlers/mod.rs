@@ -74,6 +74,7 @@ pub async fn handle_here(
         ApiKey::Fetch => fetch::handle(shard, connection, frame).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,
         ApiKey::Metadata => metadata::handle(shard, frame).await,
+        ApiKey::DescribeCluster => metadata::describe_cluster(shard, frame).await,
         ApiKey::CreateTopics => admin::create_topics(shard, frame).await,
         ApiKey::DeleteTopics => admin::delete_topics(shard, frame).await,
         ApiKey::CreatePartitions => admin::create_partitions(shard, frame).await,
