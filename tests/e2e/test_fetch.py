@@ -144,3 +144,36 @@ def test_fetch_of_many_partitions_spends_max_bytes_in_request_order(broker):
     # max_bytes below one batch: the first partition still gets one whole batch.
     got = raw_fetch(broker.bootstrap, "spread", 4, 10, 10)
     assert [len(b) for _, _, b in got] == [1, 0, 0, 0]
+
+
+def test_list_offsets_v8_on_the_wire(broker):
+    """ListOffsets v8 (flexible): earliest (-2), latest (-1), max timestamp (-3),
+    earliest local (-4, KIP-405: the earliest here, no tiered storage)."""
+    import struct
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("lo8", 1, 1)])["lo8"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for i in range(5):
+        producer.produce("lo8", value=b"v%d" % i, timestamp=1_700_000_000_000 + (7 if i == 3 else i))
+        producer.flush(10)
+
+    def list_offsets(timestamp):
+        name = b"lo8"
+        body = (struct.pack(">ib", -1, 0) + bytes([2, len(name) + 1]) + name + bytes([2])
+                + struct.pack(">iiq", 0, -1, timestamp) + b"\0\0\0")
+        client_id = b"raw"
+        frame = struct.pack(">hhih", 2, 8, 3, len(client_id)) + client_id + b"\0" + body
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+            s.sendall(struct.pack(">i", len(frame)) + frame)
+            response = read_response(s)
+        # correlation id, tags, throttle, topics[1], name, partitions[1], then the partition.
+        at = 4 + 1 + 4 + 1 + 1 + len(name) + 1
+        index, error, ts, offset, epoch = struct.unpack(">ihqqi", response[at:at + 26])
+        assert (index, error) == (0, 0)
+        return offset, ts
+
+    assert list_offsets(-2) == (0, -1)
+    assert list_offsets(-4) == (0, -1)
+    assert list_offsets(-1) == (5, -1)
+    assert list_offsets(-3) == (3, 1_700_000_000_007)

@@ -1048,7 +1048,9 @@ async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutc
         timestamp,
     };
     match timestamp {
-        -2 => found(log.log_start_offset(), -1),
+        // -4 (v8, KIP-405): the earliest offset on local storage; with no
+        // tiered storage, the earliest offset.
+        -2 | -4 => found(log.log_start_offset(), -1),
         -1 => found(log.high_watermark(), -1),
         -3 => match log.max_timestamp() {
             Some((offset, ts)) => found(offset, ts),

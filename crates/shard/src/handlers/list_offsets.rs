@@ -1,5 +1,6 @@
-//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, v7), or the
-//! first offset with a timestamp at or after the given one (the time index).
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, v7), earliest
+//! local (-4, v8: the earliest, without tiered storage), or the first offset
+//! with a timestamp at or after the given one (the time index).
 
 use super::{respond, HandlerResult};
 use crate::mesh::{ListOffsetsOutcome, PartitionOp, PartitionReply};
