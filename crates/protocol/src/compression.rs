@@ -253,7 +253,8 @@ const LZ4_WINDOW_BYTES: usize = 64 << 10;
 /// KafkaLZ4BlockOutputStream, librdkafka's LZ4F) decoded block by block with
 /// lz4_flex straight into `out`. lz4_flex's streaming FrameDecoder set up its
 /// buffers per batch and copied every block once more: workload 1 with lz4
-/// lost 39% of its throughput to it, this way 1% (benches/RESULTS.md).
+/// lost 39% of its throughput to it; this way, with the scratch kept (see
+/// `validate.rs`), nothing measurable (benches/RESULTS.md).
 /// Checksums are not verified (the batch's CRC-32C covers the payload).
 /// Returns the decompressed length; `out` may be longer: bytes past the
 /// length are scratch, zeroed once when first grown and reused by later calls

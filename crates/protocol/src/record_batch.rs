@@ -499,21 +499,40 @@ fn put_varlong(out: &mut Vec<u8>, value: i64) {
 }
 
 fn get_varlong(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    get_unsigned_varint(bytes, at, bytes.len(), VARLONG_BYTES_MAX).map(zigzag_decode)
+}
+
+/// The longest varint (Kafka's `readVarint`) and varlong (`readVarlong`).
+pub(crate) const VARINT_BYTES_MAX: usize = 5;
+pub(crate) const VARLONG_BYTES_MAX: usize = 10;
+
+/// An unsigned LEB128 value of at most `bytes_max` bytes, read before `end`;
+/// `None` if it runs past `end`, is longer, or overflows 64 bits. The one
+/// varint reader of the crate (the record walk and record validation).
+pub(crate) fn get_unsigned_varint(
+    bytes: &[u8],
+    at: &mut usize,
+    end: usize,
+    bytes_max: usize,
+) -> Option<u64> {
     let mut value: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let byte = *bytes.get(*at)?;
+    for index in 0..bytes_max {
+        let byte = *bytes.get(*at).filter(|_| *at < end)?;
         *at += 1;
-        value |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 63 {
+        let shift = 7 * index as u32;
+        if shift == 63 && byte > 0x01 {
             return None;
         }
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
     }
-    Some(((value >> 1) as i64) ^ -((value & 1) as i64))
+    None
+}
+
+pub(crate) fn zigzag_decode(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
 /// The records section of an uncompressed whole batch, or `None`.

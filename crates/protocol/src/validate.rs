@@ -12,7 +12,10 @@
 
 use crate::api::error_code;
 use crate::compression::{decompress, Codec, DecompressError, DECOMPRESSED_BYTES_MAX};
-use crate::record_batch::{validate_batch, BatchError, BatchHeader, HEADER_BYTES};
+use crate::record_batch::{
+    get_unsigned_varint, validate_batch, zigzag_decode, BatchError, BatchHeader, HEADER_BYTES,
+    VARINT_BYTES_MAX, VARLONG_BYTES_MAX,
+};
 use std::fmt;
 
 /// Why a produced batch is refused; each maps to the Kafka error code a
@@ -261,42 +264,17 @@ fn skip_bytes(
 
 /// A zigzag varint of at most 5 bytes (Kafka's `ByteUtils.readVarint`), read before `end`.
 fn get_varint(bytes: &[u8], at: &mut usize, end: usize) -> Result<i32, RecordFault> {
-    let mut value: u32 = 0;
-    for shift in (0..35).step_by(7) {
-        if *at >= end {
-            return Err(RecordFault::VarintInvalid);
-        }
-        let byte = bytes[*at];
-        *at += 1;
-        value |= ((byte & 0x7f) as u32) << shift;
-        if byte & 0x80 == 0 {
-            if shift == 28 && byte > 0x0f {
-                return Err(RecordFault::VarintInvalid);
-            }
-            return Ok(((value >> 1) as i32) ^ -((value & 1) as i32));
-        }
-    }
-    Err(RecordFault::VarintInvalid)
+    get_unsigned_varint(bytes, at, end, VARINT_BYTES_MAX)
+        .filter(|value| *value <= u32::MAX as u64)
+        .map(|value| zigzag_decode(value) as i32)
+        .ok_or(RecordFault::VarintInvalid)
 }
 
 /// A zigzag varlong of at most 10 bytes, read before `end`.
 fn get_varlong(bytes: &[u8], at: &mut usize, end: usize) -> Result<i64, RecordFault> {
-    let mut value: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        if *at >= end {
-            return Err(RecordFault::VarintInvalid);
-        }
-        let byte = bytes[*at];
-        *at += 1;
-        value |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            if shift == 63 && byte > 0x01 {
-                return Err(RecordFault::VarintInvalid);
-            }
-            return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    Err(RecordFault::VarintInvalid)
+    get_unsigned_varint(bytes, at, end, VARLONG_BYTES_MAX)
+        .map(zigzag_decode)
+        .ok_or(RecordFault::VarintInvalid)
 }
 
 #[cfg(test)]

@@ -388,7 +388,6 @@ async fn read_requests(
             }
         }
         let frame = parse_request(body.freeze()).map_err(|e| Close::Error(e.to_string()))?;
-        let request_charge = charge;
         let in_flight_guard = InFlight::new(shard, in_flight);
         let handler_shard = shard.clone();
         let handler_memory = memory.clone();
@@ -397,9 +396,9 @@ async fn read_requests(
         let task = glommio::spawn_local(async move {
             let _in_flight = in_flight_guard;
             let result = handlers::handle(&handler_shard, &handler_memory, frame).await;
-            drop(request_charge);
-            // Charged in the same step as the handler's return: a fetch's
-            // grant (dropped inside) becomes the real response size here.
+            drop(charge); // the request's bytes
+                          // Charged in the same step as the handler's return: a fetch's
+                          // grant (dropped inside) becomes the real response size here.
             match result {
                 Ok(Some(bytes)) => {
                     let charge = handler_shard

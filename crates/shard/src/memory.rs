@@ -193,22 +193,6 @@ impl Charge {
         }
     }
 
-    /// Sets the charge to exactly `bytes` (a response's real size once built;
-    /// it may be more than granted: one oversized first batch).
-    pub fn resize(&mut self, bytes: usize) {
-        if bytes >= self.bytes {
-            let more = bytes - self.bytes;
-            self.budget.used.set(self.budget.used.get() + more);
-            if let Some(connection) = &self.connection {
-                connection.unwritten.set(connection.unwritten.get() + more);
-            }
-        } else {
-            let less = self.bytes - bytes;
-            self.release_bytes(less);
-        }
-        self.bytes = bytes;
-    }
-
     fn release_bytes(&self, bytes: usize) {
         if let Some(connection) = &self.connection {
             debug_assert!(bytes <= connection.unwritten.get());
@@ -264,13 +248,15 @@ mod tests {
     }
 
     #[test]
-    fn resize_and_absorb_keep_the_books() {
+    fn charges_and_absorb_keep_the_books() {
         let budget = MemoryBudget::new(16 * MIB);
         let connection = Rc::new(ConnectionMemory::default());
-        let mut charge = budget.grant_response(4 * MIB, &connection);
-        charge.resize(5 * MIB);
-        assert_eq!((budget.used(), connection.unwritten()), (5 * MIB, 5 * MIB));
-        charge.resize(MIB);
+        let grant = budget.grant_response(4 * MIB, &connection);
+        assert_eq!((budget.used(), connection.unwritten()), (4 * MIB, 4 * MIB));
+        // What the connection does once the response is built: the grant goes,
+        // the response's real size is charged.
+        drop(grant);
+        let charge = budget.charge(MIB, Some(connection.clone()));
         assert_eq!((budget.used(), connection.unwritten()), (MIB, MIB));
         let mut request = budget.charge(100, None);
         request.absorb(budget.charge(50, None));

@@ -64,6 +64,15 @@ pub struct EffectiveTopicConfig {
     pub log_append_time: bool,
 }
 
+/// A topic's `max.message.bytes` alone (the produce path asks for it per
+/// request; `effective` builds the whole config).
+pub fn max_message_bytes(settings: &BrokerSettings, configs: &BTreeMap<String, String>) -> i64 {
+    configs
+        .get(MAX_MESSAGE_BYTES)
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(settings.max_message_bytes)
+}
+
 pub fn effective(
     settings: &BrokerSettings,
     configs: &BTreeMap<String, String>,
@@ -81,7 +90,7 @@ pub fn effective(
     }
     EffectiveTopicConfig {
         log,
-        max_message_bytes: get(MAX_MESSAGE_BYTES).unwrap_or(settings.max_message_bytes),
+        max_message_bytes: max_message_bytes(settings, configs),
         log_append_time: configs
             .get(MESSAGE_TIMESTAMP_TYPE)
             .is_some_and(|v| v == "LogAppendTime"),

@@ -5,7 +5,7 @@
 use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
 use crate::shard::Shard;
-use crate::topic_config::effective;
+use crate::topic_config::max_message_bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
@@ -63,7 +63,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         // Kafka's order: an unknown topic (not auto-created) or a batch over
         // max.message.bytes is refused by the owner before its records matter.
         let max_message_bytes = match snapshot.topics.get(&name) {
-            Some(meta) => Some(effective(&shard.settings, &meta.configs).max_message_bytes),
+            Some(meta) => Some(max_message_bytes(&shard.settings, &meta.configs)),
             None if shard.settings.auto_create_topics => Some(shard.settings.max_message_bytes),
             None => None,
         };
