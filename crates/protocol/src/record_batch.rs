@@ -218,8 +218,9 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..])
 }
 
-/// Validates that `bytes` is exactly one complete v2 record batch: header, length,
-/// CRC-32C, and record count against last offset delta.
+/// Validates that `bytes` is exactly one complete v2 record batch as a
+/// producer sends it: header, length, CRC-32C, and a record count of exactly
+/// last offset delta + 1.
 pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = validate_batch_prefix(bytes)?;
     if header.total_bytes() != bytes.len() {
@@ -228,10 +229,18 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             batch_length: header.batch_length,
         });
     }
+    if header.records_count as i64 != header.last_offset_delta as i64 + 1 {
+        return Err(BatchError::RecordCountInvalid {
+            records_count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
     Ok(header)
 }
 
-/// Validates the complete v2 record batch at the start of `bytes` (more may follow).
+/// Validates the complete v2 record batch at the start of `bytes` (more may
+/// follow), as stored: a compacted batch keeps its last offset delta with
+/// fewer records, so the count may be below last offset delta + 1.
 pub fn validate_batch_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let total = header.total_bytes();
@@ -250,7 +259,7 @@ pub fn validate_batch_prefix(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     if header.records_count < 1
         || header.last_offset_delta < 0
-        || header.records_count as i64 != header.last_offset_delta as i64 + 1
+        || header.records_count as i64 > header.last_offset_delta as i64 + 1
     {
         return Err(BatchError::RecordCountInvalid {
             records_count: header.records_count,
@@ -355,14 +364,26 @@ pub fn put_record(
     key: Option<&[u8]>,
     value: &[u8],
 ) {
+    put_record_with(out, timestamp_delta, offset_delta, key, Some(value))
+}
+
+/// As [`put_record`], where the value may be null (a tombstone).
+pub fn put_record_with(
+    out: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) {
     let key_len = key.map_or(-1, |k| k.len() as i64);
+    let value_len = value.map_or(-1, |v| v.len() as i64);
     let body_len = 1
         + varlong_len(timestamp_delta)
         + varlong_len(offset_delta as i64)
         + varlong_len(key_len)
         + key.map_or(0, |k| k.len())
-        + varlong_len(value.len() as i64)
-        + value.len()
+        + varlong_len(value_len)
+        + value.map_or(0, |v| v.len())
         + 1;
     out.reserve(body_len + 5);
     put_varlong(out, body_len as i64);
@@ -373,8 +394,10 @@ pub fn put_record(
     if let Some(key) = key {
         out.extend_from_slice(key);
     }
-    put_varlong(out, value.len() as i64);
-    out.extend_from_slice(value);
+    put_varlong(out, value_len);
+    if let Some(value) = value {
+        out.extend_from_slice(value);
+    }
     put_varlong(out, 0); // header count
 }
 
@@ -404,6 +427,41 @@ pub fn assemble_batch(out: &mut Vec<u8>, fields: &BatchFields, records: &[u8]) {
     out[start + OFFSET_CRC..start + OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// A stored batch with only some of its records (log compaction): the same
+/// base offset, last offset delta (so the offsets after it do not move),
+/// partition leader epoch, attributes, producer fields and base timestamp;
+/// `records` are the kept records as stored (uncompressed, each record's own
+/// offset and timestamp deltas unchanged), compressed again with the batch's
+/// codec. `max_timestamp` is the largest timestamp among them.
+pub fn rebuild_batch(header: &BatchHeader, records: &[u8], count: i32, max_timestamp: i64) -> Vec<u8> {
+    let codec = Codec::from_id(header.compression()).unwrap_or(Codec::None);
+    let compressed;
+    let section = if codec == Codec::None {
+        records
+    } else {
+        compressed = crate::compression::compress(codec, records);
+        &compressed[..]
+    };
+    let fields = BatchFields {
+        attributes: header.attributes,
+        base_timestamp: header.base_timestamp,
+        max_timestamp,
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+        records_count: count,
+    };
+    let mut out = Vec::with_capacity(HEADER_BYTES + section.len());
+    assemble_batch(&mut out, &fields, section);
+    out[OFFSET_LAST_OFFSET_DELTA..OFFSET_LAST_OFFSET_DELTA + 4]
+        .copy_from_slice(&header.last_offset_delta.to_be_bytes());
+    let crc = compute_crc(&out);
+    out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    set_base_offset(&mut out, header.base_offset);
+    set_partition_leader_epoch(&mut out, header.partition_leader_epoch);
+    out
+}
+
 /// One record of a records section, borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -411,6 +469,9 @@ pub struct Record<'a> {
     pub offset_delta: i32,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The whole record as stored, its length varint included (compaction
+    /// copies kept records into a rebuilt batch as they are).
+    pub raw: &'a [u8],
 }
 
 /// Walks an uncompressed records section (the bytes after the batch header,
@@ -447,6 +508,7 @@ impl<'a> Iterator for Records<'a> {
 impl<'a> Records<'a> {
     fn parse(&mut self) -> Option<Record<'a>> {
         let bytes = self.section;
+        let start = self.at;
         let length = usize::try_from(get_varlong(bytes, &mut self.at)?).ok()?;
         let end = self.at.checked_add(length)?;
         if end > bytes.len() {
@@ -477,6 +539,7 @@ impl<'a> Records<'a> {
             offset_delta,
             key,
             value,
+            raw: &bytes[start..end],
         })
     }
 }

@@ -37,7 +37,7 @@ impl FlushPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// Roll to a new segment when the active one would pass this size.
     pub segment_bytes: u64,

@@ -5,6 +5,7 @@
 //! Single-core by design: a [`PartitionLog`] lives on the executor that opened
 //! it and must be used only there.
 
+pub mod compaction;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -14,7 +15,8 @@ mod log;
 mod recovery;
 pub mod segment;
 
+pub use compaction::{CompactionConfig, CompactionStats};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, LogResult};
 pub use log::{now_ms, AppendInfo, AppendOptions, LogOffsets, PartitionLog, ReadBatches};
-pub use recovery::CLEAN_SHUTDOWN_FILE;
+pub use recovery::{CLEAN_SHUTDOWN_FILE, LOG_START_OFFSET_FILE};

@@ -95,6 +95,13 @@ pub(crate) struct LogState<F: StorageFile> {
     pub(crate) truncating: bool,
     last_sync_ms: u64,
     unsynced_files: Vec<i64>,
+    /// The first offset compaction has not covered (`None`: never compacted).
+    pub(crate) cleaner_offset: Option<i64>,
+    /// A compaction run is under way (one at a time).
+    pub(crate) compacting: bool,
+    /// The segment whose files compaction is swapping: retention and
+    /// DeleteRecords stop before it.
+    pub(crate) compacting_segment: Option<i64>,
 }
 
 impl<F: StorageFile> LogState<F> {
@@ -115,6 +122,9 @@ impl<F: StorageFile> LogState<F> {
             truncating: false,
             last_sync_ms: now_ms(),
             unsynced_files: Vec::new(),
+            cleaner_offset: None,
+            compacting: false,
+            compacting_segment: None,
         }
     }
 
@@ -147,7 +157,7 @@ pub fn now_ms() -> u64 {
 /// A partition's log. Single-core: create, use and drop it on one executor.
 pub struct PartitionLog<D: StorageDir> {
     pub(crate) dir: D,
-    pub(crate) config: LogConfig,
+    pub(crate) config: std::cell::Cell<LogConfig>,
     pub(crate) name: String,
     pub(crate) state: RefCell<LogState<D::File>>,
     /// Notified after every flush round (durable data may have grown).
@@ -206,8 +216,24 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         &self.name
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> LogConfig {
+        self.config.get()
+    }
+
+    /// Applies changed topic settings (retention, segment size and age, index
+    /// interval, compaction) from the next append, retention check or
+    /// compaction on. How the log writes (flush policy, buffers) stays as opened.
+    pub fn set_config(&self, next: LogConfig) -> Result<(), String> {
+        let current = self.config.get();
+        let next = LogConfig {
+            flush: current.flush,
+            preallocate_bytes: current.preallocate_bytes,
+            write_buffer_bytes: current.write_buffer_bytes,
+            ..next
+        };
+        next.validate()?;
+        self.config.set(next);
+        Ok(())
     }
 
     pub fn offsets(&self) -> LogOffsets {
@@ -240,10 +266,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     ) -> LogResult<AppendInfo> {
         let mut header = validate_batch(batch)?;
         let batch_bytes = batch.len() as u64;
-        if batch_bytes > self.config.segment_bytes {
+        if batch_bytes > self.config().segment_bytes {
             return Err(LogError::BatchTooLarge {
                 batch_bytes,
-                segment_bytes: self.config.segment_bytes,
+                segment_bytes: self.config().segment_bytes,
             });
         }
         let (info, target, epoch) = {
@@ -299,7 +325,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// fit, the segment is too old, or offsets would overflow its index.
     fn maybe_roll(&self, state: &mut LogState<D::File>, header: &BatchHeader, batch_bytes: u64) {
         let next_offset = state.next_offset;
-        let config = &self.config;
+        let config = self.config();
         let active = state.active();
         let used = active.tail.pending_end();
         let offset_span = next_offset + header.last_offset_delta as i64 - active.base_offset;
@@ -411,7 +437,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         *base,
                         batch.position,
                         &batch.header,
-                        self.config.index_interval_bytes,
+                        self.config().index_interval_bytes,
                     );
                 }
                 indexes.seal(*base);
@@ -444,7 +470,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             completed: 0,
             outcome: FlightOutcome::Done,
         };
-        let sync_now = match self.config.flush {
+        let sync_now = match self.config().flush {
             FlushPolicy::Always => true,
             FlushPolicy::UnsafeIntervalMs(ms) => {
                 now_ms().saturating_sub(self.state.borrow().last_sync_ms) >= ms
@@ -516,11 +542,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         if let Some((writes, end)) = flight.flight {
             let write_end = align_up(end);
-            if write_end > flight.allocated_bytes && self.config.preallocate_bytes > 0 {
-                let step = self.config.preallocate_bytes;
+            if write_end > flight.allocated_bytes && self.config().preallocate_bytes > 0 {
+                let step = self.config().preallocate_bytes;
                 let target = write_end.div_ceil(step) * step;
                 let target = target
-                    .min(align_up(self.config.segment_bytes))
+                    .min(align_up(self.config().segment_bytes))
                     .max(write_end);
                 match file.allocate(target).await {
                     Ok(()) => result.allocated.push((base, target)),
@@ -651,7 +677,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     batch.segment_base,
                     batch.position,
                     &batch.header,
-                    self.config.index_interval_bytes,
+                    self.config().index_interval_bytes,
                 );
                 segment.next_offset = batch.header.last_offset() + 1;
                 state.high_watermark = segment.next_offset;
@@ -719,7 +745,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// Under `UnsafeIntervalMs`, syncs files written since the last sync if the
     /// interval has passed. The shard calls this from a timer.
     pub async fn flush_if_due(self: &Rc<Self>) -> LogResult<()> {
-        let FlushPolicy::UnsafeIntervalMs(ms) = self.config.flush else {
+        let FlushPolicy::UnsafeIntervalMs(ms) = self.config().flush else {
             return Ok(());
         };
         let files: Vec<Rc<D::File>> = {
@@ -825,7 +851,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 };
                 match gap_end {
                     Some(after) if records.is_empty() && records_bytes.is_none() && budget_left => {
-                        tracing::error!(log = %self.name, from = next, to = after, "offsets missing between segments: skipped");
+                        if self.state.borrow().cleaner_offset.is_some() {
+                            // Compaction removed the segment's last batches.
+                            tracing::debug!(log = %self.name, from = next, to = after, "compacted away: skipped");
+                        } else {
+                            tracing::error!(log = %self.name, from = next, to = after, "offsets missing between segments: skipped");
+                        }
                         next = after;
                         continue;
                     }
@@ -867,7 +898,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         first: bool,
     ) -> LogResult<SegmentRead> {
         let window = (budget.max(HEADER_BYTES) as u64)
-            .saturating_add(self.config.index_interval_bytes + HEADER_BYTES as u64)
+            .saturating_add(self.config().index_interval_bytes + HEADER_BYTES as u64)
             .min(end - position);
         let mut chunk = self
             .read_checked(file, base, position, (end - position).min(window))
@@ -948,7 +979,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 break;
             }
             self.check_batch(&chunk[at..at + total], base, position + at as u64)?;
-            if at > start && header.base_offset != next_offset {
+            // Offsets only grow; a compacted segment may skip some.
+            if at > start && header.base_offset < next_offset {
                 return Err(self.corrupt(
                     base,
                     position + at as u64,

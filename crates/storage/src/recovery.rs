@@ -17,6 +17,9 @@ use std::rc::Rc;
 
 /// Written by a clean close, removed by the next open.
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean_shutdown";
+/// The log start offset moved by DeleteRecords, when it is past the first
+/// segment's base (decimal text; written to a temp file, then renamed).
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const CLEAN_MAGIC: &[u8; 8] = b"SLCLEAN1";
 const CLEAN_BYTES: usize = 8 + 5 * 8 + 4;
 
@@ -61,6 +64,20 @@ impl CleanShutdown {
             offset_of_max_timestamp: field(4),
         })
     }
+}
+
+/// A small offset file: `None` if absent; an unreadable one is logged and ignored.
+async fn read_offset_file<D: StorageDir>(dir: &D, file: &str, log: &str) -> LogResult<Option<i64>> {
+    let Some(bytes) = read_whole(dir, file).await.map_err(io_err)? else {
+        return Ok(None);
+    };
+    let offset = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok());
+    if offset.is_none() {
+        tracing::warn!(log = %log, file, "offset file unreadable: ignored");
+    }
+    Ok(offset)
 }
 
 fn io_err(e: std::io::Error) -> LogError {
@@ -121,6 +138,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             base.is_some_and(|b| b.parse::<i64>().map_or(true, |b| !bases.contains(&b)))
         }) {
             tracing::info!(log = %name, file = %stray, "removing index without segment");
+            dir.remove(stray).await.map_err(io_err)?;
+        }
+
+        for stray in names.iter().filter(|n| {
+            n.ends_with(crate::compaction::CLEANED_SUFFIX) || n.ends_with(".tmp")
+        }) {
+            tracing::info!(log = %name, file = %stray, "removing a file an interrupted compaction or update left");
             dir.remove(stray).await.map_err(io_err)?;
         }
 
@@ -202,11 +226,16 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             dir.remove(CLEAN_SHUTDOWN_FILE).await.map_err(io_err)?;
             dir.sync().await.map_err(io_err)?;
         }
-        let state = LogState::new(segments, next_offset);
+        let mut state = LogState::new(segments, next_offset);
+        if let Some(start) = read_offset_file(&dir, LOG_START_OFFSET_FILE, &name).await? {
+            state.log_start_offset = state.log_start_offset.max(start.min(next_offset));
+        }
+        state.cleaner_offset =
+            read_offset_file(&dir, crate::compaction::CLEANER_OFFSET_FILE, &name).await?;
         tracing::debug!(log = %name, log_start_offset = state.log_start_offset, next_offset, "log opened");
         Ok(Rc::new(PartitionLog {
             dir,
-            config,
+            config: std::cell::Cell::new(config),
             name,
             state: RefCell::new(state),
             flushed: Event::default(),
@@ -279,15 +308,15 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut doomed = Vec::new();
             let last = *state.segments.keys().next_back().unwrap();
             for (base, segment) in state.segments.iter() {
-                if *base == last || !segment.finalized {
+                if *base == last || !segment.finalized || state.compacting_segment == Some(*base) {
                     break;
                 }
                 let size = segment.durable_bytes();
                 let over_size = self
-                    .config
+                    .config()
                     .retention_bytes
                     .is_some_and(|limit| total - size >= limit);
-                let expired = self.config.retention_ms.is_some_and(|ms| {
+                let expired = self.config().retention_ms.is_some_and(|ms| {
                     segment.indexes.max_timestamp >= 0
                         && (now_ms as i64).saturating_sub(segment.indexes.max_timestamp) > ms as i64
                 });
@@ -302,7 +331,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 .map(|base| (base, state.segments.remove(&base).unwrap().file))
                 .collect();
             if !doomed.is_empty() {
-                state.log_start_offset = *state.segments.keys().next().unwrap();
+                state.log_start_offset = state
+                    .log_start_offset
+                    .max(*state.segments.keys().next().unwrap());
                 tracing::info!(log = %self.name, segments = doomed.len(), log_start_offset = state.log_start_offset, "retention deleted segments");
             }
             doomed
@@ -321,7 +352,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut doomed = Vec::new();
             for pair in bases.windows(2) {
                 let (base, next_base) = (pair[0], pair[1]);
-                if next_base <= offset && state.segments[&base].finalized {
+                if next_base <= offset
+                    && state.segments[&base].finalized
+                    && state.compacting_segment != Some(base)
+                {
                     doomed.push(base);
                 } else {
                     break;
@@ -332,11 +366,63 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 .map(|b| (b, state.segments.remove(&b).unwrap().file))
                 .collect();
             if !doomed.is_empty() {
-                state.log_start_offset = *state.segments.keys().next().unwrap();
+                state.log_start_offset = state
+                    .log_start_offset
+                    .max(*state.segments.keys().next().unwrap());
             }
             doomed
         };
         self.remove_segments(doomed).await
+    }
+
+    /// Moves the log start offset up to `offset` (DeleteRecords): records
+    /// below it are no longer served, segments wholly below it are deleted,
+    /// and the new start is persisted before it is published, so a crash
+    /// never brings hidden records back. `offset` may not pass the high
+    /// watermark; an offset at or below the current start changes nothing.
+    /// Returns the log start offset after the call.
+    pub async fn delete_records_before(self: &Rc<Self>, offset: i64) -> LogResult<i64> {
+        loop {
+            let target = {
+                let state = self.state.borrow();
+                state.usable()?;
+                if offset > state.high_watermark || offset < 0 {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset,
+                        log_start_offset: state.log_start_offset,
+                        high_watermark: state.high_watermark,
+                    });
+                }
+                if offset <= state.log_start_offset {
+                    return Ok(state.log_start_offset);
+                }
+                offset
+            };
+            self.persist_offset_file(LOG_START_OFFSET_FILE, target).await?;
+            let mut state = self.state.borrow_mut();
+            if state.log_start_offset <= target {
+                state.log_start_offset = target;
+                tracing::info!(log = %self.name, log_start_offset = target, "log start offset moved (records deleted)");
+                break;
+            }
+            // A concurrent call published a larger start while this one wrote
+            // its file, which may have landed last: write it again.
+        }
+        self.delete_segments_before(offset).await?;
+        Ok(self.state.borrow().log_start_offset)
+    }
+
+    /// Writes a small offset file (`name`) durably: temp file, rename, directory sync.
+    pub(crate) async fn persist_offset_file(&self, name: &str, offset: i64) -> LogResult<()> {
+        let temp = format!("{name}.tmp");
+        write_whole_file(&self.dir, &temp, format!("{offset}\n").as_bytes())
+            .await
+            .map_err(|e| e.into_log_error())?;
+        self.dir
+            .rename(&temp, name)
+            .await
+            .map_err(io_err)?;
+        self.dir.sync().await.map_err(io_err)
     }
 
     /// Closes and deletes segments already taken out of the map; returns how many.
@@ -374,8 +460,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             if let Some(error) = &state.poisoned {
                 return Err(error.clone());
             }
-            if state.next_offset != state.high_watermark {
-                // An append came in after the flush: let it finish first.
+            if state.next_offset != state.high_watermark || state.compacting {
+                // An append came in after the flush, or a compaction is
+                // rewriting segments: let it finish first.
                 return Err(LogError::Busy);
             }
             if offset >= state.high_watermark {
@@ -416,7 +503,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             Ok(segment) => {
                 let next = segment.next_offset;
                 state.segments.insert(segment.base_offset, segment);
-                state.log_start_offset = *state.segments.keys().next().unwrap();
+                let first = *state.segments.keys().next().unwrap();
+                // A partial truncation keeps a start moved by DeleteRecords.
+                state.log_start_offset = if offset <= state.log_start_offset {
+                    first
+                } else {
+                    state.log_start_offset.max(first)
+                };
                 state.high_watermark = next;
                 state.next_offset = next;
                 tracing::info!(log = %self.name, offset, log_end_offset = next, "log truncated");
@@ -454,7 +547,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     .open(&segment_file_name(base, LOG_SUFFIX), true)
                     .await
                     .map_err(io_err)?;
-                let mut segment = empty_segment(&self.dir, base, &self.config);
+                let mut segment = empty_segment(&self.dir, base, &self.config());
                 segment.file = Some(Rc::new(file));
                 segment
             }
@@ -466,9 +559,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     0,
                     size,
                     Some(base),
+        true,
                     Some(offset),
                     &mut indexes,
-                    self.config.index_interval_bytes,
+                    self.config().index_interval_bytes,
                 )
                 .await
                 .map_err(io_err)?;
@@ -491,7 +585,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         &self.dir,
                         end,
                         page.to_vec(),
-                        self.config.write_buffer_bytes,
+                        self.config().write_buffer_bytes,
                     ),
                     sealed: false,
                     finalized: false,
@@ -537,6 +631,7 @@ async fn recover_tail<D: StorageDir>(
         0,
         file_bytes,
         Some(base),
+        false,
         None,
         &mut indexes,
         config.index_interval_bytes,
@@ -619,6 +714,7 @@ async fn load_or_rebuild_indexes<D: StorageDir>(
         0,
         file_bytes,
         Some(base),
+        true,
         None,
         &mut indexes,
         config.index_interval_bytes,

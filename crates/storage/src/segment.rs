@@ -319,6 +319,7 @@ pub async fn scan_batches<F: StorageFile>(
     mut position: u64,
     end: u64,
     mut expected_offset: Option<i64>,
+    allow_gaps: bool,
     stop_before_offset: Option<i64>,
     indexes: &mut SegmentIndexes,
     index_interval_bytes: u64,
@@ -364,7 +365,7 @@ pub async fn scan_batches<F: StorageFile>(
                         return Ok(stop(position, next_offset, e.to_string()));
                     }
                     if let Some(expected) = expected_offset {
-                        if header.base_offset != expected {
+                        if !offset_follows(expected, &header, allow_gaps) {
                             return Ok(stop(position, next_offset, offset_gap(expected, &header)));
                         }
                     }
@@ -380,7 +381,7 @@ pub async fn scan_batches<F: StorageFile>(
                 return Ok(stop(position + at as u64, next_offset, e.to_string()));
             }
             if let Some(expected) = expected_offset {
-                if header.base_offset != expected {
+                if !offset_follows(expected, &header, allow_gaps) {
                     return Ok(stop(
                         position + at as u64,
                         next_offset,
@@ -418,6 +419,12 @@ fn stop(position: u64, next_offset: Option<i64>, why: String) -> ScanResult {
         next_offset,
         stopped_by: Some(why),
     }
+}
+
+/// Batches follow each other offset after offset; in a compacted segment
+/// (`allow_gaps`) whole batches may be missing, but offsets still only grow.
+fn offset_follows(expected: i64, header: &BatchHeader, allow_gaps: bool) -> bool {
+    header.base_offset == expected || (allow_gaps && header.base_offset > expected)
 }
 
 fn offset_gap(expected: i64, header: &BatchHeader) -> String {

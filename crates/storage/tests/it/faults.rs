@@ -497,3 +497,38 @@ fn segments_below_an_offset_can_be_dropped() {
         assert_eq!(log.high_watermark(), 60);
     });
 }
+
+#[test]
+fn delete_records_moves_the_log_start_and_survives_a_crash() {
+    run(|| async {
+        let dir = MemDir::new();
+        let log = open(&dir, small_config()).await;
+        for i in 0..60 {
+            append(&log, &batch(i, 1, 700, 1)).await.unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        let target = bases[2] + 1;
+        assert_eq!(log.delete_records_before(target).await.unwrap(), target);
+        assert_eq!(log.log_start_offset(), target);
+        // Segments wholly below it are gone; the one holding it stays, hidden below.
+        assert_eq!(log.segment_base_offsets()[0], bases[2]);
+        assert!(matches!(
+            log.read(target - 1, 1 << 20).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert!(!log.read(target, 1 << 20).await.unwrap().records.is_empty());
+        // Lower offsets change nothing; past the high watermark is out of range.
+        assert_eq!(log.delete_records_before(3).await.unwrap(), target);
+        assert!(matches!(
+            log.delete_records_before(61).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        drop(log);
+        dir.crash(CrashMode::DropUnsynced);
+        let log = open(&dir, small_config()).await;
+        assert_eq!(log.log_start_offset(), target, "the moved start is durable");
+        assert_eq!(log.delete_records_before(60).await.unwrap(), 60);
+        assert_eq!(log.read(60, 1024).await.unwrap().records.len(), 0);
+        assert_eq!(log.high_watermark(), 60);
+    });
+}

@@ -1,5 +1,6 @@
 //! Storage tests: one binary (compiled once), run inside glommio executors.
 
+mod compaction;
 mod dma;
 mod faults;
 mod model;
