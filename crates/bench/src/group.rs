@@ -1,7 +1,11 @@
 //! Consumer-group membership as a Kafka consumer does it (eager protocol):
 //! FindCoordinator, JoinGroup (retrying with the member id the coordinator
 //! hands out), the leader computes a round-robin assignment, SyncGroup,
-//! heartbeats, OffsetFetch/OffsetCommit, LeaveGroup.
+//! heartbeats, OffsetFetch/OffsetCommit, LeaveGroup. A coordinator that moved
+//! or is loading (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE,
+//! COORDINATOR_LOAD_IN_PROGRESS, a lost connection) is found again and the
+//! request retried after a backoff; REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID
+//! and ILLEGAL_GENERATION make the member rejoin.
 
 use crate::client::{kafka_error, Conn};
 use crate::topology::Topology;
@@ -16,12 +20,16 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use crate::retry::{self, Attempts, GroupError, CANNOT_CONNECT, CONNECTION_LOST};
+use crate::worker::Worker;
 use sluice_protocol::api::error_code::{
-    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, ILLEGAL_GENERATION,
-    MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+    ILLEGAL_GENERATION, MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
 };
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 pub const SESSION_TIMEOUT_MS: i32 = 30_000;
 pub const REBALANCE_TIMEOUT_MS: i32 = 60_000;
@@ -41,8 +49,12 @@ pub enum Heartbeat {
 }
 
 pub struct Member {
+    worker: Rc<Worker>,
+    /// Where FindCoordinator goes.
+    bootstrap: String,
     pub group_id: String,
-    pub conn: Rc<Conn>,
+    /// The coordinator's connection; `None` until found (again).
+    coordinator: RefCell<Option<Rc<Conn>>>,
     member_id: String,
     generation: i32,
 }
@@ -52,33 +64,116 @@ fn str(s: &str) -> StrBytes {
 }
 
 impl Member {
-    pub async fn find(bootstrap: &Conn, group_id: &str) -> Result<Member, String> {
-        for _ in 0..100 {
-            let request = FindCoordinatorRequest::default().with_key(str(group_id));
+    /// A member that finds its coordinator on its first request.
+    pub fn new(worker: Rc<Worker>, bootstrap: &str, group_id: &str) -> Member {
+        Member {
+            worker,
+            bootstrap: bootstrap.to_string(),
+            group_id: group_id.to_string(),
+            coordinator: RefCell::new(None),
+            member_id: String::new(),
+            generation: -1,
+        }
+    }
+
+    /// Counts a retriable failure and waits its backoff; an error once the
+    /// budget is spent, or at once when the run is stopping.
+    async fn retry(&self, attempts: &mut Attempts, what: &str, kind: &str) -> Result<(), String> {
+        if self.worker.control.stop_consuming.load(Ordering::Relaxed) {
+            return Err(format!("{what}: {kind} (not retried: stopping)"));
+        }
+        attempts
+            .retry(&self.worker.control.retries, what, kind)
+            .await
+    }
+
+    /// The coordinator's connection: FindCoordinator (again) through the
+    /// bootstrap broker if it is not known or its connection broke.
+    async fn coordinator(&self, attempts: &mut Attempts) -> Result<Rc<Conn>, String> {
+        let what = format!("FindCoordinator {}", self.group_id);
+        loop {
+            let known = self.coordinator.borrow().clone();
+            if let Some(conn) = known.filter(|c| !c.is_closed()) {
+                return Ok(conn);
+            }
+            let Ok(bootstrap) = Conn::connect(&self.bootstrap).await else {
+                self.retry(attempts, &what, CANNOT_CONNECT).await?;
+                continue;
+            };
+            let request = FindCoordinatorRequest::default().with_key(str(&self.group_id));
             let response: FindCoordinatorResponse =
-                bootstrap.call(ApiKey::FindCoordinator, &request).await?;
+                match bootstrap.call(ApiKey::FindCoordinator, &request).await {
+                    Ok(response) => response,
+                    Err(_) if bootstrap.is_closed() => {
+                        self.retry(attempts, &what, CONNECTION_LOST).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
             match response.error_code {
                 0 => {
                     let addr = format!("{}:{}", response.host, response.port);
-                    return Ok(Member {
-                        group_id: group_id.to_string(),
-                        conn: Conn::connect(&addr).await?,
-                        member_id: String::new(),
-                        generation: -1,
-                    });
+                    match Conn::connect(&addr).await {
+                        Ok(conn) => {
+                            *self.coordinator.borrow_mut() = Some(conn.clone());
+                            return Ok(conn);
+                        }
+                        Err(_) => self.retry(attempts, &what, CANNOT_CONNECT).await?,
+                    }
                 }
-                COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE => {
-                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await
+                code if retry::is_retriable(code) => {
+                    self.retry(attempts, &what, &retry::name(code)).await?
                 }
                 code => {
                     return Err(format!(
-                        "FindCoordinator for {group_id}: error {}",
+                        "FindCoordinator for {}: error {}",
+                        self.group_id,
                         kafka_error(code)
                     ))
                 }
             }
         }
-        Err(format!("no coordinator for group {group_id} after 10 s"))
+    }
+
+    /// Sends a request to the coordinator, as a Kafka consumer does: on a
+    /// lost connection or NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE (the
+    /// code `error_of` finds in the response) it finds the coordinator again,
+    /// on COORDINATOR_LOAD_IN_PROGRESS it waits, and tries again after a
+    /// backoff, for at most `budget`. Other errors are the caller's.
+    async fn request<Req: Encodable, Resp: Decodable>(
+        &self,
+        key: ApiKey,
+        request: &Req,
+        budget: Duration,
+        error_of: impl Fn(&Resp) -> i16,
+    ) -> Result<Resp, String> {
+        let mut attempts = Attempts::new(budget);
+        let what = format!("{key:?} {}", self.group_id);
+        loop {
+            let conn = self.coordinator(&mut attempts).await?;
+            let response: Resp = match conn.call(key, request).await {
+                Ok(response) => response,
+                Err(_) if conn.is_closed() => {
+                    self.coordinator.replace(None);
+                    self.retry(&mut attempts, &what, CONNECTION_LOST).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let code = error_of(&response);
+            match retry::group_error(code) {
+                GroupError::Rediscover => {
+                    self.coordinator.replace(None);
+                    self.retry(&mut attempts, &what, &retry::name(code)).await?;
+                }
+                GroupError::Retry => self.retry(&mut attempts, &what, &retry::name(code)).await?,
+                GroupError::Rejoin | GroupError::Fail => return Ok(response),
+            }
+        }
+    }
+
+    fn budget(&self) -> Duration {
+        self.worker.workload.delivery_timeout()
     }
 
     /// Joins (or rejoins) and returns this member's partitions (indexes into
@@ -99,7 +194,11 @@ impl Member {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(str(ASSIGNOR))
                     .with_metadata(subscription.clone())]);
-            let joined: JoinGroupResponse = self.conn.call(ApiKey::JoinGroup, &request).await?;
+            let joined: JoinGroupResponse = self
+                .request(ApiKey::JoinGroup, &request, self.budget(), |r: &JoinGroupResponse| {
+                    r.error_code
+                })
+                .await?;
             match joined.error_code {
                 0 => {}
                 MEMBER_ID_REQUIRED => {
@@ -138,7 +237,11 @@ impl Member {
                 .with_protocol_type(Some(str(PROTOCOL_TYPE)))
                 .with_protocol_name(Some(str(ASSIGNOR)))
                 .with_assignments(assignments);
-            let synced: SyncGroupResponse = self.conn.call(ApiKey::SyncGroup, &request).await?;
+            let synced: SyncGroupResponse = self
+                .request(ApiKey::SyncGroup, &request, self.budget(), |r: &SyncGroupResponse| {
+                    r.error_code
+                })
+                .await?;
             match synced.error_code {
                 0 => return decode_assignment(topology, synced.assignment),
                 REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => continue,
@@ -157,12 +260,19 @@ impl Member {
         }
     }
 
+    /// One heartbeat; a coordinator that moved is found again, for at most
+    /// a session timeout (after that the group has dropped this member).
     pub async fn heartbeat(&self) -> Result<Heartbeat, String> {
         let request = HeartbeatRequest::default()
             .with_group_id(GroupId(str(&self.group_id)))
             .with_generation_id(self.generation)
             .with_member_id(str(&self.member_id));
-        let response: HeartbeatResponse = self.conn.call(ApiKey::Heartbeat, &request).await?;
+        let session = Duration::from_millis(SESSION_TIMEOUT_MS as u64);
+        let response: HeartbeatResponse = self
+            .request(ApiKey::Heartbeat, &request, session, |r: &HeartbeatResponse| {
+                r.error_code
+            })
+            .await?;
         match response.error_code {
             0 => Ok(Heartbeat::Ok),
             REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Ok(Heartbeat::Rejoin),
@@ -197,7 +307,13 @@ impl Member {
                     })
                     .collect(),
             ));
-        let response: OffsetFetchResponse = self.conn.call(ApiKey::OffsetFetch, &request).await?;
+        // Before v2 a loading coordinator says so per partition.
+        let response: OffsetFetchResponse = self
+            .request(ApiKey::OffsetFetch, &request, self.budget(), |r: &OffsetFetchResponse| {
+                let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
+                first_error(r.error_code, partitions.map(|p| p.error_code))
+            })
+            .await?;
         if response.error_code != 0 {
             return Err(format!(
                 "OffsetFetch {}: error {}",
@@ -250,7 +366,12 @@ impl Member {
                     })
                     .collect(),
             );
-        let response: OffsetCommitResponse = self.conn.call(ApiKey::OffsetCommit, &request).await?;
+        let response: OffsetCommitResponse = self
+            .request(ApiKey::OffsetCommit, &request, self.budget(), |r: &OffsetCommitResponse| {
+                let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
+                first_error(0, partitions.map(|p| p.error_code))
+            })
+            .await?;
         for topic in &response.topics {
             for p in &topic.partitions {
                 if p.error_code != 0 {
@@ -266,17 +387,31 @@ impl Member {
         Ok(())
     }
 
+    /// Leaves the group (best effort: no retry, as a consumer closing).
     pub async fn leave(&self) -> Result<(), String> {
-        let version = self.conn.version(ApiKey::LeaveGroup)?;
+        let conn = self
+            .coordinator
+            .borrow()
+            .clone()
+            .ok_or("no coordinator known")?;
+        let version = conn.version(ApiKey::LeaveGroup)?;
         let mut request = LeaveGroupRequest::default().with_group_id(GroupId(str(&self.group_id)));
         if version >= 3 {
             request.members = vec![MemberIdentity::default().with_member_id(str(&self.member_id))];
         } else {
             request.member_id = str(&self.member_id);
         }
-        let _: LeaveGroupResponse = self.conn.call(ApiKey::LeaveGroup, &request).await?;
+        let _: LeaveGroupResponse = conn.call(ApiKey::LeaveGroup, &request).await?;
         Ok(())
     }
+}
+
+/// The top-level error code if set, else the first partition's.
+fn first_error(top: i16, partitions: impl Iterator<Item = i16>) -> i16 {
+    if top != 0 {
+        return top;
+    }
+    partitions.into_iter().find(|&c| c != 0).unwrap_or(0)
 }
 
 fn encode_versioned<T: Encodable>(message: &T, version: i16) -> Result<Bytes, String> {

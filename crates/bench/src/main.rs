@@ -7,6 +7,7 @@
 
 mod accumulator;
 mod client;
+mod cluster;
 mod consumer;
 mod group;
 mod producer;
@@ -14,6 +15,7 @@ mod rate;
 mod records;
 mod report;
 mod result;
+mod retry;
 mod runner;
 mod stats;
 mod topology;
@@ -99,6 +101,9 @@ struct Overrides {
     linger_ms: Option<u64>,
     #[arg(long)]
     max_in_flight: Option<u32>,
+    /// Retry budget: how long a message is retried before it counts as lost.
+    #[arg(long)]
+    delivery_timeout_ms: Option<u64>,
     #[arg(long, value_parser = parse_compression)]
     compression: Option<Compression>,
     #[arg(long)]
@@ -143,6 +148,7 @@ impl Overrides {
             batch_bytes,
             linger_ms,
             max_in_flight,
+            delivery_timeout_ms,
             compression,
             warmup_s,
             duration_s,

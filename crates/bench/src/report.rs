@@ -232,6 +232,17 @@ pub fn summary_table(result: &RunResult) -> String {
     for (kind, count) in &result.errors {
         writeln!(out, "errors: {kind}: {count}").unwrap();
     }
+    if !result.retries.is_empty() {
+        writeln!(out, "retries: {}", crate::retry::summary(&result.retries)).unwrap();
+    }
+    if totals.lost_after_retries > 0 {
+        writeln!(
+            out,
+            "lost after retries: {} messages (retried for delivery_timeout_ms = {} ms)",
+            totals.lost_after_retries, result.workload.delivery_timeout_ms
+        )
+        .unwrap();
+    }
 
     let mut latency = vec![cells(&[
         "latency (ms)",
@@ -385,9 +396,24 @@ pub fn markdown(results: &[RunResult], limits: &MachineLimits) -> String {
     for (result, svg) in results.iter().zip(svg_file_names(results)) {
         let description = md_escape(result.workload.description.trim());
         let separator = if description.is_empty() { "" } else { " " };
+        let mut retries = String::new();
+        if !result.retries.is_empty() {
+            retries = format!(
+                "; retries: {}",
+                md_escape(&crate::retry::summary(&result.retries))
+            );
+        }
+        if result.totals.lost_after_retries > 0 {
+            write!(
+                retries,
+                "; lost after retries: {} messages",
+                result.totals.lost_after_retries
+            )
+            .unwrap();
+        }
         writeln!(
             out,
-            "- **{}**:{separator}{description} ([latency plot]({svg}))",
+            "- **{}**:{separator}{description} ([latency plot]({svg})){retries}",
             md_escape(&result.workload.name)
         )
         .unwrap();
@@ -829,12 +855,14 @@ mod tests {
             totals: Totals {
                 produced: 17_000_000,
                 produce_errors: 0,
+                lost_after_retries: 0,
                 consumed: 17_000_000,
             },
             publish_latency_us: percentiles(1234, 5678, 12000),
             publish_delay_us: Percentiles::default(),
             e2e_latency_us: percentiles(2345, 6789, 23456),
             errors: Default::default(),
+            retries: Default::default(),
             backlog_max_messages: 4096,
             drain: None,
             intervals: Vec::new(),
@@ -955,6 +983,33 @@ mod tests {
             "{text}"
         );
         assert!(!summary_table(&sample("w")).contains("drain"));
+        assert!(!summary_table(&sample("w")).contains("retries"));
+    }
+
+    #[test]
+    fn retries_and_messages_lost_after_them_are_shown() {
+        let mut result = sample("failover");
+        result.retries = [
+            ("NOT_LEADER_OR_FOLLOWER".to_string(), 12),
+            ("NOT_COORDINATOR".to_string(), 3),
+        ]
+        .into();
+        result.totals.produce_errors = 7;
+        result.totals.lost_after_retries = 5;
+        let text = summary_table(&result);
+        assert!(
+            text.contains("\nretries: NOT_COORDINATOR 3, NOT_LEADER_OR_FOLLOWER 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lost after retries: 5 messages (retried for delivery_timeout_ms = 120000 ms)"),
+            "{text}"
+        );
+        let md = markdown(&[result], &MachineLimits::default());
+        assert!(
+            md.contains("(failover-latency.svg)); retries: NOT_COORDINATOR 3, NOT_LEADER_OR_FOLLOWER 12; lost after retries: 5 messages"),
+            "{md}"
+        );
     }
 
     /// Tags nest and close, and every `&` starts an entity.

@@ -44,6 +44,11 @@ pub struct RunResult {
     /// and how often.
     #[serde(default)]
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// Retries by kind (Kafka error name, or "connection lost" / "cannot
+    /// connect"): a batch re-sent, or a group, fetch, metadata or topic
+    /// request repeated, after a retriable error, as a Kafka client does.
+    #[serde(default)]
+    pub retries: std::collections::BTreeMap<String, u64>,
     /// For a backlog run: the backlog built before the drain and how long the
     /// drain took.
     pub drain: Option<Drain>,
@@ -75,8 +80,12 @@ impl Throughput {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Totals {
     pub produced: u64,
-    /// Messages the broker refused or that failed (counted, not retried).
+    /// Messages never acknowledged: refused with a non-retriable error, or
+    /// retried until the retry budget (`delivery_timeout_ms`) ran out.
     pub produce_errors: u64,
+    /// Of `produce_errors`: the messages lost because the retry budget ran out.
+    #[serde(default)]
+    pub lost_after_retries: u64,
     pub consumed: u64,
 }
 

@@ -4,11 +4,13 @@
 //! assembles the [`RunResult`].
 
 use crate::client::Conn;
+use crate::retry::Counts;
 use crate::result::{Drain, Interval, RunResult, Throughput, Totals, RESULT_FORMAT};
 use crate::stats::{percentiles, Stats};
 use crate::topology::{self, Topology};
 use crate::worker::{self, Control, Handle, Plan};
 use crate::workload::Workload;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,13 +51,15 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
     let run_id = format!("{started_at_unix_s}-{}", std::process::id());
     let setup_workload = workload.clone();
     let bootstrap = options.bootstrap.clone();
-    let (topology, advertised) = worker::run_once(move || {
+    let (topology, advertised, setup_retries) = worker::run_once(move || {
         Box::pin(async move {
             let conn = Conn::connect(&bootstrap).await?;
-            let topology = topology::create(&conn, &setup_workload, &run_id).await?;
-            Ok::<(Topology, Vec<(i16, i16, i16)>), String>((
+            let retries = Counts::default();
+            let topology = topology::create(&conn, &setup_workload, &run_id, &retries).await?;
+            Ok::<(Topology, Vec<(i16, i16, i16)>, BTreeMap<String, u64>), String>((
                 topology,
                 conn.versions.advertised.clone(),
+                retries.snapshot(),
             ))
         })
     })??;
@@ -74,6 +78,7 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
         workload.backlog_bytes,
         topology.partitions.len(),
     ));
+    control.retries.add(&setup_retries);
     if !workload.is_backlog() {
         control.drain_started.store(true, Ordering::SeqCst);
     }
@@ -145,6 +150,7 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
         totals: Totals {
             produced: tally.total.produced,
             produce_errors: tally.total.produce_errors,
+            lost_after_retries: tally.total.produce_lost,
             consumed: tally.total.consumed,
         },
         publish_latency_us: percentiles(&latencies.publish_latency),
@@ -152,6 +158,7 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
         e2e_latency_us: percentiles(&latencies.e2e_latency),
         backlog_max_messages: tally.backlog_max,
         errors: control.errors(),
+        retries: control.retries.snapshot(),
         drain,
         intervals: tally.intervals,
     })
@@ -383,12 +390,24 @@ fn tick(
     };
     tally.intervals.push(line);
     if options.is_some_and(|o| tally.ticks.is_multiple_of(o.status_every.max(1))) {
-        print_status(&line, control.error_count(), measuring, progress);
+        print_status(
+            &line,
+            control.error_count(),
+            control.retries.total(),
+            measuring,
+            progress,
+        );
     }
     Ok(running)
 }
 
-fn print_status(i: &Interval, errors: u64, measuring: bool, progress: Option<(&str, f64)>) {
+fn print_status(
+    i: &Interval,
+    errors: u64,
+    retries: u64,
+    measuring: bool,
+    progress: Option<(&str, f64)>,
+) {
     let phase = if measuring { "" } else { " (warm-up/drain)" };
     let bar = progress
         .map(|(what, f)| {
@@ -403,7 +422,7 @@ fn print_status(i: &Interval, errors: u64, measuring: bool, progress: Option<(&s
         })
         .unwrap_or_default();
     eprintln!(
-        "[{:>5.0}s] produce {:>9.0} msg/s {:>7.1} MB/s | consume {:>9.0} msg/s {:>7.1} MB/s | publish p99 {:>8.3} ms | e2e p99 {:>8.3} ms | backlog {:>8} | errors {}{}{}",
+        "[{:>5.0}s] produce {:>9.0} msg/s {:>7.1} MB/s | consume {:>9.0} msg/s {:>7.1} MB/s | publish p99 {:>8.3} ms | e2e p99 {:>8.3} ms | backlog {:>8} | errors {} | retries {}{}{}",
         i.t_s,
         i.produce_msgs_per_s,
         i.produce_mb_per_s,
@@ -413,6 +432,7 @@ fn print_status(i: &Interval, errors: u64, measuring: bool, progress: Option<(&s
         i.e2e_p99_us as f64 / 1000.0,
         i.backlog_messages,
         errors,
+        retries,
         phase,
         bar
     );

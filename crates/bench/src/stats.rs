@@ -18,6 +18,8 @@ pub struct Stats {
     pub produced: u64,
     pub produced_bytes: u64,
     pub produce_errors: u64,
+    /// Of `produce_errors`: messages whose retry budget ran out.
+    pub produce_lost: u64,
     pub consumed: u64,
     pub consumed_bytes: u64,
     pub publish_latency: Histogram<u64>,
@@ -31,6 +33,7 @@ impl Default for Stats {
             produced: 0,
             produced_bytes: 0,
             produce_errors: 0,
+            produce_lost: 0,
             consumed: 0,
             consumed_bytes: 0,
             publish_latency: histogram(),
@@ -46,6 +49,7 @@ impl Stats {
         self.produced += other.produced;
         self.produced_bytes += other.produced_bytes;
         self.produce_errors += other.produce_errors;
+        self.produce_lost += other.produce_lost;
         self.consumed += other.consumed;
         self.consumed_bytes += other.consumed_bytes;
         // Same bounds on both sides, so `add` cannot fail.
@@ -114,11 +118,13 @@ mod tests {
         a.produced = 900;
         b.produced = 100;
         b.produce_errors = 2;
+        b.produce_lost = 1;
         let mut total = Stats::default();
         total.merge(&a);
         total.merge(&b);
         assert_eq!(total.produced, 1000);
         assert_eq!(total.produce_errors, 2);
+        assert_eq!(total.produce_lost, 1);
         let p = percentiles(&total.publish_latency);
         assert_eq!(p.count, 1000);
         assert_eq!(p.p50, 500);

@@ -10,7 +10,8 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_protocol::api::error_code::TOPIC_ALREADY_EXISTS;
+use crate::retry::{self, Attempts, Counts};
+use sluice_protocol::api::error_code::{TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -33,13 +34,6 @@ impl Topology {
     pub fn topic_name(&self, topic: usize) -> TopicName {
         TopicName(StrBytes::from_string(self.topics[topic].clone()))
     }
-
-    pub fn address(&self, node: i32) -> Result<&str, String> {
-        self.brokers
-            .get(&node)
-            .map(|s| s.as_str())
-            .ok_or_else(|| format!("metadata names leader {node}, which is not among the brokers"))
-    }
 }
 
 pub fn topic_names(workload: &Workload, run_id: &str) -> Vec<String> {
@@ -48,51 +42,169 @@ pub fn topic_names(workload: &Workload, run_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates the topics and waits (up to 30 s) until Metadata shows a leader for
-/// every partition.
-pub async fn create(conn: &Conn, workload: &Workload, run_id: &str) -> Result<Topology, String> {
+/// How long the topics get to show a leader for every partition.
+const READY_MAX: Duration = Duration::from_secs(30);
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// Creates the topics (retrying CreateTopics on retriable errors) and waits
+/// until Metadata shows a leader for every partition: a fresh Kafka topic has
+/// none for a moment (LEADER_NOT_AVAILABLE, or UNKNOWN_TOPIC_OR_PARTITION on
+/// a broker that has not heard of it yet). Each such answer is counted in
+/// `retries` under its error name.
+pub async fn create(
+    conn: &Conn,
+    workload: &Workload,
+    run_id: &str,
+    retries: &Counts,
+) -> Result<Topology, String> {
     let topics = topic_names(workload, run_id);
-    let request = CreateTopicsRequest::default()
-        .with_timeout_ms(30_000)
-        .with_topics(
-            topics
-                .iter()
-                .map(|name| {
-                    CreatableTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(name.clone())))
-                        .with_num_partitions(workload.partitions_per_topic as i32)
-                        .with_replication_factor(workload.replication_factor)
-                })
-                .collect(),
-        );
-    let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, &request).await?;
-    for topic in &response.topics {
-        if topic.error_code != 0 && topic.error_code != TOPIC_ALREADY_EXISTS {
-            return Err(format!(
-                "cannot create topic {}: error {}{}",
-                topic.name.0,
-                kafka_error(topic.error_code),
-                topic
-                    .error_message
-                    .as_ref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            ));
+    let mut attempts = Attempts::new(workload.delivery_timeout());
+    let mut pending: Vec<&String> = topics.iter().collect();
+    while !pending.is_empty() {
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(
+                pending
+                    .iter()
+                    .map(|name| {
+                        CreatableTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                            .with_num_partitions(workload.partitions_per_topic as i32)
+                            .with_replication_factor(workload.replication_factor)
+                    })
+                    .collect(),
+            );
+        let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, &request).await?;
+        let mut retry = None;
+        for topic in &response.topics {
+            let code = topic.error_code;
+            if code == 0 || code == TOPIC_ALREADY_EXISTS {
+                pending.retain(|name| name.as_str() != topic.name.0.as_str());
+            } else if retry::is_retriable(code) {
+                retry = Some(code);
+            } else {
+                return Err(format!(
+                    "cannot create topic {}: error {}{}",
+                    topic.name.0,
+                    kafka_error(code),
+                    topic
+                        .error_message
+                        .as_ref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(code) = retry {
+            attempts
+                .retry(retries, "CreateTopics", &retry::name(code))
+                .await?;
+        } else if !pending.is_empty() {
+            return Err(format!("CreateTopics did not answer for {pending:?}"));
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + READY_MAX;
     loop {
-        match describe(conn, &topics, workload.partitions_per_topic).await {
+        let snapshot = metadata(conn, &topics).await?;
+        let waiting = match snapshot.topology(&topics, workload.partitions_per_topic) {
             Ok(topology) => return Ok(topology),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("topics not ready after 30 s: {e}"))
-            }
-            Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
+            Err(waiting) => waiting,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the topics were created but not every partition has a leader after {} s: {}",
+                READY_MAX.as_secs(),
+                waiting.what
+            ));
         }
+        if let Some(code) = waiting.code {
+            retries.note(&retry::name(code));
+        }
+        glommio::timer::sleep(READY_POLL).await;
     }
 }
 
-async fn describe(conn: &Conn, topics: &[String], partitions: u32) -> Result<Topology, String> {
+/// Why the topics are not ready yet.
+#[derive(Debug)]
+pub struct Waiting {
+    pub what: String,
+    /// The error the broker gave, if any (counted as a retry).
+    pub code: Option<i16>,
+}
+
+/// What one Metadata response said about the run's topics.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// node id -> "host:port"
+    pub brokers: BTreeMap<i32, String>,
+    /// Per topic (in the order asked): its error code (UNKNOWN_TOPIC_OR_PARTITION
+    /// if missing), and per partition (index, leader, error code).
+    pub topics: Vec<(i16, Vec<(i32, i32, i16)>)>,
+}
+
+impl Snapshot {
+    /// The leader of a topic's partition; -1 if it has none or is not shown.
+    pub fn leader(&self, topic: usize, partition: i32) -> i32 {
+        self.topics
+            .get(topic)
+            .and_then(|(_, parts)| parts.iter().find(|p| p.0 == partition))
+            .filter(|p| p.2 == 0)
+            .map_or(-1, |p| p.1)
+    }
+
+    /// The topology if every partition of every topic has a leader.
+    pub fn topology(&self, topics: &[String], partitions: u32) -> Result<Topology, Waiting> {
+        let mut flat = Vec::new();
+        for (index, name) in topics.iter().enumerate() {
+            let (code, parts) = &self.topics[index];
+            if *code != 0 {
+                return Err(Waiting {
+                    what: format!("topic {name}: {}", kafka_error(*code)),
+                    code: Some(*code),
+                });
+            }
+            if parts.len() != partitions as usize {
+                return Err(Waiting {
+                    what: format!(
+                        "topic {name} shows {} partitions, want {partitions}",
+                        parts.len()
+                    ),
+                    code: None,
+                });
+            }
+            let mut parts = parts.clone();
+            parts.sort();
+            for (partition, leader, code) in parts {
+                if code != 0 || leader < 0 {
+                    return Err(Waiting {
+                        what: format!(
+                            "{name}/{partition} has no leader yet{}",
+                            if code != 0 {
+                                format!(" ({})", kafka_error(code))
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        code: (code != 0).then_some(code),
+                    });
+                }
+                flat.push(PartitionRef {
+                    topic: index,
+                    partition,
+                    leader,
+                });
+            }
+        }
+        Ok(Topology {
+            topics: topics.to_vec(),
+            partitions: flat,
+            brokers: self.brokers.clone(),
+        })
+    }
+}
+
+/// Asks for the metadata of `topics`.
+pub async fn metadata(conn: &Conn, topics: &[String]) -> Result<Snapshot, String> {
     let request = MetadataRequest::default().with_topics(Some(
         topics
             .iter()
@@ -108,41 +220,25 @@ async fn describe(conn: &Conn, topics: &[String], partitions: u32) -> Result<Top
         .iter()
         .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
         .collect();
-    let mut flat = Vec::new();
-    for (index, name) in topics.iter().enumerate() {
-        let topic = response
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
-            .ok_or_else(|| format!("topic {name} missing from metadata"))?;
-        if topic.error_code != 0 {
-            return Err(format!(
-                "topic {name}: error {}",
-                kafka_error(topic.error_code)
-            ));
-        }
-        if topic.partitions.len() != partitions as usize {
-            return Err(format!(
-                "topic {name} has {} partitions, want {partitions}",
-                topic.partitions.len()
-            ));
-        }
-        let mut parts: Vec<_> = topic.partitions.iter().collect();
-        parts.sort_by_key(|p| p.partition_index);
-        for p in parts {
-            if p.error_code != 0 || p.leader_id.0 < 0 {
-                return Err(format!("{name}/{} has no leader yet", p.partition_index));
+    let topics = topics
+        .iter()
+        .map(|name| {
+            match response
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
+            {
+                None => (UNKNOWN_TOPIC_OR_PARTITION, Vec::new()),
+                Some(topic) => (
+                    topic.error_code,
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition_index, p.leader_id.0, p.error_code))
+                        .collect(),
+                ),
             }
-            flat.push(PartitionRef {
-                topic: index,
-                partition: p.partition_index,
-                leader: p.leader_id.0,
-            });
-        }
-    }
-    Ok(Topology {
-        topics: topics.to_vec(),
-        partitions: flat,
-        brokers,
-    })
+        })
+        .collect();
+    Ok(Snapshot { brokers, topics })
 }

@@ -40,6 +40,8 @@ pub struct Control {
     /// Set once by the coordinator: when producers start their schedules.
     go: OnceLock<Instant>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Retries by kind (error name): what a Kafka client would retry.
+    pub retries: crate::retry::Counts,
     fatal: Mutex<Vec<String>>,
 }
 
@@ -116,6 +118,13 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Counts a retry of `kind` (an error name such as NOT_LEADER_OR_FOLLOWER).
+    pub fn note_retry(&self, kind: &str) {
+        self.control.retries.note(kind);
+    }
+}
+
 /// What a worker runs.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -183,8 +192,11 @@ pub fn spawn(
                 let worker = worker.clone();
                 running.set(running.get() + 1);
                 let running = running.clone();
+                let bootstrap = bootstrap.clone();
                 glommio::spawn_local(async move {
-                    if let Err(e) = crate::producer::run(worker.clone(), number, rate).await {
+                    if let Err(e) =
+                        crate::producer::run(worker.clone(), number, rate, bootstrap).await
+                    {
                         record_fatal(&worker, format!("producer {number}: {e}"));
                     }
                     worker.control.producers_done.fetch_add(1, Ordering::SeqCst);

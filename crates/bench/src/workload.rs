@@ -66,6 +66,11 @@ pub struct Workload {
     pub linger_ms: u64,
     /// Produce requests in flight per producer connection.
     pub max_in_flight: u32,
+    /// The retry budget (Kafka's `delivery.timeout.ms`): a message is retried
+    /// on retriable errors (NOT_LEADER_OR_FOLLOWER, a lost connection, ...)
+    /// until this long after it was added to a batch, then counts as lost. A
+    /// consumer's group or fetch operation is retried as long, then fails.
+    pub delivery_timeout_ms: u64,
     pub compression: Compression,
     pub warmup_s: u64,
     pub duration_s: u64,
@@ -95,6 +100,7 @@ impl Default for Workload {
             batch_bytes: 128 * 1024,
             linger_ms: 1,
             max_in_flight: 5,
+            delivery_timeout_ms: 120_000,
             compression: Compression::None,
             warmup_s: 5,
             duration_s: 30,
@@ -126,6 +132,11 @@ impl Workload {
 
     pub fn total_partitions(&self) -> u64 {
         self.topics as u64 * self.partitions_per_topic as u64
+    }
+
+    /// The retry budget.
+    pub fn delivery_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.delivery_timeout_ms)
     }
 
     pub fn is_backlog(&self) -> bool {
@@ -191,6 +202,12 @@ impl Workload {
                 self.max_in_flight
             ));
         }
+        if self.delivery_timeout_ms == 0 || self.delivery_timeout_ms > 3_600_000 {
+            return fail(format!(
+                "delivery_timeout_ms {} must be 1..=3600000 (an hour)",
+                self.delivery_timeout_ms
+            ));
+        }
         if self.duration_s == 0 {
             return fail("duration_s must be at least 1".into());
         }
@@ -242,6 +259,7 @@ mod tests {
         assert!(!w.consumer_group);
         // Unset keys keep their defaults.
         assert_eq!(w.max_in_flight, 5);
+        assert_eq!(w.delivery_timeout_ms, 120_000);
     }
 
     #[test]
@@ -256,6 +274,7 @@ mod tests {
         assert!(err("name = \"a b\"").contains("name"));
         assert!(err("backlog_bytes = 1000\nconsumers = 0").contains("backlog_bytes"));
         assert!(err("topics = [").contains("invalid"));
+        assert!(err("delivery_timeout_ms = 0").contains("delivery_timeout_ms 0"));
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! A client's changing view of the cluster, as a Kafka client keeps it: each
+//! partition's leader (first from the run's topology), one connection per
+//! broker, and a metadata refresh after an error that says the view is stale
+//! (NOT_LEADER_OR_FOLLOWER, a lost connection, ...), at most once per backoff.
+
+use crate::client::Conn;
+use crate::retry;
+use crate::topology::{self, Topology};
+use glommio::sync::Semaphore;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// A partition whose leader is not known.
+pub const NO_LEADER: i32 = -1;
+
+/// A connection and the cap on its requests in flight.
+pub struct Link {
+    pub conn: Rc<Conn>,
+    pub in_flight: Rc<Semaphore>,
+}
+
+pub struct Cluster {
+    topics: Vec<String>,
+    /// (topic index, partition) of each partition of the topology.
+    partitions: Vec<(usize, i32)>,
+    /// Per partition of the topology: its leader, or [`NO_LEADER`].
+    pub leaders: Vec<i32>,
+    brokers: BTreeMap<i32, String>,
+    bootstrap: String,
+    links: HashMap<i32, Link>,
+    in_flight_max: u64,
+    stale: bool,
+    /// Refreshes in a row that left the view stale (for the backoff).
+    refreshes: u32,
+    next_refresh: Instant,
+}
+
+impl Cluster {
+    pub fn new(topology: &Topology, bootstrap: &str, in_flight_max: u32) -> Cluster {
+        Cluster {
+            topics: topology.topics.clone(),
+            partitions: topology
+                .partitions
+                .iter()
+                .map(|p| (p.topic, p.partition))
+                .collect(),
+            leaders: topology.partitions.iter().map(|p| p.leader).collect(),
+            brokers: topology.brokers.clone(),
+            bootstrap: bootstrap.to_string(),
+            links: HashMap::new(),
+            in_flight_max: in_flight_max.max(1) as u64,
+            stale: false,
+            refreshes: 0,
+            next_refresh: Instant::now(),
+        }
+    }
+
+    /// The view is out of date: refresh it when the backoff allows.
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// When a refresh may run, if one is needed.
+    pub fn refresh_at(&self) -> Option<Instant> {
+        self.stale.then_some(self.next_refresh)
+    }
+
+    /// The connection to `node`, opened (again) if it is missing or broken.
+    pub async fn link(&mut self, node: i32) -> Result<&Link, String> {
+        let live = self.links.get(&node).is_some_and(|l| !l.conn.is_closed());
+        if !live {
+            let addr = self
+                .brokers
+                .get(&node)
+                .ok_or_else(|| format!("metadata names leader {node}, which is not among the brokers"))?;
+            let conn = Conn::connect(addr).await?;
+            self.links.insert(
+                node,
+                Link {
+                    conn,
+                    in_flight: Rc::new(Semaphore::new(self.in_flight_max)),
+                },
+            );
+        }
+        Ok(&self.links[&node])
+    }
+
+    /// Refreshes the leaders from any broker (a connected one first, else
+    /// the bootstrap address) if the view is stale and the backoff has
+    /// passed. The view stays stale while a partition has no leader or the
+    /// refresh fails. Returns whether the leaders were refreshed.
+    pub async fn refresh_if_due(&mut self, now: Instant) -> bool {
+        if !self.stale || now < self.next_refresh {
+            return false;
+        }
+        let refreshed = match self.ask().await {
+            Ok(snapshot) => {
+                self.leaders = self
+                    .partitions
+                    .iter()
+                    .map(|&(topic, partition)| snapshot.leader(topic, partition))
+                    .collect();
+                if !snapshot.brokers.is_empty() {
+                    self.brokers = snapshot.brokers;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!("metadata refresh failed: {e}");
+                false
+            }
+        };
+        self.stale = !refreshed || self.leaders.contains(&NO_LEADER);
+        if self.stale {
+            self.refreshes += 1;
+            self.next_refresh = Instant::now() + retry::backoff(self.refreshes);
+        } else {
+            self.refreshes = 0;
+        }
+        refreshed
+    }
+
+    async fn ask(&mut self) -> Result<topology::Snapshot, String> {
+        let live = self
+            .links
+            .values()
+            .find(|l| !l.conn.is_closed())
+            .map(|l| l.conn.clone());
+        let conn = match live {
+            Some(conn) => conn,
+            None => Conn::connect(&self.bootstrap).await?,
+        };
+        topology::metadata(&conn, &self.topics).await
+    }
+}
