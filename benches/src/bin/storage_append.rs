@@ -129,7 +129,7 @@ fn run_scenario(scenario: &'static Scenario, args: &Args) -> Outcome {
             for p in 0..scenario.partitions {
                 let dir = DmaDir::create(root_for_executor.join(format!("bench-{p}"))).unwrap();
                 logs.push(
-                    PartitionLog::open(dir, config.clone(), format!("bench-{p}"))
+                    PartitionLog::open(dir, config, format!("bench-{p}"))
                         .await
                         .unwrap(),
                 );

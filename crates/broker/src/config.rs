@@ -102,6 +102,8 @@ pub struct FileConfig {
     pub memory_budget_bytes: Option<usize>,
     pub connections_max_idle_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
+    pub log_cleaner_backoff_ms: Option<u64>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -137,6 +139,9 @@ pub struct Config {
     pub memory_budget_bytes: usize,
     pub connections_max_idle_ms: u64,
     pub request_timeout_ms: u64,
+    /// Per shard: memory of a compaction run's key → offset map.
+    pub log_cleaner_dedupe_buffer_bytes: usize,
+    pub log_cleaner_backoff_ms: u64,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
@@ -145,6 +150,11 @@ pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 pub const IO_DEPTH_DEFAULT: usize = 128;
 /// Kafka's connections.max.idle.ms default (10 minutes).
 pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// Per shard (Kafka's 128 MiB is shared by its cleaner threads): about
+/// 500,000 keys per compaction run.
+pub const LOG_CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT: usize = 16 << 20;
+/// Kafka's log.cleaner.backoff.ms.
+pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
 /// Kafka clients' request.timeout.ms default.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The memory budgets of all shards together default to this fraction of the
@@ -364,6 +374,12 @@ impl Config {
             request_timeout_ms: file
                 .request_timeout_ms
                 .unwrap_or(REQUEST_TIMEOUT_MS_DEFAULT),
+            log_cleaner_dedupe_buffer_bytes: file
+                .log_cleaner_dedupe_buffer_bytes
+                .unwrap_or(LOG_CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT),
+            log_cleaner_backoff_ms: file
+                .log_cleaner_backoff_ms
+                .unwrap_or(LOG_CLEANER_BACKOFF_MS_DEFAULT),
             core: file.core.clone(),
         };
         config.validate()?;
@@ -429,6 +445,12 @@ impl Config {
                     self.max_frame_bytes
                 ));
             }
+        }
+        if self.log_cleaner_dedupe_buffer_bytes < 64 << 10 {
+            return Err("log_cleaner_dedupe_buffer_bytes: must be at least 65536".into());
+        }
+        if self.log_cleaner_backoff_ms < 10 {
+            return Err("log_cleaner_backoff_ms: must be at least 10".into());
         }
         if self.connections_max_idle_ms < 100 {
             return Err("connections_max_idle_ms: must be at least 100".into());

@@ -145,6 +145,8 @@ fn run(config: Config) -> Result<(), String> {
             .collect(),
         connections_max_idle_ms: config.connections_max_idle_ms,
         request_timeout_ms: config.request_timeout_ms,
+        log_cleaner_dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
+        log_cleaner_backoff_ms: config.log_cleaner_backoff_ms,
     });
     let shard_count = config.cpus.len();
     // glommio registers each shard's io memory with its three io_uring rings;
@@ -346,6 +348,28 @@ async fn run_shard(
             flush_shard.flush_due_logs().await;
         }
     });
+    // Compaction in its own task queue with a tenth of the default queue's
+    // shares: it uses what requests leave of the core.
+    let compactor_shard = shard.clone();
+    let cleaner_every = Duration::from_millis(settings.log_cleaner_backoff_ms);
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "compaction",
+    );
+    let compactor = glommio::spawn_local_into(
+        async move {
+            while !compactor_shard.stopping.get() {
+                futures_lite_sleep(&compactor_shard, cleaner_every).await;
+                if compactor_shard.stopping.get() {
+                    break;
+                }
+                compactor_shard.compact_logs().await;
+            }
+        },
+        background,
+    )
+    .expect("the compaction task queue exists");
     let expiry_shard = shard.clone();
     let expiry = glommio::spawn_local(async move {
         while !expiry_shard.stopping.get() {
@@ -359,6 +383,7 @@ async fn run_shard(
     accept_loop(shard.clone(), listener).await;
     shard.drain_requests(DRAIN_LIMIT).await;
     maintenance.await;
+    compactor.await;
     flusher.await;
     expiry.await;
     shard.close_all().await;

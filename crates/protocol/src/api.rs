@@ -26,6 +26,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The advertised version range of an API, if Sluice answers it at all.
@@ -77,6 +80,7 @@ pub mod error_code {
     pub const INVALID_TXN_STATE: i16 = 48;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE"), from
     /// kafka-protocol's table of every code (not a hand-kept list).

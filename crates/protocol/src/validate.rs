@@ -60,6 +60,8 @@ pub enum RecordFault {
     RecordsMissing,
     /// Bytes left after records_count records.
     TrailingBytes,
+    /// A record without a key where keys are required (a compacted topic).
+    KeyMissing,
 }
 
 impl fmt::Display for RecordFault {
@@ -80,6 +82,10 @@ impl fmt::Display for RecordFault {
             RecordFault::SizeMismatch => write!(f, "the record's fields do not fill its length"),
             RecordFault::RecordsMissing => write!(f, "fewer records than records_count"),
             RecordFault::TrailingBytes => write!(f, "bytes after the last record"),
+            RecordFault::KeyMissing => write!(
+                f,
+                "a compacted topic cannot accept a record without a key"
+            ),
         }
     }
 }
@@ -133,6 +139,17 @@ pub fn validate_produced_batch(
     scratch: &mut Vec<u8>,
     decompressed_bytes_max: usize,
 ) -> Result<(BatchHeader, usize), InvalidBatch> {
+    validate_produced_batch_with(batch, scratch, decompressed_bytes_max, false)
+}
+
+/// As [`validate_produced_batch`]; with `keys_required` (topics with
+/// `cleanup.policy=compact`) a record without a key is refused too.
+pub fn validate_produced_batch_with(
+    batch: &[u8],
+    scratch: &mut Vec<u8>,
+    decompressed_bytes_max: usize,
+    keys_required: bool,
+) -> Result<(BatchHeader, usize), InvalidBatch> {
     let header = validate_batch(batch).map_err(InvalidBatch::Batch)?;
     if header.is_control() {
         return Err(InvalidBatch::Control);
@@ -145,7 +162,10 @@ pub fn validate_produced_batch(
     })?;
     let section = &batch[HEADER_BYTES..];
     let (result, records_bytes) = if codec == Codec::None {
-        (check_records(section, header.records_count), section.len())
+        (
+            check_records_with(section, header.records_count, keys_required),
+            section.len(),
+        )
     } else {
         let length = decompress(
             codec,
@@ -154,7 +174,7 @@ pub fn validate_produced_batch(
             scratch,
         )
         .map_err(InvalidBatch::Decompress)?;
-        let result = check_records(&scratch[..length], header.records_count);
+        let result = check_records_with(&scratch[..length], header.records_count, keys_required);
         // One huge batch should not pin its size on this thread forever.
         if scratch.capacity() > SCRATCH_BYTES_KEPT {
             *scratch = Vec::new();
@@ -175,13 +195,21 @@ const SCRATCH_BYTES_KEPT: usize = 16 << 20;
 /// Walks `count` records of an uncompressed section; on a fault, the index of
 /// the record where it was found.
 pub fn check_records(section: &[u8], count: i32) -> Result<(), (i32, RecordFault)> {
+    check_records_with(section, count, false)
+}
+
+fn check_records_with(
+    section: &[u8],
+    count: i32,
+    keys_required: bool,
+) -> Result<(), (i32, RecordFault)> {
     let mut at = 0usize;
     let mut index = 0i32;
     while index < count {
         if at >= section.len() {
             return Err((index, RecordFault::RecordsMissing));
         }
-        check_record(section, &mut at, index).map_err(|fault| (index, fault))?;
+        check_record(section, &mut at, index, keys_required).map_err(|fault| (index, fault))?;
         index += 1;
     }
     if at != section.len() {
@@ -194,7 +222,12 @@ pub fn check_records(section: &[u8], count: i32) -> Result<(), (i32, RecordFault
 /// | offset_delta varint | key_length varint | key | value_length varint |
 /// value | header_count varint | headers (key_length varint, key,
 /// value_length varint, value)`.
-fn check_record(section: &[u8], at: &mut usize, index: i32) -> Result<(), RecordFault> {
+fn check_record(
+    section: &[u8],
+    at: &mut usize,
+    index: i32,
+    keys_required: bool,
+) -> Result<(), RecordFault> {
     let length = get_varint(section, at, section.len())?;
     if length < 0 {
         return Err(RecordFault::LengthInvalid);
@@ -212,6 +245,9 @@ fn check_record(section: &[u8], at: &mut usize, index: i32) -> Result<(), Record
     let offset_delta = get_varint(section, &mut cursor, end)?;
     if offset_delta != index {
         return Err(RecordFault::OffsetDeltaInvalid { offset_delta });
+    }
+    if keys_required && get_varint(section, &mut cursor.clone(), end)? == -1 {
+        return Err(RecordFault::KeyMissing);
     }
     skip_bytes(section, &mut cursor, end, true)?; // key
     skip_bytes(section, &mut cursor, end, true)?; // value

@@ -21,6 +21,10 @@ pub enum PartitionOp {
     ListOffsets {
         timestamp: i64,
     },
+    /// DeleteRecords: move the log start offset to `before` (-1: the high watermark).
+    DeleteRecords {
+        before: i64,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -54,6 +58,8 @@ pub enum PartitionReply {
     Produce(ProduceOutcome),
     Fetch(FetchOutcome),
     ListOffsets(ListOffsetsOutcome),
+    /// (error code, low watermark).
+    DeleteRecords((i16, i64)),
 }
 
 /// Changes to topic metadata, executed by the metadata writer (shard 0).
@@ -72,6 +78,11 @@ pub enum AdminOp {
         name: String,
         count: i32,
         validate_only: bool,
+    },
+    /// Replace a topic's config overrides (already validated).
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
     },
 }
 
@@ -100,6 +111,11 @@ pub enum ShardMsg {
     },
     /// Open the partitions of this topic that this shard owns.
     OpenTopic {
+        topic: Arc<TopicMeta>,
+        reply: flume::Sender<()>,
+    },
+    /// Apply this topic's changed configs to the partitions open here.
+    TopicConfigChanged {
         topic: Arc<TopicMeta>,
         reply: flume::Sender<()>,
     },

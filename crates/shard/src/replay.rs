@@ -74,6 +74,8 @@ impl World {
             memory_budget_bytes_per_core: vec![64 << 20],
             connections_max_idle_ms: 600_000,
             request_timeout_ms: 30_000,
+            log_cleaner_dedupe_buffer_bytes: 1 << 20,
+            log_cleaner_backoff_ms: 15_000,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (sender, inbox) = flume::bounded::<ShardMsg>(1024);

@@ -34,6 +34,11 @@ pub struct BrokerSettings {
     pub connections_max_idle_ms: u64,
     /// A request that stops arriving mid-frame this long closes its connection.
     pub request_timeout_ms: u64,
+    /// Memory of one compaction run's key map, per shard (Kafka's
+    /// log.cleaner.dedupe.buffer.size, which its cleaner threads share).
+    pub log_cleaner_dedupe_buffer_bytes: usize,
+    /// How often each shard looks for logs to compact (log.cleaner.backoff.ms).
+    pub log_cleaner_backoff_ms: u64,
 }
 
 impl BrokerSettings {

@@ -29,7 +29,8 @@ pub type Log = PartitionLog<Dir>;
 
 pub struct PartitionEntry {
     pub log: Rc<Log>,
-    pub config: EffectiveTopicConfig,
+    /// Replaced when the topic's configs change (AlterConfigs).
+    pub config: Cell<EffectiveTopicConfig>,
     pub producers: PartitionProducers,
     pub dir: std::path::PathBuf,
     /// High watermark covered by the last producer snapshot written.
@@ -294,7 +295,7 @@ impl Shard {
         let path = self.settings.partition_dir(&topic.name, partition);
         let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
-        let log = PartitionLog::open(dir, config.log.clone(), name.clone())
+        let log = PartitionLog::open(dir, config.log, name.clone())
             .await
             .map_err(|e| format!("opening partition {name}: {e}"))?;
         let offsets = log.offsets();
@@ -310,7 +311,7 @@ impl Shard {
         .map_err(|e| format!("partition {name}: {e}"))?;
         let entry = Rc::new(PartitionEntry {
             log,
-            config,
+            config: Cell::new(config),
             producers,
             dir: path,
             producers_snapshot_at: Cell::new(-1),
@@ -399,6 +400,14 @@ impl Shard {
             PartitionOp::ListOffsets { timestamp } => {
                 PartitionReply::ListOffsets(list_offsets(&entry, timestamp).await)
             }
+            PartitionOp::DeleteRecords { before } => {
+                let log = &entry.log;
+                let before = if before == -1 { log.high_watermark() } else { before };
+                PartitionReply::DeleteRecords(match log.delete_records_before(before).await {
+                    Ok(low_watermark) => (error_code::NONE, low_watermark),
+                    Err(e) => (log_error_code(&e), -1),
+                })
+            }
         }
     }
 
@@ -411,13 +420,13 @@ impl Shard {
             log_append_time_ms: -1,
             log_start_offset: log.log_start_offset(),
         };
-        if records.len() as i64 > entry.config.max_message_bytes {
+        let max_message_bytes = entry.config.get().max_message_bytes;
+        if records.len() as i64 > max_message_bytes {
             return fail(
                 error_code::MESSAGE_TOO_LARGE,
                 format!(
-                    "record batch of {} bytes exceeds max.message.bytes {}",
+                    "record batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
                     records.len(),
-                    entry.config.max_message_bytes
                 ),
             );
         }
@@ -507,6 +516,7 @@ impl Shard {
         };
         let log_append_time_ms = entry
             .config
+            .get()
             .log_append_time
             .then(|| sluice_storage::now_ms() as i64);
         let options = AppendOptions {
@@ -638,6 +648,7 @@ impl Shard {
             error_code: code,
             error_message: Some(message),
         };
+        let mut changed = None;
         let (next, opened, dropped) = match op {
             AdminOp::CreateTopic {
                 name,
@@ -735,6 +746,22 @@ impl Shard {
                 tracing::info!(topic = %name, partitions = count, "partitions added");
                 (next, Some(grown), None)
             }
+            AdminOp::AlterTopicConfigs { name, configs } => {
+                let Some(topic) = snapshot.topics.get(&name) else {
+                    return error(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic `{name}` does not exist"),
+                    );
+                };
+                let mut altered = (**topic).clone();
+                tracing::info!(topic = %name, from = ?altered.configs, to = ?configs, "topic configs changed");
+                altered.configs = configs;
+                let altered = Arc::new(altered);
+                let mut next = (*snapshot).clone();
+                next.topics.insert(name.clone(), altered.clone());
+                changed = Some(altered);
+                (next, None, None)
+            }
         };
         if let Err(e) = self.metadata.replace(next) {
             tracing::error!(error = %e, "writing topic metadata failed");
@@ -745,6 +772,13 @@ impl Shard {
         }
         if let Some(topic) = opened {
             self.broadcast(|reply| ShardMsg::OpenTopic {
+                topic: topic.clone(),
+                reply,
+            })
+            .await;
+        }
+        if let Some(topic) = changed {
+            self.broadcast(|reply| ShardMsg::TopicConfigChanged {
                 topic: topic.clone(),
                 reply,
             })
@@ -827,6 +861,10 @@ impl Shard {
                 }
                 let _ = reply.send_async(()).await;
             }
+            ShardMsg::TopicConfigChanged { topic, reply } => {
+                self.apply_topic_config(&topic);
+                let _ = reply.send_async(()).await;
+            }
             ShardMsg::DropTopic { topic, reply } => {
                 self.drop_topic(&topic).await;
                 let _ = reply.send_async(()).await;
@@ -855,6 +893,49 @@ impl Shard {
                 let _ = reply.send_async(answer).await;
             }
             ShardMsg::Shutdown => self.stopping.set(true),
+        }
+    }
+
+    /// Gives this shard's open partitions of `topic` its new configs.
+    fn apply_topic_config(&self, topic: &TopicMeta) {
+        let config = effective(&self.settings, &topic.configs);
+        for partition in 0..topic.partition_count() {
+            let entry = self
+                .partitions
+                .borrow()
+                .get(&(topic.name.clone(), partition))
+                .cloned();
+            if let Some(entry) = entry {
+                entry.config.set(config);
+                if let Err(e) = entry.log.set_config(config.log) {
+                    tracing::error!(partition = entry.log.name(), error = %e, "topic config not applied to the log");
+                }
+            }
+        }
+    }
+
+    /// One compaction pass over this shard's compacted logs, one log at a
+    /// time (each run bounds its own memory), from the background task queue.
+    pub async fn compact_logs(&self) {
+        let entries: Vec<Rc<PartitionEntry>> = self
+            .partitions
+            .borrow()
+            .values()
+            .filter(|e| e.config.get().compact)
+            .cloned()
+            .collect();
+        for entry in entries {
+            if self.stopping.get() {
+                return;
+            }
+            let config = entry.config.get();
+            if !config.compact {
+                continue;
+            }
+            let now = sluice_storage::now_ms() as i64;
+            if let Err(e) = entry.log.compact(&config.compaction, now).await {
+                tracing::error!(partition = entry.log.name(), error = %e, "compaction failed; the log is served as it was");
+            }
         }
     }
 
@@ -998,6 +1079,7 @@ fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
             offset: -1,
             timestamp: -1,
         }),
+        PartitionOp::DeleteRecords { .. } => PartitionReply::DeleteRecords((code, -1)),
     }
 }
 

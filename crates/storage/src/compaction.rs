@@ -306,6 +306,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             let mut cursor = BatchCursor::new(&*segment.file, segment.size);
             while let Some((_, batch)) = cursor.next().await.map_err(|e| corrupt(segment.base, e))? {
+                // Decompressing and hashing is CPU work: let requests in between batches.
+                glommio::yield_if_needed().await;
                 let header = BatchHeader::parse(&batch).expect("checked by the cursor");
                 if header.last_offset() < plan.first_dirty {
                     continue;
@@ -432,6 +434,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let mut kept = Vec::new();
         let mut cursor = BatchCursor::new(&*segment.file, segment.size);
         while let Some((_, batch)) = cursor.next().await.map_err(|e| corrupt(base, e))? {
+            glommio::yield_if_needed().await;
             let header = BatchHeader::parse(&batch).expect("checked by the cursor");
             let keep = |r: &WalkedRecord| -> bool {
                 if r.offset >= map_end {
@@ -488,15 +491,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         indexes.seal(base);
         // Only a segment still in the log is swapped; retention and
         // DeleteRecords leave it alone from here until the swap is done.
-        {
+        let still_there = {
             let mut state = self.state.borrow_mut();
-            if state.closed || !state.segments.contains_key(&base) {
-                drop(state);
-                let _ = file.close().await;
-                remove_if_exists(&self.dir, &cleaned).await.map_err(LogError::io)?;
-                return Ok(());
+            let there = !state.closed && state.segments.contains_key(&base);
+            if there {
+                state.compacting_segment = Some(base);
             }
-            state.compacting_segment = Some(base);
+            there
+        };
+        if !still_there {
+            let _ = file.close().await;
+            remove_if_exists(&self.dir, &cleaned).await.map_err(LogError::io)?;
+            return Ok(());
         }
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             remove_if_exists(&self.dir, &segment_file_name(base, suffix))

@@ -250,7 +250,7 @@ impl OffsetStore {
                 retention_ms: None,
                 retention_bytes: None,
                 preallocate_bytes: 1 << 20,
-                ..settings.log.clone()
+                ..settings.log
             };
             let log = PartitionLog::open(dir, config, format!("offsets-{bucket:02}"))
                 .await

@@ -1,9 +1,10 @@
-//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs. Changes go
-//! to the metadata writer (shard 0); single node, so replication factor 1
-//! (or -1, the default) is the only valid one.
+//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+//! AlterConfigs, IncrementalAlterConfigs, DeleteRecords. Changes go to the
+//! metadata writer (shard 0); single node, so replication factor 1 (or -1,
+//! the default) is the only valid one.
 
 use super::{respond, str_bytes, HandlerResult};
-use crate::mesh::AdminOp;
+use crate::mesh::{AdminOp, PartitionOp, PartitionReply};
 use crate::metadata::validate_topic_name;
 use crate::shard::Shard;
 use crate::topic_config;
@@ -12,25 +13,29 @@ use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+use kafka_protocol::messages::alter_configs_response;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    TopicName,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
+use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-/// DescribeConfigs config_source values.
-const SOURCE_TOPIC_CONFIG: i8 = 1;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: CreateTopicsRequest = decode_body(frame.body.clone(), frame.api_version)?;
@@ -116,15 +121,12 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             .unwrap_or_default();
         let described = topic_config::describe(&shard.settings, &configs)
             .into_iter()
-            .map(|(key, value, is_default)| {
+            .map(|d| {
                 CreatableTopicConfigs::default()
-                    .with_name(str_bytes(&key))
-                    .with_value(Some(str_bytes(&value)))
-                    .with_config_source(if is_default {
-                        SOURCE_DEFAULT
-                    } else {
-                        SOURCE_TOPIC_CONFIG
-                    })
+                    .with_name(str_bytes(&d.name))
+                    .with_value(Some(str_bytes(&d.value)))
+                    .with_read_only(d.read_only)
+                    .with_config_source(d.source)
             })
             .collect();
         let created = result.with_error_code(error_code::NONE);
@@ -224,6 +226,7 @@ pub async fn create_partitions(shard: &Rc<Shard>, frame: RequestFrame) -> Handle
 
 pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: DescribeConfigsRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let version = frame.api_version;
     let mut results = Vec::new();
     for resource in &request.resources {
         let name = resource.resource_name.to_string();
@@ -234,7 +237,7 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             .configuration_keys
             .as_ref()
             .map(|k| k.iter().map(|s| s.to_string()).collect());
-        let entries: Vec<(String, String, bool)> = match resource.resource_type {
+        let entries = match resource.resource_type {
             RESOURCE_TOPIC => match shard.snapshot().topics.get(&name) {
                 Some(topic) => topic_config::describe(&shard.settings, &topic.configs),
                 None => {
@@ -248,10 +251,15 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                     continue;
                 }
             },
-            RESOURCE_BROKER => topic_config::describe(&shard.settings, &BTreeMap::new())
-                .into_iter()
-                .map(|(key, value, _)| (broker_config_name(&key).to_string(), value, true))
-                .collect(),
+            RESOURCE_BROKER if name.is_empty() || name == shard.settings.node_id.to_string() => {
+                topic_config::describe_broker(&shard.settings)
+            }
+            RESOURCE_BROKER => {
+                results.push(result.with_error_code(error_code::INVALID_REQUEST).with_error_message(
+                    Some(str_bytes(&format!("broker `{name}` is not this node ({})", shard.settings.node_id))),
+                ));
+                continue;
+            }
             other => {
                 results.push(
                     result
@@ -265,18 +273,29 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         };
         let configs = entries
             .into_iter()
-            .filter(|(key, _, _)| keys.as_ref().is_none_or(|k| k.contains(key)))
-            .map(|(key, value, is_default)| {
+            .filter(|d| keys.as_ref().is_none_or(|k| k.contains(&d.name)))
+            .map(|d| {
+                let synonyms = if request.include_synonyms {
+                    d.synonyms
+                        .iter()
+                        .map(|(name, value, source)| {
+                            DescribeConfigsSynonym::default()
+                                .with_name(str_bytes(name))
+                                .with_value(Some(str_bytes(value)))
+                                .with_source(*source)
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 DescribeConfigsResourceResult::default()
-                    .with_name(str_bytes(&key))
-                    .with_value(Some(str_bytes(&value)))
-                    .with_read_only(false)
-                    .with_config_source(if is_default {
-                        SOURCE_DEFAULT
-                    } else {
-                        SOURCE_TOPIC_CONFIG
-                    })
+                    .with_name(str_bytes(&d.name))
+                    .with_value(Some(str_bytes(&d.value)))
+                    .with_read_only(d.read_only)
+                    .with_config_source(d.source)
                     .with_is_sensitive(false)
+                    .with_synonyms(synonyms)
+                    .with_config_type(if version >= 3 { d.config_type } else { 0 })
             })
             .collect();
         results.push(
@@ -291,14 +310,212 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
     )
 }
 
-/// The broker-level name of a topic config's default (as Kafka names them).
-fn broker_config_name(topic_key: &str) -> &'static str {
-    match topic_key {
-        topic_config::RETENTION_MS => "log.retention.ms",
-        topic_config::RETENTION_BYTES => "log.retention.bytes",
-        topic_config::SEGMENT_BYTES => "log.segment.bytes",
-        topic_config::MAX_MESSAGE_BYTES => "message.max.bytes",
-        topic_config::MESSAGE_TIMESTAMP_TYPE => "log.message.timestamp.type",
-        _ => "unknown",
+/// One resource of an (Incremental)AlterConfigs request: the topic's new
+/// overrides, computed from its current ones (or from none, with
+/// `replace`) by `ops` (name, operation, value), validated, then applied by
+/// the metadata writer (persisted, and given to open logs at once).
+async fn alter_resource(
+    shard: &Rc<Shard>,
+    resource_type: i8,
+    name: &str,
+    validate_only: bool,
+    replace: bool,
+    ops: Vec<(String, i8, Option<String>)>,
+) -> (i16, Option<StrBytes>) {
+    let (code, message) = match resource_type {
+        RESOURCE_TOPIC => match shard.snapshot().topics.get(name).cloned() {
+            Some(topic) => {
+                let mut configs = if replace { BTreeMap::new() } else { topic.configs.clone() };
+                match ops
+                    .into_iter()
+                    .try_for_each(|(key, op, value)| apply_config_op(shard, &mut configs, key, op, value))
+                {
+                    Err(e) => (error_code::INVALID_CONFIG, Some(e)),
+                    Ok(()) => {
+                        let invalid: Vec<String> = configs
+                            .iter()
+                            .filter_map(|(k, v)| topic_config::validate(k, v).err())
+                            .collect();
+                        if !invalid.is_empty() {
+                            (error_code::INVALID_CONFIG, Some(invalid.join("; ")))
+                        } else if validate_only {
+                            (error_code::NONE, None)
+                        } else {
+                            let op = AdminOp::AlterTopicConfigs {
+                                name: name.to_string(),
+                                configs,
+                            };
+                            let reply = shard.admin(op).await;
+                            (reply.error_code, reply.error_message)
+                        }
+                    }
+                }
+            }
+            None => (
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(format!("topic `{name}` does not exist")),
+            ),
+        },
+        RESOURCE_BROKER => (
+            error_code::INVALID_CONFIG,
+            Some("broker configs are static in Sluice: set them in its config file and restart".into()),
+        ),
+        other => (
+            error_code::INVALID_REQUEST,
+            Some(format!("resource type {other} is not supported")),
+        ),
+    };
+    (code, message.map(|m| str_bytes(&m)))
+}
+
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// One IncrementalAlterConfigs operation on a topic's overrides.
+fn apply_config_op(
+    shard: &Shard,
+    configs: &mut BTreeMap<String, String>,
+    key: String,
+    op: i8,
+    value: Option<String>,
+) -> Result<(), String> {
+    let def = topic_config::find(&key).ok_or_else(|| format!("unknown topic config `{key}`"))?;
+    match op {
+        OP_SET => {
+            configs.insert(key, value.unwrap_or_default());
+        }
+        OP_DELETE => {
+            configs.remove(&key);
+        }
+        OP_APPEND | OP_SUBTRACT => {
+            if def.config_type() != topic_config::CONFIG_TYPE_LIST {
+                return Err(format!("{key} is not a list: APPEND and SUBTRACT do not apply"));
+            }
+            let current = configs.get(&key).cloned().unwrap_or_else(|| {
+                topic_config::describe(&shard.settings, &BTreeMap::new())
+                    .into_iter()
+                    .find(|d| d.name == key)
+                    .map(|d| d.value)
+                    .unwrap_or_default()
+            });
+            let mut items: Vec<String> = current
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            for item in value.unwrap_or_default().split(',').map(str::trim) {
+                if op == OP_APPEND && !items.iter().any(|i| i == item) {
+                    items.push(item.to_string());
+                } else if op == OP_SUBTRACT {
+                    items.retain(|i| i != item);
+                }
+            }
+            configs.insert(key, items.join(","));
+        }
+        other => return Err(format!("{key}: unknown operation {other}")),
     }
+    Ok(())
+}
+
+pub async fn incremental_alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: IncrementalAlterConfigsRequest =
+        decode_body(frame.body.clone(), frame.api_version)?;
+    let mut responses = Vec::new();
+    for resource in &request.resources {
+        let ops = resource
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+            .collect();
+        let name = resource.resource_name.to_string();
+        let (code, message) =
+            alter_resource(shard, resource.resource_type, &name, request.validate_only, false, ops).await;
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message),
+        );
+    }
+    respond(
+        &frame,
+        &IncrementalAlterConfigsResponse::default().with_responses(responses),
+    )
+}
+
+/// AlterConfigs (the older API): the resource's overrides become exactly the
+/// configs given; the ones left out go back to their defaults.
+pub async fn alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: AlterConfigsRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let mut responses = Vec::new();
+    for resource in &request.resources {
+        let ops = resource
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), OP_SET, Some(c.value.as_ref()?.to_string()))))
+            .collect();
+        let name = resource.resource_name.to_string();
+        let (code, message) =
+            alter_resource(shard, resource.resource_type, &name, request.validate_only, true, ops).await;
+        responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message),
+        );
+    }
+    respond(
+        &frame,
+        &AlterConfigsResponse::default().with_responses(responses),
+    )
+}
+
+/// DeleteRecords: each partition's log start offset moves up to the given
+/// offset (-1: the high watermark), on the shard that owns it.
+pub async fn delete_records(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
+    let request: DeleteRecordsRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let mut topics = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for partition in &topic.partitions {
+            let (code, low_watermark) = if partition.offset < -1 {
+                (error_code::OFFSET_OUT_OF_RANGE, -1)
+            } else {
+                match shard
+                    .call(
+                        &name,
+                        partition.partition_index,
+                        PartitionOp::DeleteRecords {
+                            before: partition.offset,
+                        },
+                    )
+                    .await
+                {
+                    PartitionReply::DeleteRecords(answer) => answer,
+                    _ => (error_code::KAFKA_STORAGE_ERROR, -1),
+                }
+            };
+            partitions.push(
+                DeleteRecordsPartitionResult::default()
+                    .with_partition_index(partition.partition_index)
+                    .with_low_watermark(low_watermark)
+                    .with_error_code(code),
+            );
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    respond(
+        &frame,
+        &DeleteRecordsResponse::default().with_topics(topics),
+    )
 }

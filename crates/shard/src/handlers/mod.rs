@@ -79,6 +79,9 @@ pub async fn handle_here(
         ApiKey::DeleteTopics => admin::delete_topics(shard, frame).await,
         ApiKey::CreatePartitions => admin::create_partitions(shard, frame).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, frame).await,
+        ApiKey::AlterConfigs => admin::alter_configs(shard, frame).await,
+        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(shard, frame).await,
+        ApiKey::DeleteRecords => admin::delete_records(shard, frame).await,
         other => Err(format!("no handler for {other:?}")),
     }
 }

@@ -5,7 +5,7 @@
 use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{PartitionOp, PartitionReply, ProduceOutcome};
 use crate::shard::Shard;
-use crate::topic_config::max_message_bytes;
+use crate::topic_config::{produce_rules, ProduceRules};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
@@ -15,7 +15,7 @@ use sluice_protocol::compression::Codec;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
 use sluice_protocol::record_batch::BatchHeader;
-use sluice_protocol::validate::validate_produced_batch;
+use sluice_protocol::validate::validate_produced_batch_with;
 
 /// A produce request may decompress to at least this much in all ...
 const DECOMPRESSED_BYTES_PER_REQUEST_MIN: usize = 64 << 20;
@@ -62,9 +62,13 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         let name = topic.name.0.to_string();
         // Kafka's order: an unknown topic (not auto-created) or a batch over
         // max.message.bytes is refused by the owner before its records matter.
-        let max_message_bytes = match snapshot.topics.get(&name) {
-            Some(meta) => Some(max_message_bytes(&shard.settings, &meta.configs)),
-            None if shard.settings.auto_create_topics => Some(shard.settings.max_message_bytes),
+        let rules = match snapshot.topics.get(&name) {
+            Some(meta) => Some(produce_rules(&shard.settings, &meta.configs)),
+            None if shard.settings.auto_create_topics => Some(ProduceRules {
+                max_message_bytes: shard.settings.max_message_bytes,
+                keys_required: false,
+                min_insync_replicas: 1,
+            }),
             None => None,
         };
         let mut partitions = Vec::new();
@@ -75,13 +79,23 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             // Validated here, in the synchronous step before any await, so a
             // bad batch is refused without reaching the owner and request
             // order on the connection is kept.
-            let refuse = refuse.clone().or_else(|| match max_message_bytes {
-                Some(max) if records.len() as i64 <= max => validate(
+            let refuse = refuse.clone().or_else(|| match rules {
+                // Kafka: with acks=all, fewer in-sync replicas (here: one)
+                // than min.insync.replicas refuses the write.
+                Some(rules) if acks == -1 && rules.min_insync_replicas > 1 => Some((
+                    error_code::NOT_ENOUGH_REPLICAS,
+                    format!(
+                        "min.insync.replicas is {} and this single node is the only replica",
+                        rules.min_insync_replicas
+                    ),
+                )),
+                Some(rules) if records.len() as i64 <= rules.max_message_bytes => validate(
                     shard,
                     &frame,
                     &name,
                     index,
                     &records,
+                    rules.keys_required,
                     &mut decompressed_left,
                 ),
                 _ => None,
@@ -163,6 +177,7 @@ fn validate(
     topic: &str,
     partition: i32,
     records: &bytes::Bytes,
+    keys_required: bool,
     decompressed_left: &mut usize,
 ) -> Option<(i16, String)> {
     let refusal = if records.is_empty() {
@@ -177,7 +192,7 @@ fn validate(
         ))
     } else {
         let mut scratch = shard.validation_scratch.borrow_mut();
-        match validate_produced_batch(records, &mut scratch, *decompressed_left) {
+        match validate_produced_batch_with(records, &mut scratch, *decompressed_left, keys_required) {
             Ok((header, _))
                 if header.compression() == Codec::Zstd.id() && frame.api_version < 7 =>
             {

@@ -95,7 +95,7 @@ async fn fill(log: &Rc<PartitionLog<MemDir>>, now: i64) -> BTreeMap<i64, (Key, V
             .map(|_| {
                 n += 1;
                 let key = format!("key-{}", (n * 7919) % 40).into_bytes();
-                let value = (n % 97 != 0).then(|| format!("value-{n}-{}", "x".repeat(40)).into_bytes());
+                let value = (!n.is_multiple_of(97)).then(|| format!("value-{n}-{}", "x".repeat(40)).into_bytes());
                 (Some(key), value)
             })
             .collect();

@@ -30,7 +30,7 @@ fn torn_tail_is_cut_and_every_whole_batch_survives() {
                 flush: FlushPolicy::UnsafeIntervalMs(3_600_000),
                 ..small_config()
             };
-            let log = open(&dir, config.clone()).await;
+            let log = open(&dir, config).await;
             let mut raws = Vec::new();
             for i in 0..6 {
                 let raw = batch(i, 3, 500, 10);
@@ -132,7 +132,7 @@ fn disk_full_fails_cleanly_and_the_log_recovers_when_space_returns() {
             preallocate_bytes: 0,
             ..small_config()
         };
-        let log = open(&dir, config.clone()).await;
+        let log = open(&dir, config).await;
         let first = batch(1, 2, 100, 1);
         append(&log, &first).await.unwrap();
         dir.set_faults(Faults {
@@ -231,7 +231,7 @@ fn a_damaged_index_is_rebuilt_from_the_data() {
             index_interval_bytes: 256,
             ..small_config()
         };
-        let log = open(&dir, config.clone()).await;
+        let log = open(&dir, config).await;
         for i in 0..40 {
             append(&log, &batch(i, 2, 200, i as i64)).await.unwrap();
         }
