@@ -212,3 +212,17 @@ def test_offsets_for_times_are_record_exact_in_compressed_batches(broker, java_c
     records = [line for line in out if "type" in line]
     assert [(r["o"], r["ts"], r["type"]) for r in records] == [(i, base + i, "CreateTime") for i in range(count)]
     assert all(r["v"].startswith(f"value-{r['o']} ") for r in records)
+
+
+def test_admin_offsets_of_several_groups_delete_records_and_alter_configs(broker, java_client):
+    """What tools and Kafka Streams ask of the admin client: one listConsumerGroupOffsets
+    for several groups (OffsetFetch v8+), deleteRecords, incrementalAlterConfigs."""
+    groups = ["streams-a", "streams-b", "streams-c"]
+    lines = java_client.run("offsets", broker, "java-offsets", ",".join(groups))
+    committed = {(l["group"], l["partition"]): (l["offset"], l["metadata"]) for l in only(lines, step="committed")}
+    assert committed == {(g, p): ((10 if p == 0 else 20) + i, f"g{i}" if p == 0 else "")
+                         for i, g in enumerate(groups) for p in (0, 1)}
+    deleted = one(lines, step="deleted")
+    assert (deleted["result"], deleted["earliest"]) == (30, 30)
+    altered = one(lines, step="altered")
+    assert (altered["cleanup.policy"], altered["source"]) == ("compact", "DYNAMIC_TOPIC_CONFIG")

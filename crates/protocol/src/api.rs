@@ -6,7 +6,7 @@ use kafka_protocol::messages::ApiKey;
 /// (API, lowest version, highest version).
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
@@ -20,7 +20,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 4),
     (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
@@ -81,6 +81,7 @@ pub mod error_code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE"), from
     /// kafka-protocol's table of every code (not a hand-kept list).

@@ -129,6 +129,11 @@ pub enum ShardMsg {
         frame: sluice_protocol::frame::RequestFrame,
         reply: flume::Sender<Result<Option<Bytes>, String>>,
     },
+    /// A group's committed offsets (OffsetFetch v8+ asks several coordinators).
+    CommittedOffsets {
+        group: String,
+        reply: flume::Sender<Result<crate::groups::offsets::GroupOffsets, String>>,
+    },
     /// (group id, protocol type, state) of every group coordinated here.
     ListGroups {
         reply: flume::Sender<Vec<(String, String, String)>>,

@@ -43,6 +43,24 @@ impl TopicMeta {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Topic id → name (Fetch v13+ names topics by id); rebuilt by the store
+    /// whenever it publishes a snapshot.
+    pub names_by_id: std::collections::HashMap<uuid::Uuid, String>,
+}
+
+impl Snapshot {
+    fn index_ids(mut self) -> Snapshot {
+        self.names_by_id = self
+            .topics
+            .values()
+            .map(|t| (t.uuid(), t.name.clone()))
+            .collect();
+        self
+    }
+
+    pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(self.names_by_id.get(&id)?)
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -72,7 +90,9 @@ impl MetadataStore {
                         .into_iter()
                         .map(|t| (t.name.clone(), Arc::new(t)))
                         .collect(),
+                    names_by_id: Default::default(),
                 }
+                .index_ids()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
@@ -103,7 +123,7 @@ impl MetadataStore {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        self.current.store(Arc::new(next));
+        self.current.store(Arc::new(next.index_ids()));
         Ok(())
     }
 }

@@ -178,6 +178,29 @@ impl Shard {
             .map_err(|_| "coordinator shard dropped the request".to_string())?
     }
 
+    /// A group's committed offsets, from its coordinator shard.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+    ) -> Result<crate::groups::offsets::GroupOffsets, String> {
+        let owner = coordinator_shard(group, self.shard_count);
+        if owner == self.id {
+            return Ok(self.coordinator()?.committed(group));
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.peers[owner]
+            .send_async(ShardMsg::CommittedOffsets {
+                group: group.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| "coordinator shard is gone".to_string())?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| "coordinator shard dropped the request".to_string())?
+    }
+
     /// Every group of every shard.
     pub async fn all_groups(&self) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
@@ -873,6 +896,10 @@ impl Shard {
                 // Group requests only (never a fetch): no connection memory of their own here.
                 let connection = Rc::new(crate::memory::ConnectionMemory::default());
                 let answer = crate::handlers::handle_here(&self, &connection, frame).await;
+                let _ = reply.send_async(answer).await;
+            }
+            ShardMsg::CommittedOffsets { group, reply } => {
+                let answer = self.coordinator().map(|c| c.committed(&group));
                 let _ = reply.send_async(answer).await;
             }
             ShardMsg::ListGroups { reply } => {

@@ -18,13 +18,17 @@ import java.util.concurrent.ExecutionException;
 
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.Config;
 import org.apache.kafka.clients.admin.ConfigEntry;
 import org.apache.kafka.clients.admin.CreateTopicsResult;
 import org.apache.kafka.clients.admin.DescribeClusterResult;
+import org.apache.kafka.clients.admin.ListConsumerGroupOffsetsSpec;
+import org.apache.kafka.clients.admin.ListOffsetsResult;
 import org.apache.kafka.clients.admin.ListOffsetsResult.ListOffsetsResultInfo;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.OffsetSpec;
+import org.apache.kafka.clients.admin.RecordsToDelete;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.CloseOptions;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
@@ -66,7 +70,7 @@ public final class SluiceClientCheck {
 
     public static void main(String[] args) {
         if (args.length < 2) {
-            System.err.println("usage: SluiceClientCheck admin|idempotent|group|timestamps BOOTSTRAP [ARGS...]");
+            System.err.println("usage: SluiceClientCheck admin|idempotent|group|offsets|timestamps BOOTSTRAP [ARGS...]");
             System.exit(2);
         }
         String bootstrap = args[1];
@@ -80,6 +84,9 @@ public final class SluiceClientCheck {
                     break;
                 case "group":  // TOPIC GROUP PARTITIONS TOTAL range|cooperative-sticky
                     group(bootstrap, args[2], args[3], Integer.parseInt(args[4]), Integer.parseInt(args[5]), args[6]);
+                    break;
+                case "offsets":  // TOPIC GROUP,GROUP,...
+                    offsets(bootstrap, args[2], args[3].split(","));
                     break;
                 case "timestamps":  // TOPIC COUNT COMPRESSION DELTA,DELTA,...
                     timestamps(bootstrap, args[2], Integer.parseInt(args[3]), args[4], args[5]);
@@ -148,6 +155,48 @@ public final class SluiceClientCheck {
                         "source", String.valueOf(entry.source()), "default", entry.isDefault(),
                         "read_only", entry.isReadOnly(), "sensitive", entry.isSensitive());
             }
+        }
+    }
+
+    /**
+     * Admin calls of tools and Kafka Streams: each GROUP commits offsets (alterConsumerGroupOffsets),
+     * then one listConsumerGroupOffsets asks for all groups at once (OffsetFetch v8+ batches them);
+     * deleteRecords moves partition 0's start; incrementalAlterConfigs sets cleanup.policy.
+     */
+    static void offsets(String bootstrap, String topic, String[] groups) throws Exception {
+        createTopic(bootstrap, topic, 2);
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(producerProps(bootstrap))) {
+            produceNumbered(producer, topic, 2, 0, 100);
+        }
+        try (Admin admin = Admin.create(adminProps(bootstrap))) {
+            Map<String, ListConsumerGroupOffsetsSpec> specs = new TreeMap<>();
+            for (int g = 0; g < groups.length; g++) {
+                Map<TopicPartition, OffsetAndMetadata> commit = new HashMap<>();
+                commit.put(new TopicPartition(topic, 0), new OffsetAndMetadata(10 + g, "g" + g));
+                commit.put(new TopicPartition(topic, 1), new OffsetAndMetadata(20 + g));
+                admin.alterConsumerGroupOffsets(groups[g], commit).all().get();
+                specs.put(groups[g], new ListConsumerGroupOffsetsSpec());
+            }
+            Map<String, Map<TopicPartition, OffsetAndMetadata>> listed =
+                    admin.listConsumerGroupOffsets(specs).all().get();
+            for (Map.Entry<String, Map<TopicPartition, OffsetAndMetadata>> group : listed.entrySet()) {
+                for (Map.Entry<TopicPartition, OffsetAndMetadata> e : group.getValue().entrySet()) {
+                    emit("step", "committed", "group", group.getKey(), "partition", e.getKey().partition(),
+                            "offset", e.getValue().offset(), "metadata", e.getValue().metadata());
+                }
+            }
+            long low = admin.deleteRecords(Map.of(new TopicPartition(topic, 0), RecordsToDelete.beforeOffset(30)))
+                    .lowWatermarks().get(new TopicPartition(topic, 0)).get().lowWatermark();
+            ListOffsetsResult earliest = admin.listOffsets(Map.of(new TopicPartition(topic, 0), OffsetSpec.earliest()));
+            emit("step", "deleted", "earliest", earliest.partitionResult(new TopicPartition(topic, 0)).get().offset(),
+                    "result", low);
+            ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+            admin.incrementalAlterConfigs(Map.of(resource, List.of(
+                    new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.SET))))
+                    .all().get();
+            ConfigEntry policy = admin.describeConfigs(List.of(resource)).all().get().get(resource)
+                    .get("cleanup.policy");
+            emit("step", "altered", "cleanup.policy", policy.value(), "source", String.valueOf(policy.source()));
         }
     }
 

@@ -4,13 +4,13 @@
 //! `min_bytes` are ready, the fetch waits, woken by appends on the owning
 //! shards, until `max_wait_ms`. Fetch sessions are declined (session id 0).
 
-use super::{respond, HandlerResult};
+use super::{respond, str_bytes, HandlerResult};
 use crate::memory::{Charge, ConnectionMemory};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply};
 use crate::shard::Shard;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
@@ -27,7 +27,18 @@ pub async fn handle(
     connection: &Rc<ConnectionMemory>,
     frame: RequestFrame,
 ) -> HandlerResult {
-    let request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let mut request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    // From v13 topics are named by id: resolve them to names once, here.
+    let mut unknown_ids = Vec::new();
+    if frame.api_version >= 13 {
+        let snapshot = shard.snapshot();
+        for (index, topic) in request.topics.iter_mut().enumerate() {
+            match snapshot.topic_by_id(topic.topic_id) {
+                Some(meta) => topic.topic = TopicName(str_bytes(&meta.name)),
+                None => unknown_ids.push(index),
+            }
+        }
+    }
     let deadline = Instant::now()
         + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
     let max_bytes = if request.max_bytes <= 0 {
@@ -83,7 +94,9 @@ pub async fn handle(
     let responses = request
         .topics
         .iter()
-        .map(|topic| {
+        .enumerate()
+        .map(|(index, topic)| {
+            let unknown_id = unknown_ids.contains(&index);
             let partitions = topic
                 .partitions
                 .iter()
@@ -91,7 +104,11 @@ pub async fn handle(
                     let outcome = outcomes.next().expect("one outcome per partition");
                     PartitionData::default()
                         .with_partition_index(partition.partition)
-                        .with_error_code(outcome.error_code)
+                        .with_error_code(if unknown_id {
+                            error_code::UNKNOWN_TOPIC_ID
+                        } else {
+                            outcome.error_code
+                        })
                         .with_high_watermark(outcome.high_watermark)
                         .with_last_stable_offset(outcome.high_watermark)
                         .with_log_start_offset(if frame.api_version >= 5 {
@@ -105,6 +122,7 @@ pub async fn handle(
                 .collect();
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
                 .with_partitions(partitions)
         })
         .collect();

@@ -4,7 +4,7 @@
 //! whole frame is forwarded there.
 
 use super::{respond, str_bytes, HandlerResult};
-use crate::groups::offsets::{coordinator_shard, Committed};
+use crate::groups::offsets::{coordinator_shard, Committed, GroupOffsets};
 use crate::groups::state::{code, JoinRequest};
 use crate::shard::Shard;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -20,6 +20,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
@@ -51,6 +52,8 @@ pub fn owner_of(shard: &Shard, frame: &RequestFrame) -> Result<Option<usize>, St
             .group_id
             .0
             .to_string(),
+        // From v8 one request may ask about several groups: it fans out from here.
+        ApiKey::OffsetFetch if v >= 8 => return Ok(None),
         ApiKey::OffsetFetch => decode_body::<OffsetFetchRequest>(body, v)?
             .group_id
             .0
@@ -353,61 +356,110 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     respond(&frame, &OffsetCommitResponse::default().with_topics(topics))
 }
 
+/// (topic, [(partition, committed offset, leader epoch, metadata)]) for the
+/// partitions asked (or, with `None`, every partition the group committed).
+type FetchedOffsets = Vec<(TopicName, Vec<(i32, i64, i32, StrBytes)>)>;
+
+fn fetched_offsets(committed: &GroupOffsets, wanted: Option<Vec<(TopicName, Vec<i32>)>>) -> FetchedOffsets {
+    let wanted = wanted.unwrap_or_else(|| {
+        let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        for (topic, partition) in committed.keys() {
+            by_topic.entry(topic.clone()).or_default().push(*partition);
+        }
+        by_topic
+            .into_iter()
+            .map(|(name, partitions)| (TopicName(str_bytes(&name)), partitions))
+            .collect()
+    });
+    wanted
+        .into_iter()
+        .map(|(name, partitions)| {
+            let answers = partitions
+                .into_iter()
+                .map(|p| {
+                    let found = committed.get(&(name.0.to_string(), p));
+                    (
+                        p,
+                        found.map_or(-1, |c| c.offset),
+                        found.map_or(-1, |c| c.leader_epoch),
+                        str_bytes(found.and_then(|c| c.metadata.as_deref()).unwrap_or("")),
+                    )
+                })
+                .collect();
+            (name, answers)
+        })
+        .collect()
+}
+
+/// OffsetFetch. Up to v7 one group (the request runs on its coordinator
+/// shard); from v8 several, each asked of its own coordinator shard.
 pub async fn offset_fetch(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: OffsetFetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let v = frame.api_version;
-    let coordinator = shard.coordinator()?;
-    let committed = coordinator.committed(&request.group_id.0);
-    let partition_answer = |topic: &str, partition: i32| {
-        let found = committed.get(&(topic.to_string(), partition));
-        let answer = OffsetFetchResponsePartition::default()
-            .with_partition_index(partition)
-            .with_committed_offset(found.map_or(-1, |c| c.offset))
-            .with_metadata(Some(str_bytes(
-                found.and_then(|c| c.metadata.as_deref()).unwrap_or(""),
-            )))
-            .with_error_code(code::NONE);
-        if v >= 5 {
-            answer.with_committed_leader_epoch(found.map_or(-1, |c| c.leader_epoch))
-        } else {
-            answer
-        }
-    };
-    let topics: Vec<OffsetFetchResponseTopic> = match &request.topics {
-        Some(topics) => topics
-            .iter()
-            .map(|t| {
-                let name = t.name.0.to_string();
-                OffsetFetchResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        t.partition_indexes
-                            .iter()
-                            .map(|p| partition_answer(&name, *p))
-                            .collect(),
-                    )
-            })
-            .collect(),
-        None => {
-            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
-            for (topic, partition) in committed.keys() {
-                by_topic.entry(topic.clone()).or_default().push(*partition);
-            }
-            by_topic
+    if v >= 8 {
+        let mut groups = Vec::with_capacity(request.groups.len());
+        for group in &request.groups {
+            let committed = shard.committed_offsets(&group.group_id.0).await?;
+            let wanted = group.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            let topics = fetched_offsets(&committed, wanted)
                 .into_iter()
                 .map(|(name, partitions)| {
-                    OffsetFetchResponseTopic::default()
-                        .with_name(TopicName(str_bytes(&name)))
+                    offset_fetch_response::OffsetFetchResponseTopics::default()
+                        .with_name(name)
                         .with_partitions(
                             partitions
-                                .iter()
-                                .map(|p| partition_answer(&name, *p))
+                                .into_iter()
+                                .map(|(p, offset, epoch, metadata)| {
+                                    offset_fetch_response::OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_committed_leader_epoch(epoch)
+                                        .with_metadata(Some(metadata))
+                                        .with_error_code(code::NONE)
+                                })
                                 .collect(),
                         )
                 })
-                .collect()
+                .collect();
+            groups.push(
+                offset_fetch_response::OffsetFetchResponseGroup::default()
+                    .with_group_id(group.group_id.clone())
+                    .with_topics(topics)
+                    .with_error_code(code::NONE),
+            );
         }
-    };
+        return respond(&frame, &OffsetFetchResponse::default().with_groups(groups));
+    }
+    let committed = shard.coordinator()?.committed(&request.group_id.0);
+    let wanted = request.topics.as_ref().map(|topics| {
+        topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+            .collect()
+    });
+    let topics: Vec<OffsetFetchResponseTopic> = fetched_offsets(&committed, wanted)
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default().with_name(name).with_partitions(
+                partitions
+                    .into_iter()
+                    .map(|(p, offset, epoch, metadata)| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                            .with_committed_leader_epoch(if v >= 5 { epoch } else { -1 })
+                            .with_metadata(Some(metadata))
+                            .with_error_code(code::NONE)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
     let mut body = OffsetFetchResponse::default().with_topics(topics);
     if v >= 2 {
         body = body.with_error_code(code::NONE);
