@@ -13,6 +13,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from fault_proxy import FETCH, FIND_COORDINATOR, HEARTBEAT, JOIN_GROUP, OFFSET_FETCH, PRODUCE, FaultProxy
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(os.environ.get("SLUICE_BENCH_BIN", ROOT / "target" / "release" / "sluice-bench"))
 
@@ -129,3 +131,87 @@ def test_an_unreachable_broker_is_a_clear_error():
     run = bench("run", "--bootstrap", "127.0.0.1:1", "--duration-s", "1", timeout=60)
     assert run.returncode == 1
     assert "cannot connect to 127.0.0.1:1" in run.stderr
+
+
+# --- retriable errors, as a real Kafka cluster gives them ------------------
+# Sluice itself rarely answers these, so a proxy between sluice-bench and the
+# broker injects them (fault_proxy.py).
+
+NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, MESSAGE_TOO_LARGE = 6, 5, 10
+COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR = 14, 15, 16
+
+
+def proxied_run(proxy, tmp_path, *flags):
+    result_path = tmp_path / "r.json"
+    run = bench("run", "--bootstrap", proxy.bootstrap, "--json", str(result_path), "--status-every-s", "1",
+                "--warmup-s", "0", "--message-size", "200", "--threads", "2", *flags, timeout=60)
+    assert result_path.exists(), run.stderr
+    return run, json.loads(result_path.read_text())
+
+
+def test_retriable_errors_are_retried_like_a_kafka_client_and_nothing_is_lost(broker, tmp_path):
+    with FaultProxy(
+        broker.bootstrap,
+        answers={
+            PRODUCE: [NOT_LEADER_OR_FOLLOWER] * 3,
+            FETCH: [NOT_LEADER_OR_FOLLOWER] * 2,
+            FIND_COORDINATOR: [COORDINATOR_NOT_AVAILABLE] * 2,
+            JOIN_GROUP: [NOT_COORDINATOR] * 2,
+            OFFSET_FETCH: [COORDINATOR_LOAD_IN_PROGRESS],
+            HEARTBEAT: [NOT_COORDINATOR],
+        },
+        # The 8th Produce request finds its connection closed (not forwarded:
+        # the retry cannot duplicate it).
+        close_at=[(PRODUCE, 8)],
+        # A fresh topic shows no leaders for a moment.
+        leaderless_metadata=2,
+    ) as proxy:
+        run, result = proxied_run(proxy, tmp_path, "--partitions-per-topic", "3", "--producers", "1",
+                                  "--consumers", "2", "--consumer-group", "true", "--producer-rate", "2000",
+                                  "--duration-s", "3")
+    assert run.returncode == 0, run.stderr
+    totals = result["totals"]
+    assert totals["produce_errors"] == 0 and totals["lost_after_retries"] == 0, result["errors"]
+    assert totals["produced"] >= 5000
+    assert totals["consumed"] == totals["produced"]
+    assert result["errors"] == {}
+    injected = proxy.injected
+    assert injected["closed"] == 1 and injected["leaderless metadata"] == 2
+    retries = result["retries"]
+    # One retry per batch re-sent (every partition of an injected answer) and per fetch repeated.
+    assert retries["NOT_LEADER_OR_FOLLOWER"] == injected["produce partitions"] + 2, retries
+    assert retries["LEADER_NOT_AVAILABLE"] == 2, retries
+    assert retries["COORDINATOR_NOT_AVAILABLE"] == 2, retries
+    assert retries["NOT_COORDINATOR"] == 3, retries  # two JoinGroups, one heartbeat
+    assert retries["COORDINATOR_LOAD_IN_PROGRESS"] == 1, retries
+    assert retries["connection lost"] >= 1, retries
+    assert set(retries) == {"NOT_LEADER_OR_FOLLOWER", "LEADER_NOT_AVAILABLE", "COORDINATOR_NOT_AVAILABLE",
+                            "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "connection lost"}, retries
+    summary = [line for line in run.stdout.splitlines() if line.startswith("retries: ")]
+    assert len(summary) == 1 and "NOT_LEADER_OR_FOLLOWER" in summary[0], run.stdout
+    assert "| retries " in run.stderr
+
+
+def test_a_spent_retry_budget_loses_messages_and_other_errors_fail_at_once(broker, tmp_path):
+    with FaultProxy(broker.bootstrap,
+                    answers={PRODUCE: [MESSAGE_TOO_LARGE] + [NOT_LEADER_OR_FOLLOWER] * 100_000}) as proxy:
+        run, result = proxied_run(proxy, tmp_path, "--partitions-per-topic", "1", "--producers", "1",
+                                  "--consumers", "0", "--producer-rate", "200", "--linger-ms", "20",
+                                  "--duration-s", "2", "--delivery-timeout-ms", "1500")
+    assert run.returncode == 1
+    assert "not acknowledged" in run.stderr
+    totals = result["totals"]
+    assert totals["produced"] == 0
+    # The first batch was refused for good; every later one retried until its budget was spent.
+    assert 0 < totals["lost_after_retries"] < totals["produce_errors"]
+    assert result["workload"]["delivery_timeout_ms"] == 1500
+    assert result["errors"]["produce failed: MESSAGE_TOO_LARGE (10)"] == 1, result["errors"]
+    # (On a slow machine a batch may also expire before its first send.)
+    assert set(result["errors"]) - {"produce failed, retry budget spent: queued, never sent"} == {
+        "produce failed: MESSAGE_TOO_LARGE (10)",
+        "produce failed, retry budget spent: NOT_LEADER_OR_FOLLOWER"}, result["errors"]
+    # 100, 200, 400 ms (± 20 %) and the next 800 ms would end after the 1.5 s: 3 retries a batch, or 4.
+    retried = result["retries"]["NOT_LEADER_OR_FOLLOWER"]
+    batches = result["errors"]["produce failed, retry budget spent: NOT_LEADER_OR_FOLLOWER"]
+    assert 3 * batches <= retried <= 4 * batches, (retried, batches)
+    assert f"lost after retries: {totals['lost_after_retries']} messages" in run.stdout

@@ -7,9 +7,13 @@ use crate::client::Conn;
 use crate::retry;
 use crate::topology::{self, Topology};
 use glommio::sync::Semaphore;
+use glommio::Task;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often an unfinished refresh is looked at.
+const REFRESH_POLL: Duration = Duration::from_millis(1);
 
 /// A partition whose leader is not known.
 pub const NO_LEADER: i32 = -1;
@@ -34,6 +38,8 @@ pub struct Cluster {
     /// Refreshes in a row that left the view stale (for the backoff).
     refreshes: u32,
     next_refresh: Instant,
+    /// The Metadata request under way.
+    refreshing: Option<Task<Result<topology::Snapshot, String>>>,
 }
 
 impl Cluster {
@@ -53,6 +59,7 @@ impl Cluster {
             stale: false,
             refreshes: 0,
             next_refresh: Instant::now(),
+            refreshing: None,
         }
     }
 
@@ -61,8 +68,12 @@ impl Cluster {
         self.stale = true;
     }
 
-    /// When a refresh may run, if one is needed.
+    /// When to look at the refresh next: when its backoff ends, or soon if
+    /// one is under way; `None` if none is needed.
     pub fn refresh_at(&self) -> Option<Instant> {
+        if self.refreshing.is_some() {
+            return Some(Instant::now() + REFRESH_POLL);
+        }
         self.stale.then_some(self.next_refresh)
     }
 
@@ -70,10 +81,9 @@ impl Cluster {
     pub async fn link(&mut self, node: i32) -> Result<&Link, String> {
         let live = self.links.get(&node).is_some_and(|l| !l.conn.is_closed());
         if !live {
-            let addr = self
-                .brokers
-                .get(&node)
-                .ok_or_else(|| format!("metadata names leader {node}, which is not among the brokers"))?;
+            let addr = self.brokers.get(&node).ok_or_else(|| {
+                format!("metadata names leader {node}, which is not among the brokers")
+            })?;
             let conn = Conn::connect(addr).await?;
             self.links.insert(
                 node,
@@ -86,15 +96,60 @@ impl Cluster {
         Ok(&self.links[&node])
     }
 
-    /// Refreshes the leaders from any broker (a connected one first, else
-    /// the bootstrap address) if the view is stale and the backoff has
-    /// passed. The view stays stale while a partition has no leader or the
-    /// refresh fails. Returns whether the leaders were refreshed.
-    pub async fn refresh_if_due(&mut self, now: Instant) -> bool {
-        if !self.stale || now < self.next_refresh {
-            return false;
+    /// Drives the refresh: starts one (in the background, from any broker:
+    /// a connected one first, else the bootstrap address) if the view is
+    /// stale and the backoff has passed, and applies its answer once it has
+    /// come. Refreshes are at least [`retry::BACKOFF_MIN`] apart, further
+    /// while they leave the view stale (a partition without a leader, or a
+    /// failed refresh). Returns whether the leaders were just refreshed.
+    pub fn poll_refresh(&mut self, now: Instant) -> bool {
+        if let Some(task) = &mut self.refreshing {
+            let Some(answer) =
+                futures_lite::future::block_on(futures_lite::future::poll_once(task))
+            else {
+                return false;
+            };
+            self.refreshing = None;
+            self.apply(answer);
+            return true;
         }
-        let refreshed = match self.ask().await {
+        if self.stale && now >= self.next_refresh {
+            let live = self
+                .links
+                .values()
+                .find(|l| !l.conn.is_closed())
+                .map(|l| l.conn.clone());
+            let bootstrap = self.bootstrap.clone();
+            let topics = self.topics.clone();
+            self.refreshing = Some(glommio::spawn_local(async move {
+                let conn = match live {
+                    Some(conn) => conn,
+                    None => Conn::connect(&bootstrap).await?,
+                };
+                topology::metadata(&conn, &topics).await
+            }));
+        }
+        false
+    }
+
+    /// One refresh if the view is stale: waits for its backoff and its answer.
+    pub async fn refresh(&mut self) {
+        if !self.stale && self.refreshing.is_none() {
+            return;
+        }
+        loop {
+            if self.poll_refresh(Instant::now()) {
+                return;
+            }
+            let wait = self.refresh_at().map_or(REFRESH_POLL, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            glommio::timer::sleep(wait.max(REFRESH_POLL)).await;
+        }
+    }
+
+    fn apply(&mut self, answer: Result<topology::Snapshot, String>) {
+        let refreshed = match answer {
             Ok(snapshot) => {
                 self.leaders = self
                     .partitions
@@ -117,20 +172,7 @@ impl Cluster {
             self.next_refresh = Instant::now() + retry::backoff(self.refreshes);
         } else {
             self.refreshes = 0;
+            self.next_refresh = Instant::now() + retry::BACKOFF_MIN;
         }
-        refreshed
-    }
-
-    async fn ask(&mut self) -> Result<topology::Snapshot, String> {
-        let live = self
-            .links
-            .values()
-            .find(|l| !l.conn.is_closed())
-            .map(|l| l.conn.clone());
-        let conn = match live {
-            Some(conn) => conn,
-            None => Conn::connect(&self.bootstrap).await?,
-        };
-        topology::metadata(&conn, &self.topics).await
     }
 }

@@ -6,8 +6,8 @@
 use crate::client::kafka_error;
 use crate::cluster::{Cluster, NO_LEADER};
 use crate::group::{Heartbeat, Member, HEARTBEAT_INTERVAL_MS};
-use crate::retry::{self, Attempts, CANNOT_CONNECT, CONNECTION_LOST};
 use crate::records::{consume_batches, now_us};
+use crate::retry::{self, Attempts, CANNOT_CONNECT, CONNECTION_LOST};
 use crate::stats::record_us;
 use crate::worker::Worker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -39,10 +39,7 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
         let mut offsets = vec![0i64; mine.len()];
         let rejoin = Rc::new(Cell::new(false));
         let mut fetcher = Fetcher::new(worker.clone(), &bootstrap);
-        while !fetcher
-            .round(&mine, &mut offsets, &rejoin, false)
-            .await?
-        {}
+        while !fetcher.round(&mine, &mut offsets, &rejoin, false).await? {}
         return Ok(());
     }
     let group_id = format!("{}-group", topology.topics[0]);
@@ -169,13 +166,7 @@ impl Fetcher {
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        if let Some(at) = self.cluster.refresh_at() {
-            let now = Instant::now();
-            if at > now {
-                glommio::timer::sleep(at - now).await;
-            }
-            self.cluster.refresh_if_due(Instant::now()).await;
-        }
+        self.cluster.refresh().await;
         let mut by_node: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (slot, &i) in mine.iter().enumerate() {
             let leader = self.cluster.leaders[i];

@@ -8,7 +8,9 @@
 //! and ILLEGAL_GENERATION make the member rejoin.
 
 use crate::client::{kafka_error, Conn};
+use crate::retry::{self, Attempts, GroupError, CANNOT_CONNECT, CONNECTION_LOST};
 use crate::topology::Topology;
+use crate::worker::Worker;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -20,8 +22,6 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use crate::retry::{self, Attempts, GroupError, CANNOT_CONNECT, CONNECTION_LOST};
-use crate::worker::Worker;
 use sluice_protocol::api::error_code::{
     ILLEGAL_GENERATION, MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
 };
@@ -195,9 +195,12 @@ impl Member {
                     .with_name(str(ASSIGNOR))
                     .with_metadata(subscription.clone())]);
             let joined: JoinGroupResponse = self
-                .request(ApiKey::JoinGroup, &request, self.budget(), |r: &JoinGroupResponse| {
-                    r.error_code
-                })
+                .request(
+                    ApiKey::JoinGroup,
+                    &request,
+                    self.budget(),
+                    |r: &JoinGroupResponse| r.error_code,
+                )
                 .await?;
             match joined.error_code {
                 0 => {}
@@ -238,9 +241,12 @@ impl Member {
                 .with_protocol_name(Some(str(ASSIGNOR)))
                 .with_assignments(assignments);
             let synced: SyncGroupResponse = self
-                .request(ApiKey::SyncGroup, &request, self.budget(), |r: &SyncGroupResponse| {
-                    r.error_code
-                })
+                .request(
+                    ApiKey::SyncGroup,
+                    &request,
+                    self.budget(),
+                    |r: &SyncGroupResponse| r.error_code,
+                )
                 .await?;
             match synced.error_code {
                 0 => return decode_assignment(topology, synced.assignment),
@@ -269,9 +275,12 @@ impl Member {
             .with_member_id(str(&self.member_id));
         let session = Duration::from_millis(SESSION_TIMEOUT_MS as u64);
         let response: HeartbeatResponse = self
-            .request(ApiKey::Heartbeat, &request, session, |r: &HeartbeatResponse| {
-                r.error_code
-            })
+            .request(
+                ApiKey::Heartbeat,
+                &request,
+                session,
+                |r: &HeartbeatResponse| r.error_code,
+            )
             .await?;
         match response.error_code {
             0 => Ok(Heartbeat::Ok),
@@ -309,10 +318,15 @@ impl Member {
             ));
         // Before v2 a loading coordinator says so per partition.
         let response: OffsetFetchResponse = self
-            .request(ApiKey::OffsetFetch, &request, self.budget(), |r: &OffsetFetchResponse| {
-                let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
-                first_error(r.error_code, partitions.map(|p| p.error_code))
-            })
+            .request(
+                ApiKey::OffsetFetch,
+                &request,
+                self.budget(),
+                |r: &OffsetFetchResponse| {
+                    let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
+                    first_error(r.error_code, partitions.map(|p| p.error_code))
+                },
+            )
             .await?;
         if response.error_code != 0 {
             return Err(format!(
@@ -367,10 +381,15 @@ impl Member {
                     .collect(),
             );
         let response: OffsetCommitResponse = self
-            .request(ApiKey::OffsetCommit, &request, self.budget(), |r: &OffsetCommitResponse| {
-                let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
-                first_error(0, partitions.map(|p| p.error_code))
-            })
+            .request(
+                ApiKey::OffsetCommit,
+                &request,
+                self.budget(),
+                |r: &OffsetCommitResponse| {
+                    let partitions = r.topics.iter().flat_map(|t| t.partitions.iter());
+                    first_error(0, partitions.map(|p| p.error_code))
+                },
+            )
             .await?;
         for topic in &response.topics {
             for p in &topic.partitions {

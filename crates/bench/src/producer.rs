@@ -6,8 +6,8 @@ use crate::accumulator::{Accumulator, Open};
 use crate::client::{kafka_error, Conn};
 use crate::cluster::{Cluster, NO_LEADER};
 use crate::rate::RateLimiter;
-use crate::retry::{self, CANNOT_CONNECT, CONNECTION_LOST};
 use crate::records::{filler, now_us, stamp};
+use crate::retry::{self, CANNOT_CONNECT, CONNECTION_LOST};
 use crate::stats::record_us;
 use crate::worker::Worker;
 use crate::workload::KeyDistribution;
@@ -142,7 +142,7 @@ pub async fn run(
         }
         // Retries and metadata, then what is sealed: one request per broker,
         // one batch per partition.
-        sender.service().await;
+        sender.service();
         sender.send().await?;
         if stopping && batches.is_empty() && sender.is_idle() {
             break;
@@ -249,11 +249,11 @@ impl Sender {
     /// Refreshes metadata when a response asked for it (and the backoff
     /// allows), re-queues batches whose backoff is over, and drops batches
     /// past their delivery deadline as lost.
-    async fn service(&mut self) {
+    fn service(&mut self) {
         if self.returned.stale.take() {
             self.cluster.mark_stale();
         }
-        if self.cluster.refresh_if_due(Instant::now()).await {
+        if self.cluster.poll_refresh(Instant::now()) {
             // Leaders may have moved: queue every batch under its leader now.
             let mut all: Vec<Sealed> = std::mem::take(&mut self.queue)
                 .into_values()
@@ -324,7 +324,14 @@ impl Sender {
                     tracing::debug!("producer: {e}");
                     let now = Instant::now();
                     for batch in self.queue.remove(&node).unwrap_or_default() {
-                        retry_or_lose(&self.worker, &self.returned, batch, CANNOT_CONNECT, true, now);
+                        retry_or_lose(
+                            &self.worker,
+                            &self.returned,
+                            batch,
+                            CANNOT_CONNECT,
+                            true,
+                            now,
+                        );
                     }
                     continue;
                 }
@@ -392,7 +399,13 @@ impl Sender {
 
     /// When the next retry's backoff ends or metadata may be refreshed.
     fn next_wake(&self) -> Option<Instant> {
-        let retry = self.returned.retries.borrow().iter().map(|b| b.ready_at).min();
+        let retry = self
+            .returned
+            .retries
+            .borrow()
+            .iter()
+            .map(|b| b.ready_at)
+            .min();
         let refresh = self.cluster.refresh_at();
         match (retry, refresh) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -439,7 +452,14 @@ fn settle(
             acknowledge(worker, &batch, now);
         } else if retry::is_retriable(code) {
             let kind = retry::name(code);
-            retry_or_lose(worker, returned, batch, &kind, retry::is_stale_metadata(code), now);
+            retry_or_lose(
+                worker,
+                returned,
+                batch,
+                &kind,
+                retry::is_stale_metadata(code),
+                now,
+            );
         } else {
             worker.note_error(
                 &format!("produce failed: {}", kafka_error(code)),
@@ -451,7 +471,7 @@ fn settle(
 }
 
 /// After a retriable failure: back to the queue after a backoff (and a
-/// metadata refresh if `stale`), or lost if the budget is spent.
+/// metadata refresh if `stale`), or lost if the budget ends before that.
 fn retry_or_lose(
     worker: &Worker,
     returned: &Returned,
@@ -461,13 +481,15 @@ fn retry_or_lose(
     now: Instant,
 ) {
     batch.last_error = kind.to_string();
-    if now >= batch.deadline {
+    let ready_at = now + retry::backoff(batch.retries + 1);
+    // A retry that could not go out within the budget is not made.
+    if ready_at >= batch.deadline {
         lose(worker, &batch);
         return;
     }
     worker.note_retry(kind);
     batch.retries += 1;
-    batch.ready_at = now + retry::backoff(batch.retries);
+    batch.ready_at = ready_at;
     returned.retries.borrow_mut().push(batch);
     if stale {
         returned.stale.set(true);
@@ -551,7 +573,7 @@ fn fail(worker: &Worker, batch: &Sealed) {
 fn lose(worker: &Worker, batch: &Sealed) {
     let p = &worker.topology.partitions[batch.partition];
     let why = if batch.last_error.is_empty() {
-        "never sent"
+        "queued, never sent"
     } else {
         &batch.last_error
     };
@@ -559,7 +581,10 @@ fn lose(worker: &Worker, batch: &Sealed) {
         &format!("produce failed, retry budget spent: {why}"),
         &format!(
             "{}/{}: {} retries in delivery_timeout_ms = {}",
-            worker.topology.topics[p.topic], p.partition, batch.retries, worker.workload.delivery_timeout_ms
+            worker.topology.topics[p.topic],
+            p.partition,
+            batch.retries,
+            worker.workload.delivery_timeout_ms
         ),
     );
     let mut stats = worker.stats.borrow_mut();

@@ -1002,7 +1002,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("lost after retries: 5 messages (retried for delivery_timeout_ms = 120000 ms)"),
+            text.contains(
+                "lost after retries: 5 messages (retried for delivery_timeout_ms = 120000 ms)"
+            ),
             "{text}"
         );
         let md = markdown(&[result], &MachineLimits::default());

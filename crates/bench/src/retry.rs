@@ -283,7 +283,9 @@ mod tests {
         let mut attempts = Attempts::new(Duration::from_secs(2));
         let t = Instant::now();
         assert!(attempts.next("JoinGroup g", "NOT_COORDINATOR", t).unwrap() <= BACKOFF_MIN * 2);
-        assert!(attempts.next("JoinGroup g", "NOT_COORDINATOR", t + Duration::from_secs(1)).is_ok());
+        assert!(attempts
+            .next("JoinGroup g", "NOT_COORDINATOR", t + Duration::from_secs(1))
+            .is_ok());
         let e = attempts
             .next("JoinGroup g", "NOT_COORDINATOR", t + Duration::from_secs(2))
             .unwrap_err();

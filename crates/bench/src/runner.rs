@@ -4,8 +4,8 @@
 //! assembles the [`RunResult`].
 
 use crate::client::Conn;
-use crate::retry::Counts;
 use crate::result::{Drain, Interval, RunResult, Throughput, Totals, RESULT_FORMAT};
+use crate::retry::Counts;
 use crate::stats::{percentiles, Stats};
 use crate::topology::{self, Topology};
 use crate::worker::{self, Control, Handle, Plan};

@@ -3,6 +3,7 @@
 //! producers and consumers refer to them by index.
 
 use crate::client::{kafka_error, Conn};
+use crate::retry::{self, Attempts, Counts};
 use crate::workload::Workload;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -10,7 +11,6 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use crate::retry::{self, Attempts, Counts};
 use sluice_protocol::api::error_code::{TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -137,9 +137,17 @@ pub struct Waiting {
 pub struct Snapshot {
     /// node id -> "host:port"
     pub brokers: BTreeMap<i32, String>,
-    /// Per topic (in the order asked): its error code (UNKNOWN_TOPIC_OR_PARTITION
-    /// if missing), and per partition (index, leader, error code).
-    pub topics: Vec<(i16, Vec<(i32, i32, i16)>)>,
+    /// Per topic, in the order asked: its error code
+    /// (UNKNOWN_TOPIC_OR_PARTITION if missing) and its partitions.
+    pub topics: Vec<(i16, Vec<PartitionState>)>,
+}
+
+/// One partition in a Metadata response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartitionState {
+    pub index: i32,
+    pub leader: i32,
+    pub error_code: i16,
 }
 
 impl Snapshot {
@@ -147,9 +155,9 @@ impl Snapshot {
     pub fn leader(&self, topic: usize, partition: i32) -> i32 {
         self.topics
             .get(topic)
-            .and_then(|(_, parts)| parts.iter().find(|p| p.0 == partition))
-            .filter(|p| p.2 == 0)
-            .map_or(-1, |p| p.1)
+            .and_then(|(_, parts)| parts.iter().find(|p| p.index == partition))
+            .filter(|p| p.error_code == 0)
+            .map_or(crate::cluster::NO_LEADER, |p| p.leader)
     }
 
     /// The topology if every partition of every topic has a leader.
@@ -174,7 +182,12 @@ impl Snapshot {
             }
             let mut parts = parts.clone();
             parts.sort();
-            for (partition, leader, code) in parts {
+            for PartitionState {
+                index: partition,
+                leader,
+                error_code: code,
+            } in parts
+            {
                 if code != 0 || leader < 0 {
                     return Err(Waiting {
                         what: format!(
@@ -234,11 +247,69 @@ pub async fn metadata(conn: &Conn, topics: &[String]) -> Result<Snapshot, String
                     topic
                         .partitions
                         .iter()
-                        .map(|p| (p.partition_index, p.leader_id.0, p.error_code))
+                        .map(|p| PartitionState {
+                            index: p.partition_index,
+                            leader: p.leader_id.0,
+                            error_code: p.error_code,
+                        })
                         .collect(),
                 ),
             }
         })
         .collect();
     Ok(Snapshot { brokers, topics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(index: i32, leader: i32, error_code: i16) -> PartitionState {
+        PartitionState {
+            index,
+            leader,
+            error_code,
+        }
+    }
+
+    #[test]
+    fn a_fresh_topic_waits_until_every_partition_has_a_leader() {
+        let topics = vec!["a".to_string(), "b".to_string()];
+        let mut snapshot = Snapshot {
+            brokers: [(1, "h:1".to_string())].into(),
+            topics: vec![
+                (0, vec![part(1, 1, 0), part(0, 1, 0)]),
+                (UNKNOWN_TOPIC_OR_PARTITION, Vec::new()),
+            ],
+        };
+        let waiting = snapshot.topology(&topics, 2).unwrap_err();
+        assert_eq!(waiting.code, Some(UNKNOWN_TOPIC_OR_PARTITION));
+        assert!(waiting.what.contains("topic b"), "{}", waiting.what);
+
+        snapshot.topics[1] = (0, vec![part(0, 1, 0)]);
+        let waiting = snapshot.topology(&topics, 2).unwrap_err();
+        assert_eq!(waiting.code, None);
+        assert!(waiting.what.contains("shows 1 partitions, want 2"));
+
+        snapshot.topics[1] = (0, vec![part(0, 1, 0), part(1, -1, 5)]);
+        let waiting = snapshot.topology(&topics, 2).unwrap_err();
+        assert_eq!(waiting.code, Some(5));
+        assert_eq!(
+            waiting.what,
+            "b/1 has no leader yet (LEADER_NOT_AVAILABLE (5))"
+        );
+        assert_eq!(snapshot.leader(1, 1), crate::cluster::NO_LEADER);
+        assert_eq!(snapshot.leader(1, 0), 1);
+        assert_eq!(snapshot.leader(1, 7), crate::cluster::NO_LEADER);
+
+        snapshot.topics[1].1[1] = part(1, 1, 0);
+        let topology = snapshot.topology(&topics, 2).unwrap();
+        let flat: Vec<(usize, i32)> = topology
+            .partitions
+            .iter()
+            .map(|p| (p.topic, p.partition))
+            .collect();
+        assert_eq!(flat, [(0, 0), (0, 1), (1, 0), (1, 1)]);
+        assert_eq!(topology.brokers[&1], "h:1");
+    }
 }
