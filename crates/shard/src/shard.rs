@@ -161,21 +161,23 @@ impl Shard {
             .ok_or_else(|| "the group coordinator is not open".to_string())
     }
 
+    /// Sends `message` (built around a reply channel) to shard `owner` and
+    /// waits for the answer; `None` if that shard is gone or dropped it.
+    async fn ask<T>(&self, owner: usize, message: impl FnOnce(flume::Sender<T>) -> ShardMsg) -> Option<T> {
+        let (reply, answer) = flume::bounded(1);
+        self.peers[owner].send_async(message(reply)).await.ok()?;
+        answer.recv_async().await.ok()
+    }
+
     /// Sends a request to the shard that coordinates its group and returns its answer.
     pub async fn forward(
         &self,
         owner: usize,
         frame: sluice_protocol::frame::RequestFrame,
     ) -> Result<Option<bytes::Bytes>, String> {
-        let (reply, answer) = flume::bounded(1);
-        self.peers[owner]
-            .send_async(ShardMsg::Forward { frame, reply })
+        self.ask(owner, |reply| ShardMsg::Forward { frame, reply })
             .await
-            .map_err(|_| "coordinator shard is gone".to_string())?;
-        answer
-            .recv_async()
-            .await
-            .map_err(|_| "coordinator shard dropped the request".to_string())?
+            .unwrap_or_else(|| Err("the coordinator shard did not answer".to_string()))
     }
 
     /// A group's committed offsets, from its coordinator shard.
@@ -187,18 +189,10 @@ impl Shard {
         if owner == self.id {
             return Ok(self.coordinator()?.committed(group));
         }
-        let (reply, answer) = flume::bounded(1);
-        self.peers[owner]
-            .send_async(ShardMsg::CommittedOffsets {
-                group: group.to_string(),
-                reply,
-            })
+        let group = group.to_string();
+        self.ask(owner, |reply| ShardMsg::CommittedOffsets { group, reply })
             .await
-            .map_err(|_| "coordinator shard is gone".to_string())?;
-        answer
-            .recv_async()
-            .await
-            .map_err(|_| "coordinator shard dropped the request".to_string())?
+            .unwrap_or_else(|| Err("the coordinator shard did not answer".to_string()))
     }
 
     /// Every group of every shard.
@@ -244,15 +238,10 @@ impl Shard {
         if owner == self.id {
             return self.local_describe(group);
         }
-        let (reply, answer) = flume::bounded(1);
-        self.peers[owner]
-            .send_async(ShardMsg::DescribeGroup {
-                group: group.to_string(),
-                reply,
-            })
+        let group = group.to_string();
+        self.ask(owner, |reply| ShardMsg::DescribeGroup { group, reply })
             .await
-            .ok()?;
-        answer.recv_async().await.ok().flatten()
+            .flatten()
     }
 
     pub async fn delete_group(&self, group: &str) -> i16 {
@@ -263,19 +252,8 @@ impl Shard {
                 Err(_) => error_code::UNKNOWN_SERVER_ERROR,
             };
         }
-        let (reply, answer) = flume::bounded(1);
-        if self.peers[owner]
-            .send_async(ShardMsg::DeleteGroup {
-                group: group.to_string(),
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return error_code::UNKNOWN_SERVER_ERROR;
-        }
-        answer
-            .recv_async()
+        let group = group.to_string();
+        self.ask(owner, |reply| ShardMsg::DeleteGroup { group, reply })
             .await
             .unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
     }
