@@ -23,6 +23,7 @@ VERSION_CAPS = {PRODUCE: 3, FETCH: 4, METADATA: 1, OFFSET_FETCH: 2, FIND_COORDIN
                 JOIN_GROUP: 4, HEARTBEAT: 1}
 
 CLOSE = "close"
+HOLD = "hold"
 
 
 class Reader:
@@ -190,14 +191,17 @@ class FaultProxy:
     that API with, one per request, in order (then it forwards); `close_at`:
     (api_key, n): the n-th request of that API (1-based) closes the client's
     connection unforwarded, after the answers to its earlier requests;
-    `leaderless_metadata`: so many Metadata answers naming topics show no
-    leaders. `injected` counts what was done."""
+    `hold_at`: (api_key, n): the n-th request of that API gets no answer and
+    the connection stays open, forwarding nothing more (a hung broker);
+    `leaderless_metadata`: so many Metadata answers show no leaders.
+    `injected` counts what was done."""
 
-    def __init__(self, upstream: str, answers=None, close_at=(), leaderless_metadata=0):
+    def __init__(self, upstream: str, answers=None, close_at=(), hold_at=(), leaderless_metadata=0):
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.answers = {k: collections.deque(v) for k, v in (answers or {}).items()}
         self.close_at = set(close_at)
+        self.hold_at = set(hold_at)
         self.leaderless_metadata = leaderless_metadata
         self.seen = collections.Counter()
         self.injected = collections.Counter()
@@ -239,6 +243,9 @@ class FaultProxy:
             if (api_key, self.seen[api_key]) in self.close_at:
                 self.injected["closed"] += 1
                 return CLOSE
+            if (api_key, self.seen[api_key]) in self.hold_at:
+                self.injected["held"] += 1
+                return HOLD
             pending = self.answers.get(api_key)
             if pending:
                 return pending.popleft()
@@ -261,6 +268,11 @@ class FaultProxy:
                     action = self.action(api_key)
                     if action == CLOSE:
                         return
+                    if action == HOLD:
+                        # Nothing more is answered on this connection: swallow the rest.
+                        replies.put_nowait(self.loop.create_future())
+                        while True:
+                            await read_frame(client_reader)
                     future = self.loop.create_future()
                     if action is not None:
                         with self.lock:

@@ -160,15 +160,16 @@ def test_retriable_errors_are_retried_like_a_kafka_client_and_nothing_is_lost(br
             OFFSET_FETCH: [COORDINATOR_LOAD_IN_PROGRESS],
             HEARTBEAT: [NOT_COORDINATOR],
         },
-        # The 8th Produce request finds its connection closed (not forwarded:
-        # the retry cannot duplicate it).
+        # The 8th Produce request finds its connection closed, the 12th no
+        # answer (neither is forwarded: their retries cannot duplicate them).
         close_at=[(PRODUCE, 8)],
+        hold_at=[(PRODUCE, 12)],
         # A fresh topic shows no leaders for a moment.
         leaderless_metadata=2,
     ) as proxy:
         run, result = proxied_run(proxy, tmp_path, "--partitions-per-topic", "3", "--producers", "1",
                                   "--consumers", "2", "--consumer-group", "true", "--producer-rate", "2000",
-                                  "--duration-s", "3")
+                                  "--duration-s", "3", "--request-timeout-ms", "2000")
     assert run.returncode == 0, run.stderr
     totals = result["totals"]
     assert totals["produce_errors"] == 0 and totals["lost_after_retries"] == 0, result["errors"]
@@ -176,7 +177,7 @@ def test_retriable_errors_are_retried_like_a_kafka_client_and_nothing_is_lost(br
     assert totals["consumed"] == totals["produced"]
     assert result["errors"] == {}
     injected = proxy.injected
-    assert injected["closed"] == 1 and injected["leaderless metadata"] == 2
+    assert injected["closed"] == 1 and injected["held"] == 1 and injected["leaderless metadata"] == 2
     retries = result["retries"]
     # One retry per batch re-sent (every partition of an injected answer) and per fetch repeated.
     assert retries["NOT_LEADER_OR_FOLLOWER"] == injected["produce partitions"] + 2, retries
@@ -185,8 +186,10 @@ def test_retriable_errors_are_retried_like_a_kafka_client_and_nothing_is_lost(br
     assert retries["NOT_COORDINATOR"] == 3, retries  # two JoinGroups, one heartbeat
     assert retries["COORDINATOR_LOAD_IN_PROGRESS"] == 1, retries
     assert retries["connection lost"] >= 1, retries
+    assert retries["request timeout"] >= 1, retries
     assert set(retries) == {"NOT_LEADER_OR_FOLLOWER", "LEADER_NOT_AVAILABLE", "COORDINATOR_NOT_AVAILABLE",
-                            "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "connection lost"}, retries
+                            "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "connection lost",
+                            "request timeout"}, retries
     summary = [line for line in run.stdout.splitlines() if line.startswith("retries: ")]
     assert len(summary) == 1 and "NOT_LEADER_OR_FOLLOWER" in summary[0], run.stdout
     assert "| retries " in run.stderr

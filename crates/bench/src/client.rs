@@ -3,6 +3,8 @@
 //! order (the Kafka protocol's guarantee) and are matched by correlation id.
 //! Any number of calls can be in flight; callers bound that themselves.
 
+use crate::group::REBALANCE_TIMEOUT_MS;
+use crate::retry::{CONNECTION_LOST, REQUEST_TIMEOUT};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -13,6 +15,7 @@ use sluice_protocol::frame::{decode_response, encode_request, response_correlati
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::time::Duration;
 
 pub const CLIENT_ID: &str = "sluice-bench";
 
@@ -89,11 +92,20 @@ pub struct Conn {
     /// Frames queued for the writer and not yet written.
     queued: Rc<Cell<usize>>,
     pub versions: Versions,
+    /// How long a response may take (Kafka's `request.timeout.ms`); a group
+    /// join round may take the rebalance timeout.
+    request_timeout: Duration,
+    /// Set when a request timed out and this side closed the connection.
+    timed_out: Cell<bool>,
+    /// Ends the reader task (and so every call in flight).
+    kill: LocalSender<()>,
 }
 
 impl Conn {
-    /// Connects and negotiates API versions.
-    pub async fn connect(addr: &str) -> Result<Rc<Conn>, String> {
+    /// Connects and negotiates API versions. A request unanswered after
+    /// `request_timeout` closes the connection, as Kafka clients do (the
+    /// responses of a connection come in order: nothing after it can come).
+    pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Rc<Conn>, String> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -119,8 +131,9 @@ impl Conn {
         let reader_pending = pending.clone();
         let reader_closed = closed.clone();
         let reader_addr = addr.to_string();
+        let (kill, killed) = local_channel::new_bounded::<()>(1);
         glommio::spawn_local(async move {
-            let result: Result<(), String> = async {
+            let read = async {
                 loop {
                     let mut size = [0u8; 4];
                     reader
@@ -150,8 +163,12 @@ impl Conn {
                     }
                     let _ = waiter.try_send(body);
                 }
-            }
-            .await;
+            };
+            let killed = async {
+                killed.recv().await;
+                Err("closed by the client".to_string())
+            };
+            let result: Result<(), String> = futures_lite::future::or(read, killed).await;
             reader_closed.set(true);
             // Dropping the waiters fails every call still in flight.
             reader_pending.borrow_mut().clear();
@@ -170,6 +187,9 @@ impl Conn {
             closed,
             queued,
             versions: Versions::default(),
+            request_timeout,
+            timed_out: Cell::new(false),
+            kill,
         };
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("sluice-bench"))
@@ -204,6 +224,29 @@ impl Conn {
         self.closed.get()
     }
 
+    /// The retry kind of a closed connection: [`REQUEST_TIMEOUT`] if this
+    /// side closed it because a response did not come, else
+    /// [`CONNECTION_LOST`].
+    pub fn lost_kind(&self) -> &'static str {
+        if self.timed_out.get() {
+            REQUEST_TIMEOUT
+        } else {
+            CONNECTION_LOST
+        }
+    }
+
+    /// How long a response to `key` may take: the request timeout, or for a
+    /// join round (JoinGroup, SyncGroup) the rebalance timeout and 5 s, as
+    /// the Java consumer allows.
+    fn timeout_for(&self, key: ApiKey) -> Duration {
+        match key {
+            ApiKey::JoinGroup | ApiKey::SyncGroup => self
+                .request_timeout
+                .max(Duration::from_millis(REBALANCE_TIMEOUT_MS as u64 + 5_000)),
+            _ => self.request_timeout,
+        }
+    }
+
     /// Sends a request at the negotiated version and awaits its response.
     pub async fn call<Req: Encodable, Resp: Decodable>(
         &self,
@@ -226,14 +269,32 @@ impl Conn {
         request: &Req,
     ) -> Result<Resp, String> {
         let (waiter, response) = local_channel::new_bounded(1);
-        let correlation_id = self.send(key, version, request, Some(waiter))?;
-        let body = response.recv().await.ok_or_else(|| {
-            format!(
-                "connection to {} closed before the {key:?} response",
-                self.addr
-            )
-        })?;
-        let _ = correlation_id;
+        self.send(key, version, request, Some(waiter))?;
+        let timeout = self.timeout_for(key);
+        let answered = async { Some(response.recv().await) };
+        let timed_out = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        let body = match futures_lite::future::or(answered, timed_out).await {
+            Some(Some(body)) => body,
+            Some(None) => {
+                return Err(format!(
+                    "connection to {} closed before the {key:?} response",
+                    self.addr
+                ))
+            }
+            None => {
+                self.timed_out.set(true);
+                self.closed.set(true);
+                let _ = self.kill.try_send(());
+                return Err(format!(
+                    "no {key:?} response from {} within {} ms: connection closed",
+                    self.addr,
+                    timeout.as_millis()
+                ));
+            }
+        };
         decode_response(body, key, version)
             .map_err(|e| format!("cannot decode {key:?} v{version} response: {e}"))
     }
@@ -241,7 +302,7 @@ impl Conn {
     /// Sends a request that gets no response (Produce with acks=0).
     pub fn send_only<Req: Encodable>(&self, key: ApiKey, request: &Req) -> Result<(), String> {
         let version = self.versions.get(key)?;
-        self.send(key, version, request, None).map(|_| ())
+        self.send(key, version, request, None)
     }
 
     /// Encodes and queues one frame; registers the waiter in the same step, so
@@ -252,7 +313,7 @@ impl Conn {
         version: i16,
         request: &Req,
         waiter: Option<Waiter>,
-    ) -> Result<i32, String> {
+    ) -> Result<(), String> {
         if self.closed.get() {
             return Err(format!("connection to {} is closed", self.addr));
         }
@@ -270,7 +331,7 @@ impl Conn {
             .try_send(frame)
             .map_err(|_| format!("connection to {} is closed", self.addr))?;
         self.queued.set(self.queued.get() + 1);
-        Ok(correlation_id)
+        Ok(())
     }
 }
 

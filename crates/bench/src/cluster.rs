@@ -5,7 +5,8 @@
 
 use crate::client::Conn;
 use crate::retry;
-use crate::topology::{self, Topology};
+use crate::topology;
+use crate::worker::Worker;
 use glommio::sync::Semaphore;
 use glommio::Task;
 use std::collections::{BTreeMap, HashMap};
@@ -38,12 +39,14 @@ pub struct Cluster {
     /// Refreshes in a row that left the view stale (for the backoff).
     refreshes: u32,
     next_refresh: Instant,
+    request_timeout: Duration,
     /// The Metadata request under way.
     refreshing: Option<Task<Result<topology::Snapshot, String>>>,
 }
 
 impl Cluster {
-    pub fn new(topology: &Topology, bootstrap: &str, in_flight_max: u32) -> Cluster {
+    pub fn new(worker: &Worker, bootstrap: &str, in_flight_max: u32) -> Cluster {
+        let topology = &worker.topology;
         Cluster {
             topics: topology.topics.clone(),
             partitions: topology
@@ -60,6 +63,7 @@ impl Cluster {
             refreshes: 0,
             next_refresh: Instant::now(),
             refreshing: None,
+            request_timeout: worker.workload.request_timeout(),
         }
     }
 
@@ -84,7 +88,7 @@ impl Cluster {
             let addr = self.brokers.get(&node).ok_or_else(|| {
                 format!("metadata names leader {node}, which is not among the brokers")
             })?;
-            let conn = Conn::connect(addr).await?;
+            let conn = Conn::connect(addr, self.request_timeout).await?;
             self.links.insert(
                 node,
                 Link {
@@ -121,10 +125,11 @@ impl Cluster {
                 .map(|l| l.conn.clone());
             let bootstrap = self.bootstrap.clone();
             let topics = self.topics.clone();
+            let timeout = self.request_timeout;
             self.refreshing = Some(glommio::spawn_local(async move {
                 let conn = match live {
                     Some(conn) => conn,
-                    None => Conn::connect(&bootstrap).await?,
+                    None => Conn::connect(&bootstrap, timeout).await?,
                 };
                 topology::metadata(&conn, &topics).await
             }));

@@ -7,7 +7,7 @@ use crate::client::kafka_error;
 use crate::cluster::{Cluster, NO_LEADER};
 use crate::group::{Heartbeat, Member, HEARTBEAT_INTERVAL_MS};
 use crate::records::{consume_batches, now_us};
-use crate::retry::{self, Attempts, CANNOT_CONNECT, CONNECTION_LOST};
+use crate::retry::{self, Attempts, CANNOT_CONNECT};
 use crate::stats::record_us;
 use crate::worker::Worker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -126,7 +126,7 @@ struct Fetcher {
 
 impl Fetcher {
     fn new(worker: Rc<Worker>, bootstrap: &str) -> Fetcher {
-        let cluster = Cluster::new(&worker.topology, bootstrap, 1);
+        let cluster = Cluster::new(&worker, bootstrap, 1);
         let attempts = Attempts::new(worker.workload.delivery_timeout());
         Fetcher {
             worker,
@@ -202,7 +202,7 @@ impl Fetcher {
                 let response: FetchResponse = match conn.call(ApiKey::Fetch, &request).await {
                     Ok(response) => response,
                     Err(_) if conn.is_closed() => {
-                        self.failed(CONNECTION_LOST).await?;
+                        self.failed(conn.lost_kind()).await?;
                         return Ok(false);
                     }
                     Err(e) => return Err(e),

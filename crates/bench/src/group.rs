@@ -8,7 +8,7 @@
 //! and ILLEGAL_GENERATION make the member rejoin.
 
 use crate::client::{kafka_error, Conn};
-use crate::retry::{self, Attempts, GroupError, CANNOT_CONNECT, CONNECTION_LOST};
+use crate::retry::{self, Attempts, GroupError, CANNOT_CONNECT};
 use crate::topology::Topology;
 use crate::worker::Worker;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -96,7 +96,8 @@ impl Member {
             if let Some(conn) = known.filter(|c| !c.is_closed()) {
                 return Ok(conn);
             }
-            let Ok(bootstrap) = Conn::connect(&self.bootstrap).await else {
+            let timeout = self.worker.workload.request_timeout();
+            let Ok(bootstrap) = Conn::connect(&self.bootstrap, timeout).await else {
                 self.retry(attempts, &what, CANNOT_CONNECT).await?;
                 continue;
             };
@@ -105,7 +106,7 @@ impl Member {
                 match bootstrap.call(ApiKey::FindCoordinator, &request).await {
                     Ok(response) => response,
                     Err(_) if bootstrap.is_closed() => {
-                        self.retry(attempts, &what, CONNECTION_LOST).await?;
+                        self.retry(attempts, &what, bootstrap.lost_kind()).await?;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -113,7 +114,7 @@ impl Member {
             match response.error_code {
                 0 => {
                     let addr = format!("{}:{}", response.host, response.port);
-                    match Conn::connect(&addr).await {
+                    match Conn::connect(&addr, timeout).await {
                         Ok(conn) => {
                             *self.coordinator.borrow_mut() = Some(conn.clone());
                             return Ok(conn);
@@ -155,7 +156,7 @@ impl Member {
                 Ok(response) => response,
                 Err(_) if conn.is_closed() => {
                     self.coordinator.replace(None);
-                    self.retry(&mut attempts, &what, CONNECTION_LOST).await?;
+                    self.retry(&mut attempts, &what, conn.lost_kind()).await?;
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -104,6 +104,9 @@ struct Overrides {
     /// Retry budget: how long a message is retried before it counts as lost.
     #[arg(long)]
     delivery_timeout_ms: Option<u64>,
+    /// How long a response may take before the connection is closed and the request retried.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
     #[arg(long, value_parser = parse_compression)]
     compression: Option<Compression>,
     #[arg(long)]
@@ -149,6 +152,7 @@ impl Overrides {
             linger_ms,
             max_in_flight,
             delivery_timeout_ms,
+            request_timeout_ms,
             compression,
             warmup_s,
             duration_s,

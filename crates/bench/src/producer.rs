@@ -20,7 +20,6 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 /// A producer sleeps at least this long between turns: each timer costs an
 /// io_uring submission, and at 100k messages/s one per message would make the
 /// bench the bottleneck. Messages due in between go out together; their
@@ -187,7 +186,7 @@ struct Sender {
 
 impl Sender {
     fn new(worker: Rc<Worker>, bootstrap: &str) -> Sender {
-        let cluster = Cluster::new(&worker.topology, bootstrap, worker.workload.max_in_flight);
+        let cluster = Cluster::new(&worker, bootstrap, worker.workload.max_in_flight);
         Sender {
             worker,
             cluster,
@@ -429,7 +428,7 @@ fn settle(
         // Kafka client does (without idempotence a retry may duplicate).
         Err(_) if conn.is_closed() => {
             for batch in batches {
-                retry_or_lose(worker, returned, batch, CONNECTION_LOST, true, now);
+                retry_or_lose(worker, returned, batch, conn.lost_kind(), true, now);
             }
             return;
         }
@@ -524,7 +523,8 @@ fn build_request(worker: &Worker, acks: i16, batches: &[Sealed]) -> ProduceReque
     }
     ProduceRequest::default()
         .with_acks(acks)
-        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+        // As the Java client: the broker's wait for acks is the request timeout.
+        .with_timeout_ms(worker.workload.request_timeout_ms as i32)
         .with_topic_data(
             by_topic
                 .into_iter()

@@ -25,6 +25,9 @@ const JITTER: f64 = 0.2;
 
 /// The retry kind of a connection that broke with requests in flight.
 pub const CONNECTION_LOST: &str = "connection lost";
+/// The retry kind of a request that got no response in time (the client
+/// closed the connection, as Kafka clients do after `request.timeout.ms`).
+pub const REQUEST_TIMEOUT: &str = "request timeout";
 /// The retry kind of a connection that could not be opened.
 pub const CANNOT_CONNECT: &str = "cannot connect";
 

@@ -53,7 +53,7 @@ pub fn run(workload: Workload, options: &Options) -> Result<RunResult, String> {
     let bootstrap = options.bootstrap.clone();
     let (topology, advertised, setup_retries) = worker::run_once(move || {
         Box::pin(async move {
-            let conn = Conn::connect(&bootstrap).await?;
+            let conn = Conn::connect(&bootstrap, setup_workload.request_timeout()).await?;
             let retries = Counts::default();
             let topology = topology::create(&conn, &setup_workload, &run_id, &retries).await?;
             Ok::<(Topology, Vec<(i16, i16, i16)>, BTreeMap<String, u64>), String>((

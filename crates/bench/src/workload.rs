@@ -71,6 +71,10 @@ pub struct Workload {
     /// until this long after it was added to a batch, then counts as lost. A
     /// consumer's group or fetch operation is retried as long, then fails.
     pub delivery_timeout_ms: u64,
+    /// How long a request may wait for its response (Kafka's
+    /// `request.timeout.ms`; also the Produce request's timeout) before the
+    /// connection is closed and the request retried.
+    pub request_timeout_ms: u64,
     pub compression: Compression,
     pub warmup_s: u64,
     pub duration_s: u64,
@@ -101,6 +105,7 @@ impl Default for Workload {
             linger_ms: 1,
             max_in_flight: 5,
             delivery_timeout_ms: 120_000,
+            request_timeout_ms: 30_000,
             compression: Compression::None,
             warmup_s: 5,
             duration_s: 30,
@@ -132,6 +137,10 @@ impl Workload {
 
     pub fn total_partitions(&self) -> u64 {
         self.topics as u64 * self.partitions_per_topic as u64
+    }
+
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
     }
 
     /// The retry budget.
@@ -208,6 +217,12 @@ impl Workload {
                 self.delivery_timeout_ms
             ));
         }
+        if !(100..=i32::MAX as u64).contains(&self.request_timeout_ms) {
+            return fail(format!(
+                "request_timeout_ms {} must be at least 100 (and fit an i32)",
+                self.request_timeout_ms
+            ));
+        }
         if self.duration_s == 0 {
             return fail("duration_s must be at least 1".into());
         }
@@ -275,6 +290,7 @@ mod tests {
         assert!(err("backlog_bytes = 1000\nconsumers = 0").contains("backlog_bytes"));
         assert!(err("topics = [").contains("invalid"));
         assert!(err("delivery_timeout_ms = 0").contains("delivery_timeout_ms 0"));
+        assert!(err("request_timeout_ms = 10").contains("request_timeout_ms 10"));
     }
 
     #[test]
