@@ -104,6 +104,7 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
     pub log_cleaner_backoff_ms: Option<u64>,
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -142,6 +143,8 @@ pub struct Config {
     /// Per shard: memory of a compaction run's key → offset map.
     pub log_cleaner_dedupe_buffer_bytes: usize,
     pub log_cleaner_backoff_ms: u64,
+    /// Per shard: compaction reads plus writes per second (0: unlimited).
+    pub log_cleaner_io_max_bytes_per_second: u64,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
@@ -153,6 +156,9 @@ pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// Per shard (Kafka's 128 MiB is shared by its cleaner threads): about
 /// 500,000 keys per compaction run.
 pub const LOG_CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT: usize = 16 << 20;
+/// Compaction I/O per shard: see benches/RESULTS.md (compaction) for what
+/// it costs the produce path at which limit.
+pub const LOG_CLEANER_IO_MAX_BYTES_PER_SECOND_DEFAULT: u64 = 100_000_000;
 /// Kafka's log.cleaner.backoff.ms.
 pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
 /// Kafka clients' request.timeout.ms default.
@@ -380,6 +386,9 @@ impl Config {
             log_cleaner_backoff_ms: file
                 .log_cleaner_backoff_ms
                 .unwrap_or(LOG_CLEANER_BACKOFF_MS_DEFAULT),
+            log_cleaner_io_max_bytes_per_second: file
+                .log_cleaner_io_max_bytes_per_second
+                .unwrap_or(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND_DEFAULT),
             core: file.core.clone(),
         };
         config.validate()?;

@@ -147,6 +147,8 @@ fn run(config: Config) -> Result<(), String> {
         request_timeout_ms: config.request_timeout_ms,
         log_cleaner_dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,
         log_cleaner_backoff_ms: config.log_cleaner_backoff_ms,
+        log_cleaner_io_max_bytes_per_second: (config.log_cleaner_io_max_bytes_per_second > 0)
+            .then_some(config.log_cleaner_io_max_bytes_per_second),
     });
     let shard_count = config.cpus.len();
     // glommio registers each shard's io memory with its three io_uring rings;

@@ -76,6 +76,7 @@ impl World {
             request_timeout_ms: 30_000,
             log_cleaner_dedupe_buffer_bytes: 1 << 20,
             log_cleaner_backoff_ms: 15_000,
+            log_cleaner_io_max_bytes_per_second: None,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (sender, inbox) = flume::bounded::<ShardMsg>(1024);

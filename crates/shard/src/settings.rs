@@ -39,6 +39,8 @@ pub struct BrokerSettings {
     pub log_cleaner_dedupe_buffer_bytes: usize,
     /// How often each shard looks for logs to compact (log.cleaner.backoff.ms).
     pub log_cleaner_backoff_ms: u64,
+    /// Compaction reads plus writes per second, per shard (None: unlimited).
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
 }
 
 impl BrokerSettings {

@@ -304,6 +304,7 @@ pub fn effective(settings: &BrokerSettings, configs: &BTreeMap<String, String>) 
             min_compaction_lag_ms: number(settings, configs, MIN_COMPACTION_LAG_MS, 0),
             max_compaction_lag_ms: number(settings, configs, MAX_COMPACTION_LAG_MS, i64::MAX),
             map_bytes: settings.log_cleaner_dedupe_buffer_bytes,
+            io_bytes_per_second: settings.log_cleaner_io_max_bytes_per_second,
         },
         min_insync_replicas: number(settings, configs, MIN_INSYNC_REPLICAS, 1),
     }

@@ -71,6 +71,39 @@ pub struct CompactionConfig {
     pub max_compaction_lag_ms: i64,
     /// Memory for the key → offset map of one run.
     pub map_bytes: usize,
+    /// Bytes a run may read plus write per second (Kafka's
+    /// log.cleaner.io.max.bytes.per.second); `None`: as fast as it can.
+    pub io_bytes_per_second: Option<u64>,
+}
+
+/// Paces a run's reads and writes to `io_bytes_per_second`: the produce path
+/// shares the disk, and its fdatasyncs wait behind compaction I/O.
+struct Throttle {
+    rate: Option<u64>,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new(rate: Option<u64>) -> Throttle {
+        Throttle {
+            rate,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn account(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed + std::time::Duration::from_millis(1) {
+            glommio::timer::sleep(due - elapsed).await;
+        }
+    }
 }
 
 /// What one run did.
@@ -296,6 +329,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let mut map: HashMap<u128, i64> =
             HashMap::with_capacity(capacity.min(plan.dirty_bytes as usize / 8 + 16));
         let mut scratch = Vec::new();
+        let mut throttle = Throttle::new(config.io_bytes_per_second);
         // 2. The map, over the dirty segments.
         let mut map_end = plan.dirty_end;
         let segments = &plan.segments;
@@ -308,6 +342,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             while let Some((_, batch)) = cursor.next().await.map_err(|e| corrupt(segment.base, e))? {
                 // Decompressing and hashing is CPU work: let requests in between batches.
                 glommio::yield_if_needed().await;
+                throttle.account(batch.len()).await;
                 let header = BatchHeader::parse(&batch).expect("checked by the cursor");
                 if header.last_offset() < plan.first_dirty {
                     continue;
@@ -340,7 +375,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         };
         let horizon = now_ms.saturating_sub(config.delete_retention_ms);
         for segment in plan.segments.iter().filter(|s| s.base < map_end) {
-            self.rewrite_segment(segment, &map, map_end, horizon, &mut scratch, &mut stats)
+            self.rewrite_segment(segment, &map, map_end, horizon, &mut scratch, &mut throttle, &mut stats)
                 .await?;
         }
         drop(map);
@@ -417,6 +452,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         map_end: i64,
         horizon: i64,
         scratch: &mut Vec<u8>,
+        throttle: &mut Throttle,
         stats: &mut CompactionStats,
     ) -> LogResult<()> {
         let base = segment.base;
@@ -435,6 +471,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let mut cursor = BatchCursor::new(&*segment.file, segment.size);
         while let Some((_, batch)) = cursor.next().await.map_err(|e| corrupt(base, e))? {
             glommio::yield_if_needed().await;
+            throttle.account(batch.len()).await;
             let header = BatchHeader::parse(&batch).expect("checked by the cursor");
             let keep = |r: &WalkedRecord| -> bool {
                 if r.offset >= map_end {
@@ -480,6 +517,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let out_header = BatchHeader::parse(bytes).expect("a whole batch");
             indexes.observe_batch(base, writer.size(), &out_header, index_interval);
             writer.push(&self.dir, bytes).await.map_err(LogError::io)?;
+            throttle.account(bytes.len()).await;
         }
         if removed == 0 {
             // Nothing to drop here: leave the segment as it is.

@@ -82,6 +82,7 @@ fn config() -> CompactionConfig {
         min_compaction_lag_ms: 0,
         max_compaction_lag_ms: i64::MAX,
         map_bytes: 1 << 20,
+        io_bytes_per_second: None,
     }
 }
 
