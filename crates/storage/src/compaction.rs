@@ -259,6 +259,29 @@ impl<D: StorageDir> SegmentWriter<D> {
     }
 }
 
+/// Which records a rewrite keeps: the latest of each key in `map` (records
+/// from `map_end` on are all kept), minus tombstones older than `horizon`.
+struct Keep<'a> {
+    map: &'a HashMap<u128, i64>,
+    map_end: i64,
+    horizon: i64,
+}
+
+impl Keep<'_> {
+    fn keeps(&self, r: &WalkedRecord) -> bool {
+        if r.offset >= self.map_end {
+            return true;
+        }
+        let Some(key) = r.key else {
+            return false; // Kafka's cleaner drops records without a key
+        };
+        if self.map.get(&key).is_some_and(|latest| *latest > r.offset) {
+            return false;
+        }
+        !(r.tombstone && r.timestamp < self.horizon)
+    }
+}
+
 /// One batch's records as compaction sees them.
 struct WalkedRecord {
     offset: i64,
@@ -375,7 +398,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         };
         let horizon = now_ms.saturating_sub(config.delete_retention_ms);
         for segment in plan.segments.iter().filter(|s| s.base < map_end) {
-            self.rewrite_segment(segment, &map, map_end, horizon, &mut scratch, &mut throttle, &mut stats)
+            let keep = Keep { map: &map, map_end, horizon };
+            self.rewrite_segment(segment, &keep, &mut scratch, &mut throttle, &mut stats)
                 .await?;
         }
         drop(map);
@@ -448,9 +472,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     async fn rewrite_segment(
         self: &Rc<Self>,
         segment: &SegmentView<D::File>,
-        map: &HashMap<u128, i64>,
-        map_end: i64,
-        horizon: i64,
+        rule: &Keep<'_>,
         scratch: &mut Vec<u8>,
         throttle: &mut Throttle,
         stats: &mut CompactionStats,
@@ -473,18 +495,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             glommio::yield_if_needed().await;
             throttle.account(batch.len()).await;
             let header = BatchHeader::parse(&batch).expect("checked by the cursor");
-            let keep = |r: &WalkedRecord| -> bool {
-                if r.offset >= map_end {
-                    return true;
-                }
-                let Some(key) = r.key else {
-                    return false; // Kafka's cleaner drops records without a key
-                };
-                if map.get(&key).is_some_and(|latest| *latest > r.offset) {
-                    return false;
-                }
-                !(r.tombstone && r.timestamp < horizon)
-            };
+            let keep = |r: &WalkedRecord| rule.keeps(r);
             let output: Option<Vec<u8>> = match walk(&batch, &header, scratch) {
                 None => None, // cannot judge its records: keep the batch as it is
                 Some(walked) => {
