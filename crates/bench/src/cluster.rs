@@ -8,7 +8,7 @@ use crate::retry;
 use crate::topology;
 use crate::worker::Worker;
 use glommio::sync::Semaphore;
-use glommio::Task;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ const REFRESH_POLL: Duration = Duration::from_millis(1);
 
 /// A partition whose leader is not known.
 pub const NO_LEADER: i32 = -1;
+
+type Answer = Result<topology::Snapshot, String>;
 
 /// A connection and the cap on its requests in flight.
 pub struct Link {
@@ -40,8 +42,8 @@ pub struct Cluster {
     refreshes: u32,
     next_refresh: Instant,
     request_timeout: Duration,
-    /// The Metadata request under way.
-    refreshing: Option<Task<Result<topology::Snapshot, String>>>,
+    /// The Metadata request under way: its answer once it has come.
+    refreshing: Option<Rc<RefCell<Option<Answer>>>>,
 }
 
 impl Cluster {
@@ -107,10 +109,8 @@ impl Cluster {
     /// while they leave the view stale (a partition without a leader, or a
     /// failed refresh). Returns whether the leaders were just refreshed.
     pub fn poll_refresh(&mut self, now: Instant) -> bool {
-        if let Some(task) = &mut self.refreshing {
-            let Some(answer) =
-                futures_lite::future::block_on(futures_lite::future::poll_once(task))
-            else {
+        if let Some(slot) = &self.refreshing {
+            let Some(answer) = slot.borrow_mut().take() else {
                 return false;
             };
             self.refreshing = None;
@@ -126,13 +126,20 @@ impl Cluster {
             let bootstrap = self.bootstrap.clone();
             let topics = self.topics.clone();
             let timeout = self.request_timeout;
-            self.refreshing = Some(glommio::spawn_local(async move {
-                let conn = match live {
-                    Some(conn) => conn,
-                    None => Conn::connect(&bootstrap, timeout).await?,
+            let slot = Rc::new(RefCell::new(None));
+            self.refreshing = Some(slot.clone());
+            glommio::spawn_local(async move {
+                let answer = match live {
+                    Some(conn) => Ok(conn),
+                    None => Conn::connect(&bootstrap, timeout).await,
                 };
-                topology::metadata(&conn, &topics).await
-            }));
+                let answer = match answer {
+                    Ok(conn) => topology::metadata(&conn, &topics).await,
+                    Err(e) => Err(e),
+                };
+                *slot.borrow_mut() = Some(answer);
+            })
+            .detach();
         }
         false
     }
@@ -153,7 +160,7 @@ impl Cluster {
         }
     }
 
-    fn apply(&mut self, answer: Result<topology::Snapshot, String>) {
+    fn apply(&mut self, answer: Answer) {
         let refreshed = match answer {
             Ok(snapshot) => {
                 self.leaders = self

@@ -225,8 +225,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     }
     if result.totals.produce_errors > 0 {
         return Err(format!(
-            "{} message(s) were not acknowledged: {:?}",
-            result.totals.produce_errors, result.errors
+            "{} message(s) were not acknowledged ({} of them lost after retrying for delivery_timeout_ms): {:?}",
+            result.totals.produce_errors, result.totals.lost_after_retries, result.errors
         ));
     }
     Ok(())
