@@ -207,3 +207,38 @@ def test_a_compacted_topic_refuses_records_without_a_key(broker):
     errors = produce(broker, "keyed", [(None, b"no key")], **{"message.send.max.retries": 0})
     assert errors[0] is not None and errors[0].code() == KafkaError.INVALID_RECORD, errors
     assert produce(broker, "keyed", [(b"k", b"with key")]) == [None]
+
+
+def test_the_topics_kafka_streams_creates_and_purges(broker):
+    """What a Kafka Streams app asks at its first rebalance: internal topics with
+    its configs (the first run creates them, a restart finds them existing), and
+    DeleteRecords on a repartition topic once its records are consumed."""
+    streams_topics = {
+        "app-KSTREAM-AGGREGATE-STATE-STORE-0000000003-repartition": {
+            "cleanup.policy": "delete", "segment.bytes": "52428800", "retention.ms": "-1",
+            "message.timestamp.type": "CreateTime", "max.message.bytes": "1048588"},
+        "app-KSTREAM-AGGREGATE-STATE-STORE-0000000003-changelog": {
+            "cleanup.policy": "compact", "message.timestamp.type": "CreateTime"},
+        "app-windowed-changelog": {
+            "cleanup.policy": "compact,delete", "retention.ms": "172800000",
+            "message.timestamp.type": "CreateTime"},
+    }
+    client = admin(broker)
+    for run in ("first start", "restart"):
+        futures = client.create_topics([NewTopic(name, 2, 1, config=config)
+                                        for name, config in streams_topics.items()])
+        for name, future in futures.items():
+            if run == "first start":
+                future.result(timeout=30)
+            else:
+                with pytest.raises(KafkaException) as exists:
+                    future.result(timeout=30)
+                assert exists.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS, name
+    for name, config in streams_topics.items():
+        described = describe(broker, name)
+        for key, value in config.items():
+            assert described[key].value == value, (name, key)
+    repartition = next(iter(streams_topics))
+    assert produce(broker, repartition, [(b"w", b"1")] * 50, partitioner="murmur2") == [None] * 50
+    futures = client.delete_records([TopicPartition(repartition, p, -1) for p in range(2)])
+    assert sum(f.result(timeout=30).low_watermark for f in futures.values()) == 50
