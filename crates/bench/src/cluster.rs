@@ -36,6 +36,8 @@ pub struct Cluster {
     brokers: BTreeMap<i32, String>,
     bootstrap: String,
     links: HashMap<i32, Link>,
+    /// Nodes whose last connect failed: (failures in a row, next try).
+    unreachable: HashMap<i32, (u32, Instant)>,
     in_flight_max: u64,
     stale: bool,
     /// Refreshes in a row that left the view stale (for the backoff).
@@ -60,6 +62,7 @@ impl Cluster {
             brokers: topology.brokers.clone(),
             bootstrap: bootstrap.to_string(),
             links: HashMap::new(),
+            unreachable: HashMap::new(),
             in_flight_max: in_flight_max.max(1) as u64,
             stale: false,
             refreshes: 0,
@@ -83,14 +86,32 @@ impl Cluster {
         self.stale.then_some(self.next_refresh)
     }
 
-    /// The connection to `node`, opened (again) if it is missing or broken.
+    /// The connection to `node`, opened (again) if it is missing or broken;
+    /// after a failed connect, not tried again before a backoff (Kafka
+    /// clients' `reconnect.backoff.ms`).
     pub async fn link(&mut self, node: i32) -> Result<&Link, String> {
         let live = self.links.get(&node).is_some_and(|l| !l.conn.is_closed());
         if !live {
+            if let Some((failures, next_try)) = self.unreachable.get(&node) {
+                if Instant::now() < *next_try {
+                    return Err(format!(
+                        "node {node}: {failures} failed connect(s), waiting to try again"
+                    ));
+                }
+            }
             let addr = self.brokers.get(&node).ok_or_else(|| {
                 format!("metadata names leader {node}, which is not among the brokers")
             })?;
-            let conn = Conn::connect(addr, self.request_timeout).await?;
+            let conn = match Conn::connect(addr, self.request_timeout).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let failures = self.unreachable.get(&node).map_or(1, |f| f.0 + 1);
+                    let next_try = Instant::now() + retry::backoff(failures);
+                    self.unreachable.insert(node, (failures, next_try));
+                    return Err(e);
+                }
+            };
+            self.unreachable.remove(&node);
             self.links.insert(
                 node,
                 Link {
@@ -186,5 +207,57 @@ impl Cluster {
             self.refreshes = 0;
             self.next_refresh = Instant::now() + retry::BACKOFF_MIN;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Stats;
+    use crate::topology::{PartitionRef, Topology};
+    use crate::worker::Control;
+    use crate::workload::Workload;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_failed_connect_is_tried_again_only_after_a_backoff() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let worker = Worker {
+                    id: 0,
+                    workload: Workload::default(),
+                    topology: Topology {
+                        topics: vec!["t".into()],
+                        partitions: vec![PartitionRef {
+                            topic: 0,
+                            partition: 0,
+                            leader: 1,
+                        }],
+                        // Nothing listens on port 1.
+                        brokers: [(1, "127.0.0.1:1".to_string())].into(),
+                    },
+                    control: Arc::new(Control::new(0, 1)),
+                    stats: std::cell::RefCell::new(Stats::default()),
+                };
+                let mut cluster = Cluster::new(&worker, "127.0.0.1:1", 1);
+                let first = cluster.link(1).await.err().unwrap();
+                assert!(first.contains("cannot connect to 127.0.0.1:1"), "{first}");
+                let second = cluster.link(1).await.err().unwrap();
+                assert_eq!(second, "node 1: 1 failed connect(s), waiting to try again");
+                glommio::timer::sleep(retry::backoff_with(1, 1.2)).await;
+                let third = cluster.link(1).await.err().unwrap();
+                assert!(third.contains("cannot connect"), "{third}");
+                assert_eq!(cluster.unreachable[&1].0, 2);
+                assert!(cluster
+                    .link(7)
+                    .await
+                    .err()
+                    .unwrap()
+                    .contains("not among the brokers"));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
