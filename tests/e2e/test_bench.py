@@ -3,6 +3,7 @@ report, and what it wrote read back by a client nobody here wrote."""
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import time
@@ -218,3 +219,32 @@ def test_a_spent_retry_budget_loses_messages_and_other_errors_fail_at_once(broke
     batches = result["errors"]["produce failed, retry budget spent: NOT_LEADER_OR_FOLLOWER"]
     assert 3 * batches <= retried <= 4 * batches, (retried, batches)
     assert f"lost after retries: {totals['lost_after_retries']} messages" in run.stdout
+
+
+def test_a_broker_killed_and_restarted_mid_run_is_ridden_out(broker, tmp_path):
+    """A real failure, no proxy: the broker dies (SIGKILL) and comes back on
+    the same port while producers and a consumer group run."""
+    result_path = tmp_path / "r.json"
+    run = subprocess.Popen(
+        [str(BENCH), "run", "--bootstrap", broker.bootstrap, "--json", str(result_path), "--warmup-s", "0",
+         "--duration-s", "6", "--message-size", "200", "--partitions-per-topic", "4", "--producers", "2",
+         "--consumers", "2", "--producer-rate", "5000", "--threads", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    broker.restart(signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    result = json.loads(result_path.read_text())
+    totals = result["totals"]
+    assert totals["produce_errors"] == 0 and totals["lost_after_retries"] == 0, result["errors"]
+    assert totals["produced"] >= 20_000
+    # A batch in flight when the broker died may have been written before it
+    # was acknowledged: its retry (no idempotence) is then read twice.
+    assert totals["consumed"] >= totals["produced"]
+    assert result["errors"] == {}, result["errors"]
+    retries = result["retries"]
+    assert retries.get("connection lost", 0) + retries.get("cannot connect", 0) > 0, retries
+    # The restarted coordinator has forgotten the group: the consumers rejoin.
+    assert set(retries) <= {"connection lost", "cannot connect", "UNKNOWN_MEMBER_ID", "NOT_COORDINATOR",
+                            "COORDINATOR_NOT_AVAILABLE", "COORDINATOR_LOAD_IN_PROGRESS"}, retries
+    assert "retries: " in stdout

@@ -86,23 +86,34 @@ impl Cluster {
         self.stale.then_some(self.next_refresh)
     }
 
+    /// When `node` may be connected to again, if a failed connect has put
+    /// it in a backoff (Kafka clients' `reconnect.backoff.ms`) that has not
+    /// passed.
+    pub fn next_try(&self, node: i32) -> Option<Instant> {
+        let live = self.links.get(&node).is_some_and(|l| !l.conn.is_closed());
+        let (_, at) = self.unreachable.get(&node)?;
+        (!live && Instant::now() < *at).then_some(*at)
+    }
+
     /// The connection to `node`, opened (again) if it is missing or broken;
-    /// after a failed connect, not tried again before a backoff (Kafka
-    /// clients' `reconnect.backoff.ms`).
+    /// a failed connect puts the node in a backoff (see [`Cluster::next_try`]).
     pub async fn link(&mut self, node: i32) -> Result<&Link, String> {
         let live = self.links.get(&node).is_some_and(|l| !l.conn.is_closed());
         if !live {
-            if let Some((failures, next_try)) = self.unreachable.get(&node) {
-                if Instant::now() < *next_try {
+            if let Some((failures, _)) = self.unreachable.get(&node) {
+                if self.next_try(node).is_some() {
                     return Err(format!(
                         "node {node}: {failures} failed connect(s), waiting to try again"
                     ));
                 }
             }
-            let addr = self.brokers.get(&node).ok_or_else(|| {
-                format!("metadata names leader {node}, which is not among the brokers")
-            })?;
-            let conn = match Conn::connect(addr, self.request_timeout).await {
+            let connected = match self.brokers.get(&node) {
+                Some(addr) => Conn::connect(addr, self.request_timeout).await,
+                None => Err(format!(
+                    "metadata names leader {node}, which is not among the brokers"
+                )),
+            };
+            let conn = match connected {
                 Ok(conn) => conn,
                 Err(e) => {
                     let failures = self.unreachable.get(&node).map_or(1, |f| f.0 + 1);

@@ -5,7 +5,7 @@
 
 use crate::client::kafka_error;
 use crate::cluster::{Cluster, NO_LEADER};
-use crate::group::{Heartbeat, Member, HEARTBEAT_INTERVAL_MS};
+use crate::group::{Member, Standing, HEARTBEAT_INTERVAL_MS};
 use crate::records::{consume_batches, now_us};
 use crate::retry::{self, Attempts, CANNOT_CONNECT};
 use crate::stats::record_us;
@@ -66,8 +66,8 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
                 while !rejoin.get() && !worker.control.stop_consuming.load(Ordering::Relaxed) {
                     glommio::timer::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)).await;
                     match member.heartbeat().await {
-                        Ok(Heartbeat::Ok) => {}
-                        Ok(Heartbeat::Rejoin) => rejoin.set(true),
+                        Ok(Standing::Ok) => {}
+                        Ok(Standing::Rejoin) => rejoin.set(true),
                         Err(e) => {
                             worker.note_error("heartbeat failed", &e);
                             rejoin.set(true);
@@ -90,8 +90,10 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
                     let leaving = stop || rejoin.get();
                     if leaving || last_commit.elapsed() >= COMMIT_INTERVAL {
                         // Eager protocol: commit before giving partitions up.
-                        if let Err(e) = member.commit(&worker.topology, &mine, &offsets).await {
-                            worker.note_error("offset commit failed", &e);
+                        match member.commit(&worker.topology, &mine, &offsets).await {
+                            Ok(Standing::Ok) => {}
+                            Ok(Standing::Rejoin) => rejoin.set(true),
+                            Err(e) => worker.note_error("offset commit failed", &e),
                         }
                         last_commit = Instant::now();
                     }
@@ -182,6 +184,9 @@ impl Fetcher {
         }
         let mut conns = BTreeMap::new();
         for &node in by_node.keys() {
+            if let Some(at) = self.cluster.next_try(node) {
+                glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+            }
             match self.cluster.link(node).await {
                 Ok(link) => {
                     conns.insert(node, link.conn.clone());

@@ -40,11 +40,12 @@ const ASSIGNOR: &str = "roundrobin";
 const SUBSCRIPTION_VERSION: i16 = 0;
 const ASSIGNMENT_VERSION: i16 = 0;
 
-/// What a heartbeat found.
+/// What a heartbeat or commit found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
+pub enum Standing {
     Ok,
-    /// The group is rebalancing (or forgot us): rejoin.
+    /// The group is rebalancing (or forgot this member, e.g. after the
+    /// coordinator restarted): rejoin.
     Rejoin,
 }
 
@@ -269,7 +270,7 @@ impl Member {
 
     /// One heartbeat; a coordinator that moved is found again, for at most
     /// a session timeout (after that the group has dropped this member).
-    pub async fn heartbeat(&self) -> Result<Heartbeat, String> {
+    pub async fn heartbeat(&self) -> Result<Standing, String> {
         let request = HeartbeatRequest::default()
             .with_group_id(GroupId(str(&self.group_id)))
             .with_generation_id(self.generation)
@@ -284,8 +285,8 @@ impl Member {
             )
             .await?;
         match response.error_code {
-            0 => Ok(Heartbeat::Ok),
-            REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Ok(Heartbeat::Rejoin),
+            0 => Ok(Standing::Ok),
+            REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Ok(Standing::Rejoin),
             code => Err(format!(
                 "Heartbeat {}: error {}",
                 self.group_id,
@@ -351,13 +352,17 @@ impl Member {
             .collect())
     }
 
-    /// Commits `offsets` (next offset to read) of `partitions`.
+    /// Commits `offsets` (next offset to read) of `partitions`. A group that
+    /// fences this member (REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+    /// ILLEGAL_GENERATION) makes it rejoin, as a Kafka consumer's failed
+    /// commit does; that is counted as a retry under the error's name (the
+    /// next commit, after the rejoin, covers these offsets).
     pub async fn commit(
         &self,
         topology: &Topology,
         partitions: &[usize],
         offsets: &[i64],
-    ) -> Result<(), String> {
+    ) -> Result<Standing, String> {
         let mut by_topic: BTreeMap<usize, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
         for (&i, &offset) in partitions.iter().zip(offsets) {
             let p = &topology.partitions[i];
@@ -394,6 +399,10 @@ impl Member {
             .await?;
         for topic in &response.topics {
             for p in &topic.partitions {
+                if retry::group_error(p.error_code) == GroupError::Rejoin {
+                    self.worker.note_retry(&retry::name(p.error_code));
+                    return Ok(Standing::Rejoin);
+                }
                 if p.error_code != 0 {
                     return Err(format!(
                         "OffsetCommit {}/{}: error {}",
@@ -404,7 +413,7 @@ impl Member {
                 }
             }
         }
-        Ok(())
+        Ok(Standing::Ok)
     }
 
     /// Leaves the group (best effort: no retry, as a consumer closing).

@@ -317,21 +317,18 @@ impl Sender {
             .collect();
         let acks = self.worker.workload.acks;
         for node in nodes {
+            // A node that refused a connect: its batches wait in the queue
+            // (until their delivery deadline), as in a Kafka producer's
+            // accumulator, and it is tried again after its backoff.
+            if self.cluster.next_try(node).is_some() {
+                continue;
+            }
             let (conn, in_flight) = match self.cluster.link(node).await {
                 Ok(link) => (link.conn.clone(), link.in_flight.clone()),
                 Err(e) => {
                     tracing::debug!("producer: {e}");
-                    let now = Instant::now();
-                    for batch in self.queue.remove(&node).unwrap_or_default() {
-                        retry_or_lose(
-                            &self.worker,
-                            &self.returned,
-                            batch,
-                            CANNOT_CONNECT,
-                            true,
-                            now,
-                        );
-                    }
+                    self.worker.note_retry(CANNOT_CONNECT);
+                    self.cluster.mark_stale();
                     continue;
                 }
             };
@@ -384,9 +381,11 @@ impl Sender {
         Ok(())
     }
 
-    /// Anything queued for a known leader?
+    /// Anything queued for a known leader that may be connected to now?
     fn can_send(&self) -> bool {
-        self.queue.keys().any(|&n| n != NO_LEADER)
+        self.queue
+            .keys()
+            .any(|&n| n != NO_LEADER && self.cluster.next_try(n).is_none())
     }
 
     /// Nothing queued, in flight or waiting for a retry.
@@ -396,20 +395,17 @@ impl Sender {
             && self.returned.retries.borrow().is_empty()
     }
 
-    /// When the next retry's backoff ends or metadata may be refreshed.
+    /// When the next retry's backoff ends, metadata may be refreshed, or a
+    /// node with queued batches may be connected to again.
     fn next_wake(&self) -> Option<Instant> {
-        let retry = self
-            .returned
-            .retries
-            .borrow()
+        let retries = self.returned.retries.borrow();
+        let reconnects = self.queue.keys().filter_map(|&n| self.cluster.next_try(n));
+        retries
             .iter()
             .map(|b| b.ready_at)
-            .min();
-        let refresh = self.cluster.refresh_at();
-        match (retry, refresh) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .chain(reconnects)
+            .chain(self.cluster.refresh_at())
+            .min()
     }
 }
 
