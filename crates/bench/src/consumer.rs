@@ -44,6 +44,8 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
     }
     let group_id = format!("{}-group", topology.topics[0]);
     let mut member = Member::new(worker.clone(), &bootstrap, &group_id);
+    // Leaders and connections learned carry over rebalances.
+    let mut fetcher = Fetcher::new(worker.clone(), &bootstrap);
     let mut ready = false;
     loop {
         let mine = member.join(topology).await?;
@@ -81,9 +83,8 @@ pub async fn run(worker: Rc<Worker>, consumer_id: u32, bootstrap: String) -> Res
             let mine = mine.clone();
             let worker = worker.clone();
             let rejoin = rejoin.clone();
-            let bootstrap = bootstrap.clone();
+            let fetcher = &mut fetcher;
             async move {
-                let mut fetcher = Fetcher::new(worker.clone(), &bootstrap);
                 let mut last_commit = Instant::now();
                 loop {
                     let stop = fetcher.round(&mine, &mut offsets, &rejoin, true).await?;
