@@ -43,8 +43,14 @@ def test_api_versions_v0_lists_supported_apis(broker):
         key, low, high = struct.unpack(">hhh", response[10 + 6 * i: 16 + 6 * i])
         versions[key] = (low, high)
     assert versions[0] == (3, 9)  # Produce
-    assert versions[1] == (4, 12)  # Fetch
+    assert versions[1] == (4, 16)  # Fetch (13+: topics by id)
     assert versions[3] == (1, 12)  # Metadata
+    assert versions[9] == (1, 9)  # OffsetFetch (8+: several groups)
+    assert versions[21] == (0, 2)  # DeleteRecords
+    assert versions[33] == (0, 2)  # AlterConfigs
+    assert versions[44] == (0, 1)  # IncrementalAlterConfigs
+    # Not implemented, so not advertised: transactions (AddPartitionsToTxn 24, EndTxn 26).
+    assert 24 not in versions and 26 not in versions
 
 
 def test_oversized_frame_closes_the_connection(broker):

@@ -98,6 +98,9 @@ def test_admin_client_topics_cluster_and_configs(broker, java_client):
 
     topic = one(out, step="describe_topic")
     assert topic["name"] == "java-admin" and topic["internal"] is False
+    # Metadata v10+ names the topic by the id CreateTopics v7 gave it (Java's zero id is AAAA…).
+    created_id = one(out, step="create")["topic_id"]
+    assert topic["topic_id"] == created_id and created_id != "AAAAAAAAAAAAAAAAAAAAAA", (topic, created_id)
     assert [p["partition"] for p in topic["partitions"]] == [0, 1, 2]
     for p in topic["partitions"]:
         assert (p["leader"], p["replicas"], p["isr"]) == (node["id"], [node["id"]], [node["id"]]), p

@@ -119,7 +119,8 @@ public final class SluiceClientCheck {
                     admin.createTopics(List.of(new NewTopic(topic, 3, (short) 1).configs(configs)));
             created.all().get();
             emit("step", "create", "topic", topic, "partitions", created.numPartitions(topic).get(),
-                    "replication_factor", created.replicationFactor(topic).get());
+                    "replication_factor", created.replicationFactor(topic).get(),
+                    "topic_id", String.valueOf(created.topicId(topic).get()));
 
             emit("step", "list", "topics", new TreeSet<>(admin.listTopics().names().get()));
 
