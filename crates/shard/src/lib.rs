@@ -11,6 +11,7 @@ pub mod log_limit;
 pub mod memory;
 pub mod mesh;
 pub mod metadata;
+pub mod partition;
 pub mod producers;
 pub mod replay;
 pub mod settings;

@@ -11,31 +11,21 @@ use crate::mesh::{
     ProduceOutcome, ShardMsg,
 };
 use crate::metadata::{validate_topic_name, MetadataStore, Snapshot, TopicMeta};
-use crate::producers::{PartitionProducers, ProducerIds, SequenceCheck};
+use crate::producers::ProducerIds;
 use crate::settings::BrokerSettings;
-use crate::storage_dir::{open_dir, Dir};
-use crate::topic_config::{effective, EffectiveTopicConfig};
+use crate::partition::Partition;
+use crate::storage_dir::{open_dir, Dir, Log};
+use crate::topic_config::effective;
 use sluice_protocol::api::error_code;
-use sluice_protocol::record_batch::{BatchError, BatchHeader};
 use sluice_storage::event::Event;
-use sluice_storage::{AppendOptions, LogError, PartitionLog};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type Log = PartitionLog<Dir>;
-
-pub struct PartitionEntry {
-    pub log: Rc<Log>,
-    /// Replaced when the topic's configs change (AlterConfigs).
-    pub config: Cell<EffectiveTopicConfig>,
-    pub producers: PartitionProducers,
-    pub dir: std::path::PathBuf,
-    /// High watermark covered by the last producer snapshot written.
-    pub producers_snapshot_at: Cell<i64>,
-}
+/// A partition this shard owns, on the broker's storage backend.
+pub type PartitionEntry = Partition<Dir>;
 
 type PartitionKey = (String, i32);
 
@@ -70,23 +60,6 @@ pub struct Shard {
     pub bad_input_log: LogLimiter,
     /// Request bytes being read and response bytes waiting to be written on this core.
     pub memory: Rc<MemoryBudget>,
-}
-
-/// Kafka error code for a storage error; disk trouble is logged by storage.
-pub fn log_error_code(error: &LogError) -> i16 {
-    match error {
-        LogError::InvalidBatch(BatchError::MagicUnsupported { .. }) => {
-            error_code::UNSUPPORTED_FOR_MESSAGE_FORMAT
-        }
-        LogError::InvalidBatch(_) => error_code::CORRUPT_MESSAGE,
-        LogError::BatchTooLarge { .. } => error_code::MESSAGE_TOO_LARGE,
-        LogError::OffsetOutOfRange { .. } => error_code::OFFSET_OUT_OF_RANGE,
-        LogError::Io(_)
-        | LogError::SyncFailed(_)
-        | LogError::Corrupt { .. }
-        | LogError::Closed
-        | LogError::Busy => error_code::KAFKA_STORAGE_ERROR,
-    }
 }
 
 impl Shard {
@@ -296,27 +269,10 @@ impl Shard {
         let path = self.settings.partition_dir(&topic.name, partition);
         let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
-        let log = PartitionLog::open(dir, config.log, name.clone())
-            .await
-            .map_err(|e| format!("opening partition {name}: {e}"))?;
-        let offsets = log.offsets();
+        let entry = Rc::new(Partition::open(dir, config, name.clone(), path).await?);
+        let offsets = entry.log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
-        let mut producers = PartitionProducers::default();
-        rebuild_producers(
-            &log,
-            &mut producers,
-            &path.join(crate::producers::SNAPSHOT_FILE),
-        )
-        .await
-        .map_err(|e| format!("partition {name}: {e}"))?;
-        let entry = Rc::new(PartitionEntry {
-            log,
-            config: Cell::new(config),
-            producers,
-            dir: path,
-            producers_snapshot_at: Cell::new(-1),
-        });
         self.partitions.borrow_mut().insert(key, entry.clone());
         Ok(entry)
     }
@@ -391,156 +347,22 @@ impl Shard {
         };
         match op {
             PartitionOp::Produce { records } => {
-                PartitionReply::Produce(self.produce(&entry, records).await)
+                let outcome = entry.produce(records).await;
+                if outcome.error_code == error_code::NONE {
+                    self.data_arrived.notify();
+                }
+                PartitionReply::Produce(outcome)
             }
             PartitionOp::Fetch {
                 offset,
                 max_bytes,
                 strict_max_bytes,
-            } => PartitionReply::Fetch(fetch(&entry, offset, max_bytes, strict_max_bytes).await),
+            } => PartitionReply::Fetch(entry.fetch(offset, max_bytes, strict_max_bytes).await),
             PartitionOp::ListOffsets { timestamp } => {
-                PartitionReply::ListOffsets(list_offsets(&entry, timestamp).await)
+                PartitionReply::ListOffsets(entry.list_offsets(timestamp).await)
             }
             PartitionOp::DeleteRecords { before } => {
-                let log = &entry.log;
-                let before = if before == -1 { log.high_watermark() } else { before };
-                PartitionReply::DeleteRecords(match log.delete_records_before(before).await {
-                    Ok(low_watermark) => (error_code::NONE, low_watermark),
-                    Err(e) => (log_error_code(&e), -1),
-                })
-            }
-        }
-    }
-
-    async fn produce(&self, entry: &PartitionEntry, records: bytes::Bytes) -> ProduceOutcome {
-        let log = &entry.log;
-        let fail = |error_code: i16, message: String| ProduceOutcome {
-            error_code,
-            error_message: Some(message),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: log.log_start_offset(),
-        };
-        let max_message_bytes = entry.config.get().max_message_bytes;
-        if records.len() as i64 > max_message_bytes {
-            return fail(
-                error_code::MESSAGE_TOO_LARGE,
-                format!(
-                    "record batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
-                    records.len(),
-                ),
-            );
-        }
-        // Record-level validation was done by the produce handler on the
-        // receiving shard (`handlers/produce.rs`); the log checks the CRC again.
-        // Idempotent producers: a retried batch gets its original offsets.
-        let header = BatchHeader::parse(&records).ok();
-        if let Some(header) = &header {
-            match entry.producers.check(header) {
-                SequenceCheck::Append => {}
-                SequenceCheck::Duplicate(mut original) => {
-                    // The original may still be on its way to disk.
-                    while original.base_offset < 0 || log.high_watermark() <= original.last_offset {
-                        // Bounded: the original's failure may be recorded after the last flush notice.
-                        futures_lite::future::or(
-                            log.wait_for_flush(),
-                            glommio::timer::sleep(Duration::from_millis(20)),
-                        )
-                        .await;
-                        match entry.producers.check(header) {
-                            SequenceCheck::Duplicate(now) => original = now,
-                            // The original failed and was forgotten: this retry is appended.
-                            SequenceCheck::Append => {
-                                return Box::pin(self.append_checked(entry, records, header)).await
-                            }
-                            SequenceCheck::Reject(code) => {
-                                return fail(code, "producer sequence refused".into())
-                            }
-                        }
-                    }
-                    return ProduceOutcome {
-                        error_code: error_code::NONE,
-                        error_message: None,
-                        base_offset: original.base_offset,
-                        log_append_time_ms: -1,
-                        log_start_offset: log.log_start_offset(),
-                    };
-                }
-                SequenceCheck::Reject(code) => {
-                    return fail(
-                        code,
-                        format!(
-                            "producer {} epoch {} sequence {} refused",
-                            header.producer_id, header.producer_epoch, header.base_sequence
-                        ),
-                    );
-                }
-            }
-        }
-        match header {
-            Some(header) => self.append_checked(entry, records, &header).await,
-            None => self.append_unchecked(entry, records).await,
-        }
-    }
-
-    /// Appends a batch already accepted by the producer-sequence check.
-    async fn append_checked(
-        &self,
-        entry: &PartitionEntry,
-        records: bytes::Bytes,
-        header: &BatchHeader,
-    ) -> ProduceOutcome {
-        let outcome = self.append_unchecked(entry, records).await;
-        if outcome.error_code == error_code::NONE {
-            let last_offset = outcome.base_offset + header.last_offset_delta as i64;
-            entry
-                .producers
-                .confirm(header, outcome.base_offset, last_offset);
-        } else {
-            entry.producers.forget(header);
-        }
-        outcome
-    }
-
-    async fn append_unchecked(
-        &self,
-        entry: &PartitionEntry,
-        records: bytes::Bytes,
-    ) -> ProduceOutcome {
-        let log = &entry.log;
-        let fail = |error_code: i16, message: String| ProduceOutcome {
-            error_code,
-            error_message: Some(message),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: log.log_start_offset(),
-        };
-        let log_append_time_ms = entry
-            .config
-            .get()
-            .log_append_time
-            .then(|| sluice_storage::now_ms() as i64);
-        let options = AppendOptions {
-            log_append_time_ms,
-            partition_leader_epoch: 0,
-        };
-        let result = log.append(&records, options).await;
-        match result {
-            Ok(info) => {
-                self.data_arrived.notify();
-                ProduceOutcome {
-                    error_code: error_code::NONE,
-                    error_message: None,
-                    base_offset: info.base_offset,
-                    log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
-                    log_start_offset: info.log_start_offset,
-                }
-            }
-            Err(e) => {
-                if !matches!(e, LogError::InvalidBatch(_)) {
-                    tracing::warn!(shard = self.id, partition = log.name(), error = %e, "append failed");
-                }
-                fail(log_error_code(&e), e.to_string())
+                PartitionReply::DeleteRecords(entry.delete_records(before).await)
             }
         }
     }
@@ -911,10 +733,7 @@ impl Shard {
                 .get(&(topic.name.clone(), partition))
                 .cloned();
             if let Some(entry) = entry {
-                entry.config.set(config);
-                if let Err(e) = entry.log.set_config(config.log) {
-                    tracing::error!(partition = entry.log.name(), error = %e, "topic config not applied to the log");
-                }
+                entry.apply_config(config);
             }
         }
     }
@@ -979,7 +798,7 @@ impl Shard {
                         .get(key)
                         .is_some_and(|open| Rc::ptr_eq(open, entry))
                 })
-                .filter_map(|(_, entry)| prepare_producer_snapshot(entry))
+                .filter_map(|(_, entry)| entry.prepare_producer_snapshot())
                 .collect();
             if pending.is_empty() {
                 continue;
@@ -987,7 +806,7 @@ impl Shard {
             glommio::executor()
                 .spawn_blocking(move || {
                     for (dir, bytes) in pending {
-                        write_producer_snapshot_file(&dir, &bytes);
+                        crate::partition::write_producer_snapshot_file(&dir, &bytes);
                     }
                 })
                 .await;
@@ -1037,8 +856,8 @@ impl Shard {
             .collect();
         for entry in entries {
             let _ = entry.log.flush().await;
-            if let Some((dir, bytes)) = prepare_producer_snapshot(&entry) {
-                write_producer_snapshot_file(&dir, &bytes);
+            if let Some((dir, bytes)) = entry.prepare_producer_snapshot() {
+                crate::partition::write_producer_snapshot_file(&dir, &bytes);
             }
             if let Err(e) = entry.log.close().await {
                 tracing::error!(partition = entry.log.name(), error = %e, "closing partition failed");
@@ -1095,144 +914,8 @@ fn storage_error_reply() -> PartitionReply {
     })
 }
 
-async fn fetch(
-    entry: &PartitionEntry,
-    offset: i64,
-    max_bytes: usize,
-    strict: bool,
-) -> FetchOutcome {
-    let log = &entry.log;
-    match log.read(offset, max_bytes.max(1)).await {
-        Ok(read) => {
-            let oversized = strict && read.records.len() > max_bytes;
-            FetchOutcome {
-                error_code: error_code::NONE,
-                high_watermark: read.high_watermark,
-                log_start_offset: read.log_start_offset,
-                records: if oversized {
-                    bytes::Bytes::new()
-                } else {
-                    read.records
-                },
-                oversized,
-            }
-        }
-        Err(e) => FetchOutcome {
-            error_code: log_error_code(&e),
-            high_watermark: log.high_watermark(),
-            log_start_offset: log.log_start_offset(),
-            ..Default::default()
-        },
-    }
-}
-
-/// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
-async fn list_offsets(entry: &PartitionEntry, timestamp: i64) -> ListOffsetsOutcome {
-    let log = &entry.log;
-    let found = |offset: i64, timestamp: i64| ListOffsetsOutcome {
-        error_code: error_code::NONE,
-        offset,
-        timestamp,
-    };
-    match timestamp {
-        // -4 (v8, KIP-405): the earliest offset on local storage; with no
-        // tiered storage, the earliest offset.
-        -2 | -4 => found(log.log_start_offset(), -1),
-        -1 => found(log.high_watermark(), -1),
-        -3 => match log.max_timestamp() {
-            Some((offset, ts)) => found(offset, ts),
-            None => found(-1, -1),
-        },
-        t if t >= 0 => match log.offset_for_timestamp(t).await {
-            Ok(Some((offset, ts))) => found(offset, ts),
-            Ok(None) => found(-1, -1),
-            Err(e) => ListOffsetsOutcome {
-                error_code: log_error_code(&e),
-                offset: -1,
-                timestamp: -1,
-            },
-        },
-        _ => ListOffsetsOutcome {
-            error_code: error_code::INVALID_REQUEST,
-            offset: -1,
-            timestamp: -1,
-        },
-    }
-}
-
-/// Rebuilds idempotent-producer state: from the snapshot if there is a usable
-/// one, then the batches after it; else from the active segment's batches.
-async fn rebuild_producers(
-    log: &Rc<Log>,
-    producers: &mut PartitionProducers,
-    snapshot: &std::path::Path,
-) -> Result<(), String> {
-    let Some(&active) = log.segment_base_offsets().last() else {
-        return Ok(());
-    };
-    let mut offset = active.max(log.log_start_offset());
-    if let Ok(bytes) = std::fs::read(snapshot) {
-        match producers.load_snapshot(&bytes) {
-            Some(covered)
-                if covered >= log.log_start_offset() && covered <= log.high_watermark() =>
-            {
-                offset = covered
-            }
-            Some(_) => *producers = PartitionProducers::default(),
-            None => {
-                tracing::warn!(path = %snapshot.display(), "producer snapshot damaged: reading the active segment")
-            }
-        }
-    }
-    loop {
-        let read = log.read(offset, 1 << 20).await.map_err(|e| e.to_string())?;
-        if read.records.is_empty() {
-            return Ok(());
-        }
-        let mut at = 0;
-        while at < read.records.len() {
-            let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
-            if header.last_offset() >= offset {
-                producers.observe_stored(&header);
-            }
-            at += header.total_bytes();
-        }
-        offset = read.next_offset;
-    }
-}
-
 /// Producer snapshots written per call to the blocking thread (and per hold of
 /// `snapshot_lock`): other blocking work of the shard (truncating a finished
 /// segment, creating a directory) and topic deletion wait at most this many.
 const SNAPSHOTS_PER_BLOCKING_CALL: usize = 16;
 
-/// A partition's producer snapshot to write, if the log moved since the last
-/// one and every append is confirmed; records it as written.
-fn prepare_producer_snapshot(entry: &PartitionEntry) -> Option<(std::path::PathBuf, Vec<u8>)> {
-    let covered = entry.log.high_watermark();
-    if entry.producers_snapshot_at.get() == covered {
-        return None;
-    }
-    // Only with every append confirmed: the state must equal the log below `covered`.
-    let bytes = entry.producers.encode_snapshot(covered)?;
-    entry.producers_snapshot_at.set(covered);
-    Some((entry.dir.clone(), bytes))
-}
-
-/// Writes a producer snapshot (temp file, fsync, rename, directory fsync).
-/// Blocking; a failure is logged (recovery then reads the log instead).
-fn write_producer_snapshot_file(dir: &std::path::Path, bytes: &[u8]) {
-    let path = dir.join(crate::producers::SNAPSHOT_FILE);
-    let temp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "writing producer snapshot failed");
-    }
-}

@@ -12,6 +12,9 @@ pub type Dir = sluice_storage::io::dma::DmaDir;
 #[cfg(feature = "memory-storage")]
 pub type Dir = sluice_storage::io::memory::MemDir;
 
+/// A partition log (or offset-store bucket) on the broker's backend.
+pub type Log = sluice_storage::PartitionLog<Dir>;
+
 /// Opens (creating it if needed) the log directory at `path`.
 pub fn open_dir(path: &Path) -> std::io::Result<Dir> {
     #[cfg(not(feature = "memory-storage"))]

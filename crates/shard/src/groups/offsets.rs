@@ -19,7 +19,7 @@
 //! below it are deleted.
 
 use crate::settings::BrokerSettings;
-use crate::shard::Log;
+use crate::storage_dir::Log;
 use crate::storage_dir::open_dir;
 use sluice_protocol::record_batch::{build_batch, record_values, BatchHeader};
 use sluice_storage::{AppendOptions, LogError, PartitionLog};
