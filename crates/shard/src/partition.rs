@@ -53,18 +53,22 @@ impl<D: StorageDir + 'static> Partition<D> {
         })
     }
 
+    fn refused(&self, error_code: i16, message: String) -> ProduceOutcome {
+        ProduceOutcome {
+            error_code,
+            error_message: Some(message),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: self.log.log_start_offset(),
+        }
+    }
+
     /// Appends a produced batch (already validated record by record by the
     /// produce handler): max.message.bytes, then the idempotent-producer
     /// check (a retried duplicate gets its original offsets), then the log.
     pub async fn produce(&self, records: bytes::Bytes) -> ProduceOutcome {
         let log = &self.log;
-        let fail = |error_code: i16, message: String| ProduceOutcome {
-            error_code,
-            error_message: Some(message),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: log.log_start_offset(),
-        };
+        let fail = |code: i16, message: String| self.refused(code, message);
         let max_message_bytes = self.config.get().max_message_bytes;
         if records.len() as i64 > max_message_bytes {
             return fail(
@@ -150,13 +154,7 @@ impl<D: StorageDir + 'static> Partition<D> {
         records: bytes::Bytes,
     ) -> ProduceOutcome {
         let log = &self.log;
-        let fail = |error_code: i16, message: String| ProduceOutcome {
-            error_code,
-            error_message: Some(message),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: log.log_start_offset(),
-        };
+        let fail = |code: i16, message: String| self.refused(code, message);
         let log_append_time_ms = self
             .config
             .get()
