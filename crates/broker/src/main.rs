@@ -299,7 +299,7 @@ async fn run_shard(
                 inbox_shard.stopping.set(true);
                 continue;
             }
-            glommio::spawn_local(inbox_shard.clone().handle_message(message)).detach();
+            glommio::spawn_local(sluice_shard::inbox::handle(inbox_shard.clone(), message)).detach();
         }
     });
     if let Err(e) = shard.open_coordinator().await {

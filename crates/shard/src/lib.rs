@@ -7,7 +7,9 @@
 pub mod connection;
 pub mod groups;
 pub mod handlers;
+pub mod inbox;
 pub mod log_limit;
+pub mod maintenance;
 pub mod memory;
 pub mod mesh;
 pub mod metadata;
@@ -18,3 +20,4 @@ pub mod settings;
 pub mod shard;
 pub mod storage_dir;
 pub mod topic_config;
+pub mod topics;

@@ -95,7 +95,7 @@ impl World {
                     let (Some(message), Some(shard)) = (message, inbox_shard.upgrade()) else {
                         break;
                     };
-                    glommio::spawn_local(shard.handle_message(message)).detach();
+                    glommio::spawn_local(crate::inbox::handle(shard, message)).detach();
                 }
             })
             .detach();
