@@ -15,6 +15,8 @@
 
 pub mod metadata;
 pub mod placement;
+pub mod raft;
+pub mod store;
 
 pub use metadata::{ClusterMetadata, Command, NodeInfo, PartitionState, TopicState};
 pub use placement::place;
