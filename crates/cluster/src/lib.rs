@@ -13,7 +13,9 @@
 //! node registration over the internal listener and routing in the shards
 //! come next; today's single-node broker does not use this crate yet.
 
+pub mod controller;
 pub mod metadata;
+pub mod network;
 pub mod placement;
 pub mod raft;
 pub mod store;

@@ -1,0 +1,270 @@
+//! A controller voter: one Raft node of the metadata log. Every voter starts
+//! with the same list of voters and initializes the cluster with it (safe with
+//! the same membership everywhere: openraft's voting settles it); the leader
+//! appends commands, every voter applies the committed log to its
+//! [`ClusterMetadata`], which readers see without locks.
+//!
+//! A command proposed on a voter that is not the leader is forwarded to the
+//! leader over the internal listener; with no leader yet (an election under
+//! way) it is retried until a deadline.
+
+use crate::metadata::{ClusterMetadata, Command};
+use crate::network::{call, serve, Network, Request, Response};
+use crate::raft::{CommandResult, RaftNodeId, TypeConfig};
+use crate::store::{LogStore, StateMachine};
+use arc_swap::ArcSwap;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_id: RaftNodeId,
+    /// Every controller voter: id → internal listener address (`host:port`).
+    pub voters: BTreeMap<RaftNodeId, String>,
+    /// Where the metadata log, vote and snapshots live.
+    pub dir: PathBuf,
+    /// How often the leader tells followers it is alive.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing for a random time in this range starts an election.
+    pub election_timeout_ms: (u64, u64),
+    /// A snapshot is taken after this many applied entries (and the log behind it purged).
+    pub snapshot_every_entries: u64,
+}
+
+impl ControllerConfig {
+    pub fn new(node_id: RaftNodeId, voters: BTreeMap<RaftNodeId, String>, dir: PathBuf) -> Self {
+        ControllerConfig {
+            node_id,
+            voters,
+            dir,
+            heartbeat_ms: 100,
+            election_timeout_ms: (500, 1000),
+            snapshot_every_entries: 1000,
+        }
+    }
+}
+
+pub struct Controller {
+    pub node_id: RaftNodeId,
+    raft: Raft<TypeConfig>,
+    voters: BTreeMap<RaftNodeId, String>,
+    metadata: Arc<ArcSwap<ClusterMetadata>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Appends `command` if this node leads; else says who does.
+async fn write_here(raft: &Raft<TypeConfig>, command: Command) -> Result<CommandResult, Option<RaftNodeId>> {
+    match raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(forward.leader_id),
+        Err(e) => {
+            tracing::warn!(error = %e, "metadata command not appended");
+            Err(None)
+        }
+    }
+}
+
+impl Controller {
+    /// Opens the metadata log in `config.dir`, listens on this voter's
+    /// internal address, and joins (or forms) the voters' cluster. Call
+    /// inside a tokio runtime.
+    pub async fn start(config: ControllerConfig) -> Result<Controller, String> {
+        let addr = config
+            .voters
+            .get(&config.node_id)
+            .ok_or_else(|| format!("node {} is not among the controller voters", config.node_id))?
+            .clone();
+        let log = LogStore::open(&config.dir.join("log")).map_err(|e| format!("metadata log: {e}"))?;
+        let state = StateMachine::open(&config.dir.join("state")).map_err(|e| format!("metadata state: {e}"))?;
+        let metadata = state.metadata();
+        let raft_config = openraft::Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft settings: {e}"))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), Network, log, state)
+            .await
+            .map_err(|e| format!("starting the metadata log: {e}"))?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("internal listener {addr}: {e}"))?;
+        let server_raft = raft.clone();
+        let proposals = raft.clone();
+        let server = tokio::spawn(serve(listener, server_raft, move |command| {
+            let raft = proposals.clone();
+            async move {
+                write_here(&raft, command)
+                    .await
+                    .map_err(|leader| format!("not the controller leader (leader: {leader:?})"))
+            }
+        }));
+        let members: BTreeMap<RaftNodeId, BasicNode> = config
+            .voters
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            // Already initialized (a restart): the log says who the voters are.
+            tracing::debug!(node = config.node_id, error = %e, "metadata log already initialized");
+        }
+        Ok(Controller {
+            node_id: config.node_id,
+            raft,
+            voters: config.voters,
+            metadata,
+            server,
+        })
+    }
+
+    /// The metadata as of the last committed command this voter applied.
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.load_full()
+    }
+
+    /// The shared handle readers keep.
+    pub fn metadata_handle(&self) -> Arc<ArcSwap<ClusterMetadata>> {
+        self.metadata.clone()
+    }
+
+    /// The current leader, as this voter knows it.
+    pub async fn leader(&self) -> Option<RaftNodeId> {
+        self.raft.current_leader().await
+    }
+
+    /// Appends `command` through the leader (here or forwarded) and returns
+    /// how it applied; retries while there is no leader, until `timeout`.
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandResult, String> {
+        let deadline = Instant::now() + timeout;
+        let mut connection = None;
+        let mut connected_to = None;
+        loop {
+            let leader = match write_here(&self.raft, command.clone()).await {
+                Ok(result) => return Ok(result),
+                Err(leader) => leader,
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.node_id) {
+                if let Some(addr) = self.voters.get(&leader) {
+                    if connected_to != Some(leader) {
+                        connection = None;
+                        connected_to = Some(leader);
+                    }
+                    if let Ok(Response::Propose(Ok(result))) =
+                        call(&mut connection, addr, &Request::Propose(command.clone())).await
+                    {
+                        return Ok(result);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no controller leader accepted the command within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops this voter (its log stays on disk).
+    pub async fn shutdown(self) {
+        self.server.abort();
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::NodeInfo;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn register(id: i32) -> Command {
+        Command::RegisterNode(NodeInfo {
+            id,
+            kafka_host: "127.0.0.1".into(),
+            kafka_port: 9000 + id,
+            internal_addr: String::new(),
+            cores: 1,
+        })
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Three voters form a cluster; commands proposed on any of them apply
+    /// on all; the leader stops and another is elected within a few
+    /// election timeouts; commands go on; the old leader restarts from its
+    /// disk and catches up.
+    #[test]
+    fn three_voters_agree_survive_the_leader_and_catch_up_after_a_restart() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let voters: BTreeMap<u64, String> =
+                (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+            let config = |id: u64| ControllerConfig::new(id, voters.clone(), dir.path().join(format!("node-{id}")));
+            let mut nodes: BTreeMap<u64, Controller> = BTreeMap::new();
+            for id in 1..=3 {
+                nodes.insert(id, Controller::start(config(id)).await.unwrap());
+            }
+            // Proposed on every voter, applied on every voter.
+            for id in 1..=3u64 {
+                let result = nodes[&id].propose(register(id as i32), Duration::from_secs(10)).await.unwrap();
+                assert_eq!(result.error, None);
+            }
+            for node in nodes.values() {
+                wait_for("all registrations everywhere", || node.metadata().nodes.len() == 3).await;
+            }
+            // A command that no longer fits is refused the same way everywhere.
+            let again = nodes[&1]
+                .propose(Command::AllocateProducerIds { block_end: 0 }, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(again.error.is_some());
+
+            // The leader stops: another is elected, and commands go on.
+            let leader = nodes[&1].leader().await.expect("a leader");
+            let stopped_at = Instant::now();
+            nodes.remove(&leader).unwrap().shutdown().await;
+            let survivor = *nodes.keys().next().unwrap();
+            let result = nodes[&survivor]
+                .propose(Command::AllocateProducerIds { block_end: 1000 }, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(result.error, None);
+            let failover = stopped_at.elapsed();
+            assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+            let new_leader = nodes[&survivor].leader().await.unwrap();
+            assert_ne!(new_leader, leader);
+
+            // The old leader restarts from its files and catches up.
+            let restarted = Controller::start(config(leader)).await.unwrap();
+            wait_for("the restarted voter to catch up", || restarted.metadata().next_producer_id == 1000).await;
+            assert_eq!(restarted.metadata().nodes.len(), 3);
+            restarted.shutdown().await;
+            for (_, node) in nodes {
+                node.shutdown().await;
+            }
+        });
+    }
+}
