@@ -53,3 +53,34 @@ def test_acknowledged_messages_survive_restart(broker, sig):
     assert consume_all(broker, "durable", 4) == sorted(acked + more)
     if sig == signal.SIGTERM:
         assert (broker.data_dir / "topics" / "durable-0" / "clean_shutdown").exists() is False  # consumed on start
+
+
+def test_topics_of_a_data_dir_from_before_the_metadata_log_are_imported(broker):
+    """A data directory written before topics lived in the metadata log has
+    them in metadata.toml: the first start imports them (same id, partitions
+    and configs), the data stays readable, and the file is set aside."""
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    client.create_topics([NewTopic("legacy", 3, 1, config={"retention.ms": "3600000"})])["legacy"].result(30)
+    acked = produce(broker, "legacy", 0, 300)
+    assert broker.stop() == 0
+    # What the previous version kept: metadata.toml, and no metadata log.
+    import shutil
+    import uuid
+    shutil.rmtree(broker.data_dir / "controller")
+    legacy_id = str(uuid.uuid4())
+    (broker.data_dir / "metadata.toml").write_text(
+        '[[topic]]\nname = "legacy"\nid = "%s"\npartition_shards = [1, 0, 1]\n\n'
+        '[topic.configs]\n"retention.ms" = "3600000"\n' % legacy_id)
+    broker.start()
+    assert consume_all(broker, "legacy", 3) == sorted(acked)
+    from confluent_kafka.admin import ConfigResource
+    resource = ConfigResource("topic", "legacy")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})  # kept alive until the future resolves
+    configs = admin.describe_configs([resource])[resource].result(30)
+    assert len(admin.list_topics(timeout=10).topics["legacy"].partitions) == 3
+    assert configs["retention.ms"].value == "3600000"
+    assert not (broker.data_dir / "metadata.toml").exists()
+    assert (broker.data_dir / "metadata.toml.imported").exists()
+    # And a restart serves it from the metadata log alone.
+    broker.restart()
+    assert consume_all(broker, "legacy", 3) == sorted(acked)

@@ -8,6 +8,7 @@ use clap::Parser;
 use config::{Cli, Config};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use sluice_shard::cluster_link;
 use sluice_shard::connection::accept_loop;
 use sluice_shard::mesh::ShardMsg;
 use sluice_shard::metadata::MetadataStore;
@@ -79,7 +80,8 @@ fn main() {
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -151,6 +153,8 @@ fn run(config: Config) -> Result<(), String> {
             .then_some(config.log_cleaner_io_max_bytes_per_second),
     });
     let shard_count = config.cpus.len();
+    let (controller, internal_addr) = cluster_link::start_single_node_controller(&settings)?;
+    cluster_link::bootstrap(&controller, &metadata, &settings, &internal_addr, shard_count)?;
     // glommio registers each shard's io memory with its three io_uring rings;
     // registered (pinned) memory counts against RLIMIT_MEMLOCK.
     let registered_bytes: u64 = (0..shard_count)
@@ -189,6 +193,7 @@ fn run(config: Config) -> Result<(), String> {
         let settings = settings.clone();
         let metadata = metadata.clone();
         let peers = senders.clone();
+        let controller = controller.clone();
         let ready = ready_tx.clone();
         let go = go_rx.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -196,7 +201,7 @@ fn run(config: Config) -> Result<(), String> {
             .io_memory(core.io_memory_bytes.unwrap_or(config.io_memory_bytes))
             .ring_depth(core.io_depth.unwrap_or(config.io_depth))
             .spawn(move || async move {
-                run_shard(id, settings, metadata, peers, inbox, listen, ready, go).await
+                run_shard(id, settings, metadata, peers, controller, inbox, listen, ready, go).await
             })
             .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
@@ -221,6 +226,9 @@ fn run(config: Config) -> Result<(), String> {
     for _ in 0..shard_count {
         let _ = go_tx.send(true);
     }
+    controller
+        .runtime()
+        .spawn(cluster_link::follow(controller.clone(), metadata.clone(), senders.clone()));
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
     let signal_senders = senders.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -253,6 +261,7 @@ fn run(config: Config) -> Result<(), String> {
             failed = true;
         }
     }
+    controller.stop();
     if failed {
         return Err("a shard panicked".into());
     }
@@ -285,12 +294,13 @@ async fn run_shard(
     settings: Arc<BrokerSettings>,
     metadata: Arc<MetadataStore>,
     peers: Vec<flume::Sender<ShardMsg>>,
+    controller: sluice_cluster::ControllerHandle,
     inbox: flume::Receiver<ShardMsg>,
     listen: std::net::SocketAddr,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     go: flume::Receiver<bool>,
 ) {
-    let shard = Rc::new(Shard::new(id, settings.clone(), metadata, peers));
+    let shard = Rc::new(Shard::new(id, settings.clone(), metadata, peers, controller));
     // Messages from other shards: each handled in its own task, in arrival order.
     let inbox_shard = shard.clone();
     let inbox_task = glommio::spawn_local(async move {

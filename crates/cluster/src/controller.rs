@@ -54,6 +54,7 @@ pub struct Controller {
     raft: Raft<TypeConfig>,
     voters: BTreeMap<RaftNodeId, String>,
     metadata: Arc<ArcSwap<ClusterMetadata>>,
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -82,6 +83,7 @@ impl Controller {
         let log = LogStore::open(&config.dir.join("log")).map_err(|e| format!("metadata log: {e}"))?;
         let state = StateMachine::open(&config.dir.join("state")).map_err(|e| format!("metadata state: {e}"))?;
         let metadata = state.metadata();
+        let applied = state.applied();
         let raft_config = openraft::Config {
             cluster_name: "sluice".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -123,6 +125,7 @@ impl Controller {
             raft,
             voters: config.voters,
             metadata,
+            applied,
             server,
         })
     }
@@ -135,6 +138,11 @@ impl Controller {
     /// The shared handle readers keep.
     pub fn metadata_handle(&self) -> Arc<ArcSwap<ClusterMetadata>> {
         self.metadata.clone()
+    }
+
+    /// Wakes on every applied entry (its index); the metadata is published first.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The current leader, as this voter knows it.

@@ -14,6 +14,7 @@
 //! come next; today's single-node broker does not use this crate yet.
 
 pub mod controller;
+pub mod handle;
 pub mod metadata;
 pub mod network;
 pub mod placement;
@@ -21,7 +22,9 @@ pub mod raft;
 pub mod store;
 
 pub use metadata::{ClusterMetadata, Command, NodeInfo, PartitionState, TopicState};
+pub use handle::ControllerHandle;
 pub use placement::place;
+pub use raft::CommandResult;
 
 /// A node of the cluster (Kafka's broker id / node id).
 pub type NodeId = i32;

@@ -10,6 +10,8 @@ use std::io::Cursor;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub error: Option<String>,
+    /// The log index the command was applied at (readers wait for it).
+    pub index: u64,
 }
 
 openraft::declare_raft_types!(

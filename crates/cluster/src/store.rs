@@ -273,6 +273,8 @@ pub struct StateMachine {
     /// The last snapshot taken or installed, as stored.
     snapshot: Option<Vec<u8>>,
     published: Arc<ArcSwap<ClusterMetadata>>,
+    /// The index of the last applied entry, for those who wait for a change.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -288,17 +290,26 @@ impl StateMachine {
             Err(e) => return Err(e),
         };
         let published = Arc::new(ArcSwap::from_pointee(state.metadata.clone()));
+        let applied = Arc::new(tokio::sync::watch::Sender::new(
+            state.last_applied.map_or(0, |id| id.index),
+        ));
         Ok(StateMachine {
             dir: dir.to_path_buf(),
             state,
             snapshot,
             published,
+            applied,
         })
     }
 
     /// The metadata as of the last applied entry; readers never lock.
     pub fn metadata(&self) -> Arc<ArcSwap<ClusterMetadata>> {
         self.published.clone()
+    }
+
+    /// Changes to the last applied index (the metadata is published first).
+    pub fn applied(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.applied.clone()
     }
 
     // openraft's error type is what the trait methods return; boxing it here would only unbox it again.
@@ -362,6 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => CommandResult::default(),
                 EntryPayload::Normal(command) => CommandResult {
                     error: self.state.metadata.apply(entry.log_id.index, &command).err(),
+                    index: entry.log_id.index,
                 },
                 EntryPayload::Membership(membership) => {
                     self.state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -371,6 +383,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             results.push(result);
         }
         self.published.store(Arc::new(self.state.metadata.clone()));
+        if let Some(id) = self.state.last_applied {
+            self.applied.send_replace(id.index);
+        }
         Ok(results)
     }
 
@@ -398,6 +413,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store_snapshot(&stored)?;
         self.state = stored;
         self.published.store(Arc::new(self.state.metadata.clone()));
+        if let Some(id) = self.state.last_applied {
+            self.applied.send_replace(id.index);
+        }
         Ok(())
     }
 

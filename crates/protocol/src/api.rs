@@ -81,6 +81,7 @@ pub mod error_code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const BROKER_NOT_AVAILABLE: i16 = 8;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE"), from

@@ -4,6 +4,7 @@
 //! Everything in a [`shard::Shard`] lives on one executor; the only way
 //! between shards is a [`mesh::ShardMsg`] over flume.
 
+pub mod cluster_link;
 pub mod connection;
 pub mod groups;
 pub mod handlers;

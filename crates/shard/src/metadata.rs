@@ -1,6 +1,8 @@
-//! Topic metadata: one writer (shard 0), every shard reads an immutable
-//! snapshot that the writer replaces atomically. Persisted as
-//! `<data_dir>/metadata.toml` (written to a temp file, fsynced, renamed).
+//! Topic metadata as this node's shards see it: an immutable snapshot that
+//! the cluster follower (`cluster_link::follow`) replaces atomically after
+//! every change of the cluster's metadata log; every shard reads it without
+//! locks. `<data_dir>/metadata.toml`, where topics lived before the metadata
+//! log, is read once to import them (`MetadataStore::load_legacy`).
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,8 @@ struct MetadataFile {
 pub struct MetadataStore {
     path: PathBuf,
     current: ArcSwap<Snapshot>,
+    /// The metadata log index this snapshot reflects, once the shards acted on it.
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl MetadataStore {
@@ -100,11 +104,31 @@ impl MetadataStore {
         Ok(MetadataStore {
             path,
             current: ArcSwap::from_pointee(snapshot),
+            applied: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Publishes what the cluster metadata says about topics.
+    pub fn publish(&self, next: Snapshot) {
+        self.current.store(Arc::new(next.index_ids()));
+    }
+
+    /// The metadata log index every shard has acted on.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_applied_index(&self, index: u64) {
+        self.applied.store(index, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The legacy file's path (renamed once its topics are imported).
+    pub fn legacy_path(&self) -> &Path {
+        &self.path
     }
 
     /// Persists `next` durably, then publishes it. Only the writer shard calls this.

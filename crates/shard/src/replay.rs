@@ -79,10 +79,18 @@ impl World {
             log_cleaner_io_max_bytes_per_second: None,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
+        let (controller, internal) =
+            crate::cluster_link::start_single_node_controller(&settings).expect("controller");
+        crate::cluster_link::bootstrap(&controller, &metadata, &settings, &internal, 1)
+            .expect("metadata log");
         let (sender, inbox) = flume::bounded::<ShardMsg>(1024);
         let (stop, stopped) = glommio::channels::local_channel::new_bounded::<()>(1);
         let shard = executor.run(async move {
-            let shard = Rc::new(Shard::new(0, settings, metadata, vec![sender]));
+            let follower = controller.clone();
+            let shard = Rc::new(Shard::new(0, settings, metadata.clone(), vec![sender.clone()], controller));
+            follower
+                .runtime()
+                .spawn(crate::cluster_link::follow(follower.clone(), metadata, vec![sender]));
             let inbox_shard = Rc::downgrade(&shard);
             glommio::spawn_local(async move {
                 loop {

@@ -60,6 +60,8 @@ pub struct Shard {
     pub bad_input_log: LogLimiter,
     /// Request bytes being read and response bytes waiting to be written on this core.
     pub memory: Rc<MemoryBudget>,
+    /// The cluster's metadata log: topic changes are proposed to it.
+    pub controller: sluice_cluster::ControllerHandle,
 }
 
 impl Shard {
@@ -68,6 +70,7 @@ impl Shard {
         settings: Arc<BrokerSettings>,
         metadata: Arc<MetadataStore>,
         peers: Vec<flume::Sender<ShardMsg>>,
+        controller: sluice_cluster::ControllerHandle,
     ) -> Shard {
         let memory = MemoryBudget::new(settings.memory_budget_bytes(id));
         Shard {
@@ -90,6 +93,7 @@ impl Shard {
             validation_scratch: RefCell::new(Vec::new()),
             bad_input_log: LogLimiter::new(Duration::from_secs(1)),
             memory,
+            controller,
         }
     }
 

@@ -1,15 +1,16 @@
-//! Topic metadata changes: executed by the metadata writer (shard 0) for
-//! CreateTopics, DeleteTopics, CreatePartitions and config changes, persisted
-//! and published as a new snapshot, then told to every shard, which opens,
+//! Topic metadata changes (CreateTopics, DeleteTopics, CreatePartitions,
+//! config changes): checked on shard 0, appended to the cluster's metadata
+//! log by the controller, and answered once this node has applied them; the
+//! follower (`cluster_link::follow`) then tells every shard, which opens,
 //! drops or reconfigures the partitions it owns.
 
 use crate::mesh::{AdminOp, AdminReply, ShardMsg};
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::shard::{PartitionEntry, Shard};
 use crate::topic_config::effective;
+use sluice_cluster::Command;
 use sluice_protocol::api::error_code;
 use std::rc::Rc;
-use std::sync::Arc;
 
 impl Shard {
     /// Sends a metadata change to the writer (shard 0) and waits for it.
@@ -31,16 +32,24 @@ impl Shard {
         answer.recv_async().await.unwrap_or_default()
     }
 
+    /// Validates a change against this node's view, turns it into a
+    /// metadata command, has the controller append it, and answers once
+    /// this node has applied it and every shard has acted on it (opened,
+    /// dropped or reconfigured partitions: see `cluster_link::follow`).
     pub(crate) async fn execute_admin(&self, op: AdminOp) -> AdminReply {
-        assert_eq!(self.id, 0, "metadata has one writer: shard 0");
+        assert_eq!(self.id, 0, "metadata changes go through shard 0");
         let _permit = self.admin_lock.acquire_permit(1).await;
         let snapshot = self.snapshot();
         let error = |code: i16, message: String| AdminReply {
             error_code: code,
             error_message: Some(message),
         };
-        let mut changed = None;
-        let (next, opened, dropped) = match op {
+        let cluster = self.controller.metadata();
+        let place = |partitions: usize, name: &str| -> Option<Vec<Vec<i32>>> {
+            let mut counts = cluster.replica_counts();
+            sluice_cluster::place(&cluster.live_nodes(), &mut counts, partitions, 1, fnv(name) as usize)
+        };
+        let command = match op {
             AdminOp::CreateTopic {
                 name,
                 partitions,
@@ -68,32 +77,27 @@ impl Shard {
                 if validate_only {
                     return AdminReply::default();
                 }
-                let first = fnv(&name) as usize % self.shard_count;
-                let topic = TopicMeta {
-                    name: name.clone(),
-                    id: uuid::Uuid::new_v4().to_string(),
-                    partition_shards: (0..partitions as usize)
-                        .map(|p| ((first + p) % self.shard_count) as u32)
-                        .collect(),
-                    configs,
+                let Some(replicas) = place(partitions as usize, &name) else {
+                    return error(
+                        error_code::BROKER_NOT_AVAILABLE,
+                        "no live node to place the partitions on".into(),
+                    );
                 };
-                let topic = Arc::new(topic);
-                let mut next = (*snapshot).clone();
-                next.topics.insert(name.clone(), topic.clone());
-                tracing::info!(topic = %name, partitions, "topic created");
-                (next, Some(topic), None)
+                Command::CreateTopic {
+                    name,
+                    id: uuid::Uuid::new_v4(),
+                    replicas,
+                    configs,
+                }
             }
             AdminOp::DeleteTopic { name } => {
-                let Some(topic) = snapshot.topics.get(&name) else {
+                if !snapshot.topics.contains_key(&name) {
                     return error(
                         error_code::UNKNOWN_TOPIC_OR_PARTITION,
                         format!("topic `{name}` does not exist"),
                     );
-                };
-                let mut next = (*snapshot).clone();
-                next.topics.remove(&name);
-                tracing::info!(topic = %name, "topic deleted");
-                (next, None, Some(topic.clone()))
+                }
+                Command::DeleteTopic { name }
             }
             AdminOp::CreatePartitions {
                 name,
@@ -124,79 +128,54 @@ impl Shard {
                 if validate_only {
                     return AdminReply::default();
                 }
-                let mut grown = (**topic).clone();
-                let first = fnv(&name) as usize % self.shard_count;
-                for p in topic.partition_count() as usize..count as usize {
-                    grown
-                        .partition_shards
-                        .push(((first + p) % self.shard_count) as u32);
-                }
-                let grown = Arc::new(grown);
-                let mut next = (*snapshot).clone();
-                next.topics.insert(name.clone(), grown.clone());
-                tracing::info!(topic = %name, partitions = count, "partitions added");
-                (next, Some(grown), None)
+                let added = (count - topic.partition_count()) as usize;
+                let Some(replicas) = place(added, &name) else {
+                    return error(
+                        error_code::BROKER_NOT_AVAILABLE,
+                        "no live node to place the partitions on".into(),
+                    );
+                };
+                Command::CreatePartitions { name, replicas }
             }
             AdminOp::AlterTopicConfigs { name, configs } => {
-                let Some(topic) = snapshot.topics.get(&name) else {
+                if !snapshot.topics.contains_key(&name) {
                     return error(
                         error_code::UNKNOWN_TOPIC_OR_PARTITION,
                         format!("topic `{name}` does not exist"),
                     );
-                };
-                let mut altered = (**topic).clone();
-                tracing::info!(topic = %name, from = ?altered.configs, to = ?configs, "topic configs changed");
-                altered.configs = configs;
-                let altered = Arc::new(altered);
-                let mut next = (*snapshot).clone();
-                next.topics.insert(name.clone(), altered.clone());
-                changed = Some(altered);
-                (next, None, None)
+                }
+                Command::AlterTopicConfigs { name, configs }
             }
         };
-        if let Err(e) = self.metadata.replace(next) {
-            tracing::error!(error = %e, "writing topic metadata failed");
-            return error(
-                error_code::KAFKA_STORAGE_ERROR,
-                format!("writing topic metadata failed: {e}"),
-            );
+        let result = match self.controller.propose(command).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata change not made");
+                return error(error_code::REQUEST_TIMED_OUT, e);
+            }
+        };
+        if let Some(refused) = result.error {
+            let code = if refused.contains("already exists") {
+                error_code::TOPIC_ALREADY_EXISTS
+            } else if refused.contains("does not exist") {
+                error_code::UNKNOWN_TOPIC_OR_PARTITION
+            } else {
+                error_code::INVALID_REQUEST
+            };
+            return error(code, refused);
         }
-        if let Some(topic) = opened {
-            self.broadcast(|reply| ShardMsg::OpenTopic {
-                topic: topic.clone(),
-                reply,
-            })
-            .await;
-        }
-        if let Some(topic) = changed {
-            self.broadcast(|reply| ShardMsg::TopicConfigChanged {
-                topic: topic.clone(),
-                reply,
-            })
-            .await;
-        }
-        if let Some(topic) = dropped {
-            self.broadcast(|reply| ShardMsg::DropTopic {
-                topic: topic.clone(),
-                reply,
-            })
-            .await;
+        // Answered once this node has applied the change and its shards acted on it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.metadata.applied_index() < result.index {
+            if std::time::Instant::now() >= deadline {
+                return error(
+                    error_code::REQUEST_TIMED_OUT,
+                    "the change was made but this node has not applied it yet".into(),
+                );
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         AdminReply::default()
-    }
-
-    /// Sends a message to every shard (this one included) and waits for all.
-    async fn broadcast(&self, message: impl Fn(flume::Sender<()>) -> ShardMsg) {
-        let mut answers = Vec::new();
-        for peer in &self.peers {
-            let (reply, answer) = flume::bounded(1);
-            if peer.send_async(message(reply)).await.is_ok() {
-                answers.push(answer);
-            }
-        }
-        for answer in answers {
-            let _ = answer.recv_async().await;
-        }
     }
 
     pub(crate) async fn drop_topic(&self, topic: &TopicMeta) {
@@ -238,7 +217,7 @@ impl Shard {
     }
 }
 
-fn fnv(text: &str) -> u64 {
+pub(crate) fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
