@@ -37,10 +37,17 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self):
+        return self.launch().wait_ready()
+
+    def launch(self):
+        """Starts the process without waiting (nodes of a cluster start together)."""
         args = [str(SLUICE), "--data-dir", str(self.data_dir), "--listen", self.bootstrap,
                 "--cores", str(self.cores), *self.extra_args]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self):
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

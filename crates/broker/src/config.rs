@@ -53,6 +53,14 @@ pub struct Cli {
     /// Largest request frame in bytes [default: 104857600]
     #[arg(long, env = "SLUICE_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// This node's id in the cluster (Kafka's node.id).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub node_id: Option<i32>,
+
+    /// The controller voters, `ID@HOST:PORT,...` (their internal listeners).
+    #[arg(long, env = "SLUICE_CONTROLLERS")]
+    pub controllers: Option<String>,
+
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -81,6 +89,7 @@ pub struct FileConfig {
     pub advertised_listener: Option<String>,
     pub cores: Option<toml::Value>,
     pub node_id: Option<i32>,
+    pub controllers: Option<Vec<String>>,
     pub auto_create_topics: Option<bool>,
     pub default_partitions: Option<i32>,
     pub max_frame_bytes: Option<usize>,
@@ -118,6 +127,8 @@ pub struct Config {
     /// The CPU of each shard.
     pub cpus: Vec<usize>,
     pub node_id: i32,
+    /// Controller voters `ID@HOST:PORT` (empty: a cluster of this node alone).
+    pub controllers: Vec<String>,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub max_frame_bytes: usize,
@@ -328,7 +339,15 @@ impl Config {
             listen,
             advertised_listener,
             cpus,
-            node_id: file.node_id.unwrap_or(0),
+            node_id: cli.node_id.or(file.node_id).unwrap_or(0),
+            controllers: match &cli.controllers {
+                Some(list) => list
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                None => file.controllers.clone().unwrap_or_default(),
+            },
             auto_create_topics: cli
                 .auto_create_topics
                 .or(file.auto_create_topics)
@@ -397,6 +416,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         resolve(&self.listen).map_err(|e| format!("listen: {e}"))?;
+        self.voters()?;
         let (host, port) = self.advertised()?;
         if host.is_empty() || port <= 0 {
             return Err(format!(
@@ -473,6 +493,30 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         resolve(&self.listen).expect("validated")
+    }
+
+    /// The controller voters by node id; empty for a cluster of this node alone.
+    pub fn voters(&self) -> Result<std::collections::BTreeMap<i32, String>, String> {
+        let mut voters = std::collections::BTreeMap::new();
+        for entry in &self.controllers {
+            let (id, addr) = entry
+                .split_once('@')
+                .ok_or_else(|| format!("controllers: `{entry}` is not ID@HOST:PORT"))?;
+            let id: i32 = id
+                .parse()
+                .map_err(|_| format!("controllers: `{id}` in `{entry}` is not a node id"))?;
+            resolve(addr).map_err(|e| format!("controllers: `{entry}`: {e}"))?;
+            if voters.insert(id, addr.to_string()).is_some() {
+                return Err(format!("controllers: node {id} is listed twice"));
+            }
+        }
+        if !voters.is_empty() && !voters.contains_key(&self.node_id) {
+            return Err(format!(
+                "controllers: node {} is not a controller voter (every node is one for now: list it)",
+                self.node_id
+            ));
+        }
+        Ok(voters)
     }
 
     pub fn advertised(&self) -> Result<(String, i32), String> {

@@ -153,7 +153,12 @@ fn run(config: Config) -> Result<(), String> {
             .then_some(config.log_cleaner_io_max_bytes_per_second),
     });
     let shard_count = config.cpus.len();
-    let (controller, internal_addr) = cluster_link::start_single_node_controller(&settings)?;
+    let voters = config.voters()?;
+    let (controller, internal_addr) = if voters.is_empty() {
+        cluster_link::start_single_node_controller(&settings)?
+    } else {
+        cluster_link::start_controller(&settings, &voters)?
+    };
     cluster_link::bootstrap(&controller, &metadata, &settings, &internal_addr, shard_count)?;
     // glommio registers each shard's io memory with its three io_uring rings;
     // registered (pinned) memory counts against RLIMIT_MEMLOCK.
@@ -228,7 +233,7 @@ fn run(config: Config) -> Result<(), String> {
     }
     controller
         .runtime()
-        .spawn(cluster_link::follow(controller.clone(), metadata.clone(), senders.clone()));
+        .spawn(cluster_link::follow(controller.clone(), metadata.clone(), senders.clone(), settings.node_id));
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
     let signal_senders = senders.clone();
     let mut signals = signal_hook::iterator::Signals::new([

@@ -82,6 +82,9 @@ pub mod error_code {
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const BROKER_NOT_AVAILABLE: i16 = 8;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_COORDINATOR: i16 = 16;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE"), from

@@ -20,9 +20,22 @@ pub const CONTROLLER_DIR: &str = "controller";
 /// other node dials. Raft ids are Kafka node ids + 1 (openraft's default
 /// vote is node 0's).
 pub fn start_single_node_controller(settings: &BrokerSettings) -> Result<(ControllerHandle, String), String> {
-    let internal = "127.0.0.1:0".to_string();
+    start_controller(settings, &BTreeMap::from([(settings.node_id, "127.0.0.1:0".to_string())]))
+}
+
+/// Starts this node's controller voter among `voters` (node id → internal
+/// listener); returns its handle and this node's internal address.
+pub fn start_controller(
+    settings: &BrokerSettings,
+    voters: &BTreeMap<i32, String>,
+) -> Result<(ControllerHandle, String), String> {
+    let internal = voters
+        .get(&settings.node_id)
+        .ok_or_else(|| format!("node {} is not a controller voter", settings.node_id))?
+        .clone();
     let raft_id = settings.node_id as u64 + 1;
-    let voters = BTreeMap::from([(raft_id, internal.clone())]);
+    let voters: BTreeMap<u64, String> =
+        voters.iter().map(|(id, addr)| (*id as u64 + 1, addr.clone())).collect();
     let config = sluice_cluster::controller::ControllerConfig::new(
         raft_id,
         voters,
@@ -33,7 +46,7 @@ pub fn start_single_node_controller(settings: &BrokerSettings) -> Result<(Contro
 
 /// The topics of the cluster metadata as this node's shards see them; each
 /// partition's shard is `(fnv(topic) + partition) % shard_count`.
-pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize) -> Snapshot {
+pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) -> Snapshot {
     let topics = cluster
         .topics
         .iter()
@@ -42,10 +55,22 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize) -> Snapshot {
             let meta = TopicMeta {
                 name: name.clone(),
                 id: topic.id.to_string(),
-                partition_shards: (0..topic.partitions.len())
-                    .map(|p| ((first + p) % shard_count.max(1)) as u32)
+                partition_shards: topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(p, state)| {
+                        if state.leader == node_id {
+                            ((first + p) % shard_count.max(1)) as u32
+                        } else {
+                            crate::metadata::NOT_LOCAL
+                        }
+                    })
                     .collect(),
                 configs: topic.configs.clone(),
+                leaders: topic.partitions.iter().map(|p| p.leader).collect(),
+                leader_epochs: topic.partitions.iter().map(|p| p.leader_epoch).collect(),
+                replicas: topic.partitions.iter().map(|p| p.replicas.clone()).collect(),
             };
             (name.clone(), Arc::new(meta))
         })
@@ -67,11 +92,19 @@ pub fn bootstrap(
     internal_addr: &str,
     shard_count: usize,
 ) -> Result<(), String> {
+    // Without a quorum of controllers (the other voters still starting)
+    // nothing can be appended: wait for one, saying so.
     let propose = |command: Command| -> Result<u64, String> {
-        let result = futures_lite::future::block_on(controller.propose(command))?;
-        match result.error {
-            None => Ok(result.index),
-            Some(e) => Err(e),
+        loop {
+            match futures_lite::future::block_on(controller.propose(command.clone())) {
+                Ok(result) => {
+                    return match result.error {
+                        None => Ok(result.index),
+                        Some(e) => Err(e),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "waiting for a quorum of controller voters"),
+            }
         }
     };
     let mut index = propose(Command::RegisterNode(NodeInfo {
@@ -107,7 +140,7 @@ pub fn bootstrap(
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    store.publish(snapshot_of(&controller.metadata(), shard_count));
+    store.publish(snapshot_of(&controller.metadata(), shard_count, settings.node_id));
     store.set_applied_index(controller.metadata().applied);
     Ok(())
 }
@@ -130,14 +163,19 @@ async fn broadcast(peers: &[flume::Sender<ShardMsg>], message: impl Fn(flume::Se
 /// applied change, publishes the new snapshot, has every shard open the
 /// partitions of new (or grown) topics, reconfigure changed ones and drop
 /// deleted ones, then marks the index applied (admin requests wait for it).
-pub async fn follow(controller: ControllerHandle, store: Arc<MetadataStore>, peers: Vec<flume::Sender<ShardMsg>>) {
+pub async fn follow(
+    controller: ControllerHandle,
+    store: Arc<MetadataStore>,
+    peers: Vec<flume::Sender<ShardMsg>>,
+    node_id: i32,
+) {
     let shard_count = peers.len();
     let mut applied = controller.watch_applied();
     loop {
         let index = *applied.borrow_and_update();
         let cluster = controller.metadata();
         let previous = store.snapshot();
-        let next = snapshot_of(&cluster, shard_count);
+        let next = snapshot_of(&cluster, shard_count, node_id);
         if next.topics != previous.topics {
             store.publish(next.clone());
             let mut opened = Vec::new();
@@ -146,7 +184,7 @@ pub async fn follow(controller: ControllerHandle, store: Arc<MetadataStore>, pee
             for (name, topic) in &next.topics {
                 match previous.topics.get(name) {
                     Some(old) if old.id == topic.id => {
-                        if old.partition_count() != topic.partition_count() {
+                        if old.partition_shards != topic.partition_shards {
                             opened.push(topic.clone());
                         }
                         if old.configs != topic.configs {

@@ -22,7 +22,20 @@ pub struct TopicMeta {
     /// Topic config overrides (`retention.ms`, ...), as given at creation.
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// Per partition: the node that leads it (-1: none), from the cluster
+    /// metadata. Empty in a legacy `metadata.toml` (every partition local).
+    #[serde(default)]
+    pub leaders: Vec<i32>,
+    /// Per partition: its leader epoch.
+    #[serde(default)]
+    pub leader_epochs: Vec<i32>,
+    /// Per partition: the nodes holding it.
+    #[serde(default)]
+    pub replicas: Vec<Vec<i32>>,
 }
+
+/// `partition_shards` value of a partition this node does not lead.
+pub const NOT_LOCAL: u32 = u32::MAX;
 
 impl TopicMeta {
     pub fn partition_count(&self) -> i32 {
@@ -33,7 +46,16 @@ impl TopicMeta {
         let shard = *self
             .partition_shards
             .get(usize::try_from(partition).ok()?)?;
-        Some(shard as usize % shard_count)
+        (shard != NOT_LOCAL).then_some(shard as usize % shard_count)
+    }
+
+    /// The node leading `partition` (-1: none; `None`: no such partition).
+    pub fn leader(&self, partition: i32, this_node: i32) -> Option<i32> {
+        let p = usize::try_from(partition).ok()?;
+        if p >= self.partition_shards.len() {
+            return None;
+        }
+        Some(self.leaders.get(p).copied().unwrap_or(this_node))
     }
 
     pub fn uuid(&self) -> uuid::Uuid {
@@ -192,6 +214,9 @@ mod tests {
             id: uuid::Uuid::new_v4().to_string(),
             partition_shards: vec![0, 1, 0],
             configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+            leaders: vec![],
+            leader_epochs: vec![],
+            replicas: vec![],
         };
         next.topics.insert("orders".into(), Arc::new(topic.clone()));
         store.replace(next).unwrap();

@@ -90,7 +90,7 @@ impl World {
             let shard = Rc::new(Shard::new(0, settings, metadata.clone(), vec![sender.clone()], controller));
             follower
                 .runtime()
-                .spawn(crate::cluster_link::follow(follower.clone(), metadata, vec![sender]));
+                .spawn(crate::cluster_link::follow(follower.clone(), metadata, vec![sender], 0));
             let inbox_shard = Rc::downgrade(&shard);
             glommio::spawn_local(async move {
                 loop {

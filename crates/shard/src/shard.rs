@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 /// A partition this shard owns, on the broker's storage backend.
 pub type PartitionEntry = Partition<Dir>;
 
+/// Producer ids per node (see `Shard::allocate_producer_id`).
+const PRODUCER_IDS_PER_NODE: i64 = 1 << 40;
+
 pub(crate) type PartitionKey = (String, i32);
 
 pub struct Shard {
@@ -112,13 +115,20 @@ impl Shard {
     }
 
     /// A new producer id, from shard 0.
+    /// A producer id unique in the cluster: this node's own counter (blocks
+    /// reserved durably by shard 0) in the node's range of ids, node id × 2^40
+    /// upward (2^40 ids per node; node 0's range is the ids of before).
     pub async fn allocate_producer_id(&self) -> Result<i64, String> {
         if self.id == 0 {
             let ids = self.producer_ids.borrow();
             let ids = ids.as_ref().ok_or("producer ids are not open")?;
-            return ids
+            let local = ids
                 .allocate()
-                .map_err(|e| format!("reserving producer ids: {e}"));
+                .map_err(|e| format!("reserving producer ids: {e}"))?;
+            if local >= PRODUCER_IDS_PER_NODE {
+                return Err("this node has handed out all its producer ids".into());
+            }
+            return Ok((self.settings.node_id as i64) * PRODUCER_IDS_PER_NODE + local);
         }
         let (reply, answer) = flume::bounded(1);
         self.peers[0]
@@ -155,6 +165,29 @@ impl Shard {
         self.ask(owner, |reply| ShardMsg::Forward { frame, reply })
             .await
             .unwrap_or_else(|| Err("the coordinator shard did not answer".to_string()))
+    }
+
+    /// The node coordinating `group` (id, host, port): the cluster's nodes in
+    /// id order, picked by the group's offset bucket, so every node answers
+    /// FindCoordinator the same. A node that is not registered yet
+    /// coordinates everything itself.
+    pub fn coordinator_node(&self, group: &str) -> (i32, String, i32) {
+        let cluster = self.controller.metadata();
+        let nodes: Vec<&sluice_cluster::NodeInfo> = cluster
+            .nodes
+            .values()
+            .filter(|n| !n.fenced)
+            .map(|n| &n.info)
+            .collect();
+        if nodes.is_empty() {
+            return (
+                self.settings.node_id,
+                self.settings.advertised_host.clone(),
+                self.settings.advertised_port,
+            );
+        }
+        let node = nodes[crate::groups::offsets::bucket_of(group) as usize % nodes.len()];
+        (node.id, node.kafka_host.clone(), node.kafka_port)
     }
 
     /// A group's committed offsets, from its coordinator shard.
@@ -308,12 +341,14 @@ impl Shard {
     /// Without an `.await` before the hand-off, so ops issued in order by one
     /// task reach each partition in that order.
     pub async fn call(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
-        let owner = self
-            .snapshot()
-            .topics
-            .get(topic)
-            .and_then(|t| t.shard_of(partition, self.shard_count));
+        let snapshot = self.snapshot();
+        let meta = snapshot.topics.get(topic);
+        let owner = meta.and_then(|t| t.shard_of(partition, self.shard_count));
         match owner {
+            // Another node leads it: the client refreshes its metadata and goes there.
+            None if meta.is_some_and(|t| t.leader(partition, self.settings.node_id).is_some()) => {
+                partition_error_reply(&op, error_code::NOT_LEADER_OR_FOLLOWER)
+            }
             None => unknown_partition_reply(&op),
             Some(owner) if owner == self.id => self.execute(topic, partition, op).await,
             Some(owner) => {
@@ -451,11 +486,14 @@ impl Shard {
 }
 
 fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
-    let code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+    partition_error_reply(op, error_code::UNKNOWN_TOPIC_OR_PARTITION)
+}
+
+fn partition_error_reply(op: &PartitionOp, code: i16) -> PartitionReply {
     match op {
         PartitionOp::Produce { .. } => PartitionReply::Produce(ProduceOutcome {
             error_code: code,
-            error_message: Some("this topic or partition does not exist".into()),
+            error_message: Some(error_code::name(code)),
             base_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,

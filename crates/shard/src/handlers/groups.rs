@@ -26,8 +26,27 @@ use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
 use std::rc::Rc;
 
-/// Where a group request must run: `None` here, `Some(shard)` elsewhere.
-pub fn owner_of(shard: &Shard, frame: &RequestFrame) -> Result<Option<usize>, String> {
+/// Where a group request must run: `Route::Here`, another shard of this
+/// node, or another node (the client is answered NOT_COORDINATOR).
+pub enum Route {
+    Here,
+    Shard(usize),
+    OtherNode,
+}
+
+pub fn route(shard: &Shard, frame: &RequestFrame) -> Result<Route, String> {
+    let Some(group) = group_of(frame)? else {
+        return Ok(Route::Here);
+    };
+    if shard.coordinator_node(&group).0 != shard.settings.node_id {
+        return Ok(Route::OtherNode);
+    }
+    let owner = coordinator_shard(&group, shard.shard_count);
+    Ok(if owner == shard.id { Route::Here } else { Route::Shard(owner) })
+}
+
+/// The group a group request is about (`None` for other requests).
+fn group_of(frame: &RequestFrame) -> Result<Option<String>, String> {
     let key = ApiKey::try_from(frame.api_key).map_err(|_| "unknown api key".to_string())?;
     let body = frame.body.clone();
     let v = frame.api_version;
@@ -64,14 +83,48 @@ pub fn owner_of(shard: &Shard, frame: &RequestFrame) -> Result<Option<usize>, St
     if group.len() > i16::MAX as usize {
         return Err(format!("group id of {} bytes is too long", group.len()));
     }
-    let owner = coordinator_shard(&group, shard.shard_count);
-    Ok((owner != shard.id).then_some(owner))
+    Ok(Some(group))
+}
+
+/// The answer to a group request that reached a node that does not
+/// coordinate the group (after the cluster's nodes changed): NOT_COORDINATOR,
+/// so the client asks FindCoordinator again.
+pub fn not_coordinator(frame: &RequestFrame) -> HandlerResult {
+    let key = ApiKey::try_from(frame.api_key).map_err(|_| "unknown api key".to_string())?;
+    let (body, v) = (frame.body.clone(), frame.api_version);
+    let code = error_code::NOT_COORDINATOR;
+    match key {
+        ApiKey::JoinGroup => respond(frame, &JoinGroupResponse::default().with_error_code(code)),
+        ApiKey::SyncGroup => respond(frame, &SyncGroupResponse::default().with_error_code(code)),
+        ApiKey::Heartbeat => respond(frame, &HeartbeatResponse::default().with_error_code(code)),
+        ApiKey::LeaveGroup => respond(frame, &LeaveGroupResponse::default().with_error_code(code)),
+        ApiKey::OffsetFetch => respond(frame, &OffsetFetchResponse::default().with_error_code(code)),
+        ApiKey::OffsetCommit => {
+            let request = decode_body::<OffsetCommitRequest>(body, v)?;
+            let topics = request
+                .topics
+                .iter()
+                .map(|t| {
+                    OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            respond(frame, &OffsetCommitResponse::default().with_topics(topics))
+        }
+        other => Err(format!("{other:?} is not a group request")),
+    }
 }
 
 pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: FindCoordinatorRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let settings = &shard.settings;
-    let node = BrokerId(settings.node_id);
     let answer = |key_type: i8| -> (i16, Option<String>) {
         if key_type == 0 {
             (error_code::NONE, None)
@@ -94,19 +147,12 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             .iter()
             .map(|key| {
                 let (code, message) = answer(request.key_type);
+                let (node, host, port) = shard.coordinator_node(key);
                 CoordinatorEntry::default()
                     .with_key(key.clone())
-                    .with_node_id(if code == 0 { node } else { BrokerId(-1) })
-                    .with_host(if code == 0 {
-                        str_bytes(&settings.advertised_host)
-                    } else {
-                        str_bytes("")
-                    })
-                    .with_port(if code == 0 {
-                        settings.advertised_port
-                    } else {
-                        -1
-                    })
+                    .with_node_id(BrokerId(if code == 0 { node } else { -1 }))
+                    .with_host(str_bytes(if code == 0 { &host } else { "" }))
+                    .with_port(if code == 0 { port } else { -1 })
                     .with_error_code(code)
                     .with_error_message(message.map(|m| str_bytes(&m)))
             })
@@ -114,19 +160,12 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
         let (code, message) = answer(request.key_type);
+        let (node, host, port) = shard.coordinator_node(&request.key);
         let response = FindCoordinatorResponse::default()
             .with_error_code(code)
-            .with_node_id(if code == 0 { node } else { BrokerId(-1) })
-            .with_host(if code == 0 {
-                str_bytes(&settings.advertised_host)
-            } else {
-                str_bytes("")
-            })
-            .with_port(if code == 0 {
-                settings.advertised_port
-            } else {
-                -1
-            });
+            .with_node_id(BrokerId(if code == 0 { node } else { -1 }))
+            .with_host(str_bytes(if code == 0 { &host } else { "" }))
+            .with_port(if code == 0 { port } else { -1 });
         if frame.api_version >= 1 {
             response.with_error_message(message.map(|m| str_bytes(&m)))
         } else {

@@ -1,6 +1,7 @@
-//! Metadata: this node is the only broker, the controller, and the leader of
-//! every partition. Requested topics that do not exist are created when the
-//! client allows it (v4+; always before) and `auto_create_topics` is on.
+//! Metadata and DescribeCluster: the cluster's nodes and each partition's
+//! leader, from the cluster metadata this node has applied. Requested topics
+//! that do not exist are created when the client allows it (v4+; always
+//! before) and `auto_create_topics` is on.
 
 use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::AdminOp;
@@ -73,28 +74,64 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             }
         }
     }
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(str_bytes(&settings.advertised_host))
-        .with_port(settings.advertised_port);
+    let brokers = cluster_nodes(shard)
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(&host))
+                .with_port(port)
+        })
+        .collect();
     let body = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id((frame.api_version >= 2).then(|| str_bytes(&settings.cluster_id)))
         .with_controller_id(node)
         .with_topics(topics);
     respond(&frame, &body)
 }
 
+/// The cluster's nodes that serve (id, host, port), in id order; this node
+/// alone until it has registered.
+pub fn cluster_nodes(shard: &Shard) -> Vec<(i32, String, i32)> {
+    let cluster = shard.controller.metadata();
+    let nodes: Vec<(i32, String, i32)> = cluster
+        .nodes
+        .values()
+        .filter(|n| !n.fenced)
+        .map(|n| (n.info.id, n.info.kafka_host.clone(), n.info.kafka_port))
+        .collect();
+    if nodes.is_empty() {
+        let settings = &shard.settings;
+        return vec![(settings.node_id, settings.advertised_host.clone(), settings.advertised_port)];
+    }
+    nodes
+}
+
 fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataResponseTopic {
     let partitions = (0..topic.partition_count())
         .map(|p| {
+            let leader = topic.leader(p, node.0).unwrap_or(-1);
+            let replicas: Vec<BrokerId> = topic
+                .replicas
+                .get(p as usize)
+                .map_or_else(|| vec![node], |r| r.iter().map(|n| BrokerId(*n)).collect());
+            let isr: Vec<BrokerId> = if leader >= 0 { vec![BrokerId(leader)] } else { Vec::new() };
             MetadataResponsePartition::default()
-                .with_error_code(error_code::NONE)
+                .with_error_code(if leader >= 0 {
+                    error_code::NONE
+                } else {
+                    error_code::LEADER_NOT_AVAILABLE
+                })
                 .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(if version >= 7 {
+                    topic.leader_epochs.get(p as usize).copied().unwrap_or(0)
+                } else {
+                    -1
+                })
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(isr)
         })
         .collect();
     MetadataResponseTopic::default()
@@ -157,10 +194,17 @@ pub async fn describe_cluster(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             )))
             .with_controller_id(BrokerId(-1));
     } else {
-        body = body.with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(node)
-            .with_host(str_bytes(&settings.advertised_host))
-            .with_port(settings.advertised_port)]);
+        body = body.with_brokers(
+            cluster_nodes(shard)
+                .into_iter()
+                .map(|(id, host, port)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(str_bytes(&host))
+                        .with_port(port)
+                })
+                .collect(),
+        );
     }
     respond(&frame, &body)
 }

@@ -43,11 +43,12 @@ pub async fn handle(
             "unsupported version {version} of {key:?} (supported {min}..={max})"
         ));
     }
-    // A group's requests run on its coordinator shard.
-    if let Some(owner) = groups::owner_of(shard, &frame)? {
-        return shard.forward(owner, frame).await;
+    // A group's requests run on its coordinator node and, there, shard.
+    match groups::route(shard, &frame)? {
+        groups::Route::Here => handle_here(shard, connection, frame).await,
+        groups::Route::Shard(owner) => shard.forward(owner, frame).await,
+        groups::Route::OtherNode => groups::not_coordinator(&frame),
     }
-    handle_here(shard, connection, frame).await
 }
 
 /// Handles a request on this shard (after any forwarding decision).

@@ -1,0 +1,200 @@
+"""A 3-node cluster on this host: metadata agreed through the controllers'
+Raft log, partitions spread over the nodes, clients routed to leaders and
+group coordinators on every node, the controller leader killed, a node
+restarted. Each node runs on one core (the machine's CPUs shared round-robin)."""
+
+import os
+import signal
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KTopicPartition
+
+from conftest import Broker, free_port
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    internal = {n: free_port() for n in (1, 2, 3)}
+    controllers = ",".join(f"{n}@127.0.0.1:{p}" for n, p in internal.items())
+    # One core each, spread over the machine's CPUs ("C-C": a CPU list).
+    cpus = os.cpu_count() or 1
+    nodes = {n: Broker(tmp_path / f"node-{n}", cores=f"{(n - 1) % cpus}-{(n - 1) % cpus}",
+                       extra_args=["--node-id", str(n), "--controllers", controllers])
+             for n in (1, 2, 3)}
+    for node in nodes.values():
+        node.launch()
+    for node in nodes.values():
+        node.wait_ready()
+    yield nodes
+    for node in nodes.values():
+        if node.proc is not None:
+            node.stop(signal.SIGKILL)
+
+
+def coordinator_of(group):
+    """The node Sluice's FindCoordinator names: the group's offset bucket
+    (FNV-1a 64 of the id, mod 16) over the nodes in id order."""
+    h = 0xcbf29ce484222325
+    for b in group.encode():
+        h = ((h ^ b) * 0x100000001b3) % (1 << 64)
+    return [1, 2, 3][(h % 16) % 3]
+
+
+def admin(node):
+    return AdminClient({"bootstrap.servers": node.bootstrap})
+
+
+def leaders(node, topic):
+    """partition → leader node id, as `node` describes it."""
+    client = admin(node)
+    metadata = client.list_topics(topic, timeout=10)
+    return {p.id: p.leader for p in metadata.topics[topic].partitions.values()}
+
+
+def create_topic(node, name, partitions):
+    client = admin(node)
+    client.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+
+
+def produce(node, topic, count, start=0):
+    producer = Producer({"bootstrap.servers": node.bootstrap, "linger.ms": 5, "acks": "all"})
+    acked = []
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        acked.append((msg.partition(), msg.offset(), msg.value()))
+
+    for i in range(start, start + count):
+        producer.produce(topic, key=b"k%d" % i, value=b"v%06d" % i, on_delivery=on_delivery)
+    assert producer.flush(60) == 0
+    return acked
+
+
+def test_three_nodes_share_metadata_partitions_and_groups(cluster):
+    nodes = cluster
+    # A topic created through node 2 is visible from every node within a second.
+    create_topic(nodes[2], "spread", 12)
+    deadline = time.time() + 1.0
+    seen = {}
+    while time.time() < deadline and len(seen) < 3:
+        for n, node in nodes.items():
+            found = admin(node).list_topics(timeout=5).topics.get("spread")
+            if found is not None and len(found.partitions) == 12:
+                seen[n] = leaders(node, "spread")
+    assert len(seen) == 3, f"visible from nodes {sorted(seen)} only"
+    assert seen[1] == seen[2] == seen[3]
+    assert set(seen[1].values()) == {1, 2, 3}, seen[1]
+    assert sorted(list(seen[1].values()).count(n) for n in (1, 2, 3)) == [4, 4, 4]
+    # Every node lists the three brokers.
+    for node in nodes.values():
+        assert sorted(admin(node).list_topics(timeout=5).brokers) == [1, 2, 3]
+
+    # confluent-kafka produces through node 1 to every partition; kafka-python
+    # reads everything back through node 3.
+    acked = produce(nodes[1], "spread", 1200)
+    assert {p for p, _, _ in acked} == set(range(12))
+    consumer = KafkaConsumer(bootstrap_servers=nodes[3].bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=10_000)
+    consumer.assign([KTopicPartition("spread", p) for p in range(12)])
+    consumer.seek_to_beginning()
+    got = []
+    while len(got) < 1200:
+        batch = consumer.poll(timeout_ms=5000)
+        assert batch, f"timed out after {len(got)} records"
+        for records in batch.values():
+            got.extend((r.partition, r.offset, r.value) for r in records)
+    consumer.close()
+    assert sorted(got) == sorted(acked)
+
+    # Groups coordinated on different nodes commit, and a new member resumes there.
+    groups = [f"g{i}" for i in range(12)]
+    assert {coordinator_of(g) for g in groups} == {1, 2, 3}
+    for group in groups:
+        c = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe(["spread"])
+        read = 0
+        while read < 100:
+            msg = c.poll(10)
+            assert msg is not None
+            if not msg.error():
+                read += 1
+        c.commit(asynchronous=False)
+        committed = c.committed([TopicPartition("spread", p) for p in range(12)], timeout=10)
+        assert sum(max(tp.offset, 0) for tp in committed) >= 100
+        c.close()
+        resumed = Consumer({"bootstrap.servers": nodes[2].bootstrap, "group.id": group,
+                            "enable.auto.commit": False})
+        again = resumed.committed([TopicPartition("spread", p) for p in range(12)], timeout=10)
+        assert [tp.offset for tp in again] == [tp.offset for tp in committed]
+        resumed.close()
+
+
+def test_killing_a_node_keeps_the_others_serving_and_it_rejoins(cluster):
+    nodes = cluster
+    create_topic(nodes[1], "survive", 6)
+    acked = produce(nodes[1], "survive", 600)
+    layout = leaders(nodes[1], "survive")
+    victim = 1
+    assert nodes[victim].stop(signal.SIGKILL) == -signal.SIGKILL
+    # Topics can be created again within a few seconds (a new controller
+    # leader if node 1 led), through a surviving node.
+    started = time.time()
+    while True:
+        try:
+            create_topic(nodes[2], "after", 3)
+            break
+        except Exception:
+            assert time.time() - started < 15, "no topic creation within 15 s of the kill"
+            time.sleep(0.2)
+    # Partitions led by the survivors stay readable and writable.
+    survivors = [p for p, leader in layout.items() if leader != victim]
+    assert survivors
+    producer = Producer({"bootstrap.servers": nodes[2].bootstrap, "linger.ms": 1,
+                         "message.timeout.ms": 10_000})
+    errors = []
+    for p in survivors:
+        producer.produce("survive", partition=p, value=b"after-kill",
+                         on_delivery=lambda err, msg: errors.append(err))
+    producer.flush(30)
+    assert errors == [None] * len(survivors)
+
+    # The node restarts, rejoins, and serves its partitions again: nothing lost.
+    nodes[victim].start()
+    consumer = Consumer({"bootstrap.servers": nodes[3].bootstrap, "group.id": "check",
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    consumer.assign([TopicPartition("survive", p, 0) for p in range(6)])
+    got, eof = [], set()
+    deadline = time.time() + 30
+    while len(eof) < 6:
+        assert time.time() < deadline, f"partitions at EOF: {sorted(eof)}"
+        msg = consumer.poll(5)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                eof.add(msg.partition())
+            continue
+        got.append((msg.partition(), msg.offset(), msg.value()))
+    consumer.close()
+    before = [r for r in got if r[2] != b"after-kill"]
+    assert sorted(before) == sorted(acked)
+    assert len(got) - len(before) == len(survivors)
+
+
+def test_the_metadata_log_survives_kill_9_of_every_node(cluster):
+    nodes = cluster
+    create_topic(nodes[3], "kept", 5)
+    layout = leaders(nodes[1], "kept")
+    for node in nodes.values():
+        node.stop(signal.SIGKILL)
+    for node in nodes.values():
+        node.launch()
+    for node in nodes.values():
+        node.wait_ready()
+    for node in nodes.values():
+        assert leaders(node, "kept") == layout
