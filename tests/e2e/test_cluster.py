@@ -4,6 +4,7 @@ group coordinators on every node, the controller leader killed, a node
 restarted. Each node runs on one core (the machine's CPUs shared round-robin)."""
 
 import os
+import re
 import signal
 import time
 
@@ -15,15 +16,20 @@ from kafka import TopicPartition as KTopicPartition
 
 from conftest import Broker, free_port
 
+SESSION_TIMEOUT_MS = 2000
+
 
 @pytest.fixture
 def cluster(tmp_path):
     internal = {n: free_port() for n in (1, 2, 3)}
     controllers = ",".join(f"{n}@127.0.0.1:{p}" for n, p in internal.items())
+    # A silent node is fenced after 2 s here (Kafka's default: 9 s).
+    settings = tmp_path / "cluster.toml"
+    settings.write_text(f"broker_session_timeout_ms = {SESSION_TIMEOUT_MS}\n")
     # One core each, spread over the machine's CPUs ("C-C": a CPU list).
     cpus = os.cpu_count() or 1
     nodes = {n: Broker(tmp_path / f"node-{n}", cores=f"{(n - 1) % cpus}-{(n - 1) % cpus}",
-                       extra_args=["--node-id", str(n), "--controllers", controllers])
+                       extra_args=["--config", str(settings), "--node-id", str(n), "--controllers", controllers])
              for n in (1, 2, 3)}
     for node in nodes.values():
         node.launch()
@@ -42,6 +48,19 @@ def coordinator_of(group):
     for b in group.encode():
         h = ((h ^ b) * 0x100000001b3) % (1 << 64)
     return [1, 2, 3][(h % 16) % 3]
+
+
+def controller_leader(nodes):
+    """The metadata log's leader as the nodes last logged it."""
+    latest = None
+    for node in nodes:
+        for line in node.log_path.read_text(errors="replace").splitlines():
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            found = re.search(r"controller leader leader=(-?\d+)", plain)
+            if found and (latest is None or plain.split()[0] > latest[0]):
+                latest = (plain.split()[0], int(found.group(1)))
+    assert latest is not None, "no node logged a controller leader"
+    return latest[1]
 
 
 def admin(node):
@@ -89,9 +108,13 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
     assert seen[1] == seen[2] == seen[3]
     assert set(seen[1].values()) == {1, 2, 3}, seen[1]
     assert sorted(list(seen[1].values()).count(n) for n in (1, 2, 3)) == [4, 4, 4]
-    # Every node lists the three brokers.
+    # Every node lists the three brokers and reports the same cluster id.
+    ids = set()
     for node in nodes.values():
-        assert sorted(admin(node).list_topics(timeout=5).brokers) == [1, 2, 3]
+        metadata = admin(node).list_topics(timeout=5)
+        assert sorted(metadata.brokers) == [1, 2, 3]
+        ids.add(metadata.cluster_id)
+    assert len(ids) == 1 and None not in ids, ids
 
     # confluent-kafka produces through node 1 to every partition; kafka-python
     # reads everything back through node 3.
@@ -134,27 +157,42 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
         resumed.close()
 
 
-def test_killing_a_node_keeps_the_others_serving_and_it_rejoins(cluster):
+def test_killing_the_controller_leader_keeps_the_others_serving_and_it_rejoins(cluster):
     nodes = cluster
     create_topic(nodes[1], "survive", 6)
     acked = produce(nodes[1], "survive", 600)
     layout = leaders(nodes[1], "survive")
-    victim = 1
+    # The node that leads the metadata log (each node logs who does) is killed.
+    victim = controller_leader(nodes.values())
+    assert victim in (1, 2, 3)
+    others = [n for n in (1, 2, 3) if n != victim]
     assert nodes[victim].stop(signal.SIGKILL) == -signal.SIGKILL
     # Topics can be created again within a few seconds (a new controller
     # leader if node 1 led), through a surviving node.
     started = time.time()
     while True:
         try:
-            create_topic(nodes[2], "after", 3)
+            create_topic(nodes[others[0]], "after", 3)
             break
         except Exception:
             assert time.time() - started < 15, "no topic creation within 15 s of the kill"
             time.sleep(0.2)
+    print(f"topic creation worked again {time.time() - started:.2f} s after killing the controller leader")
+    assert controller_leader(nodes[n] for n in others) in others
+    # Once fenced (the session timeout), the dead node leads nothing and
+    # Metadata no longer lists it; new partitions go to the live nodes only.
+    deadline = time.time() + SESSION_TIMEOUT_MS / 1000 + 10
+    while sorted(admin(nodes[others[0]]).list_topics(timeout=5).brokers) != others:
+        assert time.time() < deadline, "the dead node was not fenced"
+        time.sleep(0.2)
+    fenced = leaders(nodes[others[1]], "survive")
+    assert all(fenced[p] == -1 for p, leader in layout.items() if leader == victim), fenced
+    create_topic(nodes[others[1]], "placed", 6)
+    assert set(leaders(nodes[others[0]], "placed").values()) == set(others)
     # Partitions led by the survivors stay readable and writable.
     survivors = [p for p, leader in layout.items() if leader != victim]
     assert survivors
-    producer = Producer({"bootstrap.servers": nodes[2].bootstrap, "linger.ms": 1,
+    producer = Producer({"bootstrap.servers": nodes[others[0]].bootstrap, "linger.ms": 1,
                          "message.timeout.ms": 10_000})
     errors = []
     for p in survivors:
@@ -165,7 +203,7 @@ def test_killing_a_node_keeps_the_others_serving_and_it_rejoins(cluster):
 
     # The node restarts, rejoins, and serves its partitions again: nothing lost.
     nodes[victim].start()
-    consumer = Consumer({"bootstrap.servers": nodes[3].bootstrap, "group.id": "check",
+    consumer = Consumer({"bootstrap.servers": nodes[others[1]].bootstrap, "group.id": "check",
                          "enable.partition.eof": True, "enable.auto.commit": False})
     consumer.assign([TopicPartition("survive", p, 0) for p in range(6)])
     got, eof = [], set()

@@ -114,6 +114,7 @@ pub struct FileConfig {
     pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
     pub log_cleaner_backoff_ms: Option<u64>,
     pub log_cleaner_io_max_bytes_per_second: Option<u64>,
+    pub broker_session_timeout_ms: Option<u64>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -156,6 +157,8 @@ pub struct Config {
     pub log_cleaner_backoff_ms: u64,
     /// Per shard: compaction reads plus writes per second (0: unlimited).
     pub log_cleaner_io_max_bytes_per_second: u64,
+    /// A node the controller leader has not heard from this long is fenced.
+    pub broker_session_timeout_ms: u64,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
@@ -408,6 +411,7 @@ impl Config {
             log_cleaner_io_max_bytes_per_second: file
                 .log_cleaner_io_max_bytes_per_second
                 .unwrap_or(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND_DEFAULT),
+            broker_session_timeout_ms: file.broker_session_timeout_ms.unwrap_or(9000),
             core: file.core.clone(),
         };
         config.validate()?;
@@ -477,6 +481,9 @@ impl Config {
         }
         if self.log_cleaner_dedupe_buffer_bytes < 64 << 10 {
             return Err("log_cleaner_dedupe_buffer_bytes: must be at least 65536".into());
+        }
+        if self.broker_session_timeout_ms < 300 {
+            return Err("broker_session_timeout_ms: must be at least 300".into());
         }
         if self.log_cleaner_backoff_ms < 10 {
             return Err("log_cleaner_backoff_ms: must be at least 10".into());

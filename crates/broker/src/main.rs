@@ -151,6 +151,7 @@ fn run(config: Config) -> Result<(), String> {
         log_cleaner_backoff_ms: config.log_cleaner_backoff_ms,
         log_cleaner_io_max_bytes_per_second: (config.log_cleaner_io_max_bytes_per_second > 0)
             .then_some(config.log_cleaner_io_max_bytes_per_second),
+        broker_session_timeout_ms: config.broker_session_timeout_ms,
     });
     let shard_count = config.cpus.len();
     let voters = config.voters()?;

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// When each node (Kafka node id) was last heard from, as this voter saw it.
+pub type Heartbeats = Arc<std::sync::Mutex<std::collections::HashMap<i32, Instant>>>;
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub node_id: RaftNodeId,
@@ -34,6 +37,10 @@ pub struct ControllerConfig {
     pub election_timeout_ms: (u64, u64),
     /// A snapshot is taken after this many applied entries (and the log behind it purged).
     pub snapshot_every_entries: u64,
+    /// How often each node tells the controller leader it is alive.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from this long is fenced (Kafka's broker.session.timeout.ms).
+    pub session_timeout_ms: u64,
 }
 
 impl ControllerConfig {
@@ -45,6 +52,8 @@ impl ControllerConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (500, 1000),
             snapshot_every_entries: 1000,
+            heartbeat_interval_ms: 1000,
+            session_timeout_ms: 9000,
         }
     }
 }
@@ -56,6 +65,9 @@ pub struct Controller {
     metadata: Arc<ArcSwap<ClusterMetadata>>,
     applied: Arc<tokio::sync::watch::Sender<u64>>,
     server: tokio::task::JoinHandle<()>,
+    heartbeats: Heartbeats,
+    session_timeout: Duration,
+    heartbeat_interval: Duration,
 }
 
 /// Appends `command` if this node leads; else says who does.
@@ -103,14 +115,20 @@ impl Controller {
             .map_err(|e| format!("internal listener {addr}: {e}"))?;
         let server_raft = raft.clone();
         let proposals = raft.clone();
-        let server = tokio::spawn(serve(listener, server_raft, move |command| {
-            let raft = proposals.clone();
-            async move {
-                write_here(&raft, command)
-                    .await
-                    .map_err(|leader| format!("not the controller leader (leader: {leader:?})"))
-            }
-        }));
+        let heartbeats: Heartbeats = Default::default();
+        let server = tokio::spawn(serve(
+            listener,
+            server_raft,
+            move |command| {
+                let raft = proposals.clone();
+                async move {
+                    write_here(&raft, command)
+                        .await
+                        .map_err(|leader| format!("not the controller leader (leader: {leader:?})"))
+                }
+            },
+            heartbeats.clone(),
+        ));
         let members: BTreeMap<RaftNodeId, BasicNode> = config
             .voters
             .iter()
@@ -127,6 +145,9 @@ impl Controller {
             metadata,
             applied,
             server,
+            heartbeats,
+            session_timeout: Duration::from_millis(config.session_timeout_ms),
+            heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
         })
     }
 
@@ -143,6 +164,11 @@ impl Controller {
     /// Wakes on every applied entry (its index); the metadata is published first.
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Raft metrics (the current leader, among others).
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<RaftNodeId, BasicNode>> {
+        self.raft.metrics()
     }
 
     /// The current leader, as this voter knows it.
@@ -181,8 +207,70 @@ impl Controller {
         }
     }
 
+    /// Tells the leader, every heartbeat interval, that node `kafka_id` is alive.
+    pub async fn send_heartbeats(&self, kafka_id: i32) {
+        let mut connection = None;
+        let mut connected_to = None;
+        loop {
+            match self.leader().await {
+                Some(leader) if leader == self.node_id => {
+                    self.heartbeats.lock().unwrap().insert(kafka_id, Instant::now());
+                }
+                Some(leader) => {
+                    if connected_to != Some(leader) {
+                        connection = None;
+                        connected_to = Some(leader);
+                    }
+                    if let Some(addr) = self.voters.get(&leader) {
+                        let _ = call(&mut connection, addr, &Request::Heartbeat(kafka_id)).await;
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(self.heartbeat_interval).await;
+        }
+    }
+
+    /// On the leader: fences nodes not heard from within the session timeout
+    /// (their partitions lose their leader) and brings back fenced nodes that
+    /// heartbeat again. A new leader waits one session timeout first: it has
+    /// heard nobody yet.
+    pub async fn watch_sessions(&self) {
+        let mut leading_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(self.heartbeat_interval.min(Duration::from_millis(500))).await;
+            if self.leader().await != Some(self.node_id) {
+                leading_since = None;
+                continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.session_timeout {
+                continue;
+            }
+            let metadata = self.metadata();
+            let seen = self.heartbeats.lock().unwrap().clone();
+            for node in metadata.nodes.values() {
+                let alive = seen
+                    .get(&node.info.id)
+                    .is_some_and(|at| at.elapsed() < self.session_timeout);
+                let command = match (node.fenced, alive) {
+                    (false, false) => Command::FenceNode { id: node.info.id },
+                    (true, true) => Command::RegisterNode(node.info.clone()),
+                    _ => continue,
+                };
+                tracing::warn!(node = node.info.id, fenced = !alive, "node session changed");
+                let _ = write_here(&self.raft, command).await;
+            }
+        }
+    }
+
     /// Stops this voter (its log stays on disk).
     pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// Stops this voter where it is shared (its log stays on disk).
+    pub async fn stop(&self) {
         self.server.abort();
         let _ = self.raft.shutdown().await;
     }

@@ -21,6 +21,8 @@ pub struct ControllerHandle {
     applied: watch::Receiver<u64>,
     runtime: tokio::runtime::Handle,
     stop: mpsc::UnboundedSender<()>,
+    /// The controller leader's Raft id (0: none known).
+    leader: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a proposal may wait for a leader.
@@ -29,7 +31,8 @@ pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
 impl ControllerHandle {
     /// Starts the voter on a thread named `controller` and returns once its
     /// metadata log is open and it listens.
-    pub fn start(config: ControllerConfig) -> Result<ControllerHandle, String> {
+    /// `kafka_id`: this node's Kafka id, for its heartbeats.
+    pub fn start(config: ControllerConfig, kafka_id: i32) -> Result<ControllerHandle, String> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("controller".into())
@@ -51,12 +54,32 @@ impl ControllerHandle {
                     };
                     let (proposals, mut incoming) = mpsc::unbounded_channel::<Proposal>();
                     let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
+                    let leader = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let mut metrics = controller.metrics();
+                    let known = leader.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let current = metrics.borrow_and_update().current_leader.unwrap_or(0);
+                            if known.swap(current, std::sync::atomic::Ordering::Relaxed) != current && current != 0 {
+                                // Raft ids are Kafka node ids + 1.
+                                tracing::info!(leader = current as i64 - 1, "controller leader");
+                            }
+                            if metrics.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let beating = controller.clone();
+                    tokio::spawn(async move { beating.send_heartbeats(kafka_id).await });
+                    let watching = controller.clone();
+                    tokio::spawn(async move { watching.watch_sessions().await });
                     let handle = ControllerHandle {
                         proposals,
                         metadata: controller.metadata_handle(),
                         applied: controller.watch_applied(),
                         runtime: tokio::runtime::Handle::current(),
                         stop,
+                        leader,
                     };
                     let _ = ready_tx.send(Ok(handle));
                     loop {
@@ -71,9 +94,7 @@ impl ControllerHandle {
                             _ = stopped.recv() => break,
                         }
                     }
-                    if let Ok(controller) = Arc::try_unwrap(controller) {
-                        controller.shutdown().await;
-                    }
+                    controller.stop().await;
                 });
             })
             .map_err(|e| format!("starting the controller thread: {e}"))?;
@@ -107,6 +128,11 @@ impl ControllerHandle {
     /// The controller thread's runtime, for tasks that follow the metadata.
     pub fn runtime(&self) -> tokio::runtime::Handle {
         self.runtime.clone()
+    }
+
+    /// The controller leader's Raft id, if one is known.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.leader.load(std::sync::atomic::Ordering::Relaxed)).filter(|id| *id != 0)
     }
 
     /// Stops the voter (its log stays on disk).

@@ -62,6 +62,8 @@ pub enum Command {
     AlterTopicConfigs { name: String, configs: BTreeMap<String, String> },
     /// Producer ids below `block_end` are taken (a node hands out a block).
     AllocateProducerIds { block_end: i64 },
+    /// The cluster's id: the first one proposed (by the first node to start) stays.
+    InitCluster { id: String },
 }
 
 /// Everything a node knows about the cluster, as of the last applied command.
@@ -73,6 +75,9 @@ pub struct ClusterMetadata {
     pub next_producer_id: i64,
     /// Index of the last command applied (the Raft log index).
     pub applied: u64,
+    /// What every node reports as the cluster id (Metadata, DescribeCluster).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl ClusterMetadata {
@@ -164,6 +169,10 @@ impl ClusterMetadata {
                     .get_mut(name)
                     .ok_or_else(|| format!("topic `{name}` does not exist"))?;
                 topic.configs = configs.clone();
+                Ok(())
+            }
+            Command::InitCluster { id } => {
+                self.cluster_id.get_or_insert_with(|| id.clone());
                 Ok(())
             }
             Command::AllocateProducerIds { block_end } => {

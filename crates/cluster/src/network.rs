@@ -27,6 +27,8 @@ pub(crate) enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A command for the leader to append (sent by a node that is not it).
     Propose(Command),
+    /// A node (by Kafka node id) says it is alive.
+    Heartbeat(i32),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +40,7 @@ pub(crate) enum Response {
     ),
     /// The command's result, or why it was not appended (e.g. no leader here).
     Propose(Result<CommandResult, String>),
+    Heartbeat,
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
@@ -86,8 +89,12 @@ pub(crate) async fn call(
 }
 
 /// Serves the internal listener: Raft RPCs go to `raft`, proposals to `propose`.
-pub(crate) async fn serve<F, Fut>(listener: TcpListener, raft: Raft<TypeConfig>, propose: F)
-where
+pub(crate) async fn serve<F, Fut>(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    propose: F,
+    heartbeats: crate::controller::Heartbeats,
+) where
     F: Fn(Command) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<CommandResult, String>> + Send,
 {
@@ -98,6 +105,7 @@ where
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let propose = propose.clone();
+        let heartbeats = heartbeats.clone();
         tokio::spawn(async move {
             while let Ok(request) = read_frame::<Request>(&mut stream).await {
                 let response = match request {
@@ -107,6 +115,10 @@ where
                         Response::InstallSnapshot(raft.install_snapshot(rpc).await)
                     }
                     Request::Propose(command) => Response::Propose(propose(command).await),
+                    Request::Heartbeat(node) => {
+                        heartbeats.lock().unwrap().insert(node, std::time::Instant::now());
+                        Response::Heartbeat
+                    }
                 };
                 if write_frame(&mut stream, &response).await.is_err() {
                     break;

@@ -36,12 +36,14 @@ pub fn start_controller(
     let raft_id = settings.node_id as u64 + 1;
     let voters: BTreeMap<u64, String> =
         voters.iter().map(|(id, addr)| (*id as u64 + 1, addr.clone())).collect();
-    let config = sluice_cluster::controller::ControllerConfig::new(
+    let mut config = sluice_cluster::controller::ControllerConfig::new(
         raft_id,
         voters,
         settings.data_dir.join(CONTROLLER_DIR),
     );
-    Ok((ControllerHandle::start(config)?, internal))
+    config.session_timeout_ms = settings.broker_session_timeout_ms;
+    config.heartbeat_interval_ms = (settings.broker_session_timeout_ms / 6).clamp(50, 2000);
+    Ok((ControllerHandle::start(config, settings.node_id)?, internal))
 }
 
 /// The topics of the cluster metadata as this node's shards see them; each
@@ -107,6 +109,9 @@ pub fn bootstrap(
             }
         }
     };
+    propose(Command::InitCluster {
+        id: settings.cluster_id.clone(),
+    })?;
     let mut index = propose(Command::RegisterNode(NodeInfo {
         id: settings.node_id,
         kafka_host: settings.advertised_host.clone(),

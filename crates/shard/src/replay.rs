@@ -77,6 +77,7 @@ impl World {
             log_cleaner_dedupe_buffer_bytes: 1 << 20,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_max_bytes_per_second: None,
+            broker_session_timeout_ms: 9_000,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (controller, internal) =

@@ -41,6 +41,8 @@ pub struct BrokerSettings {
     pub log_cleaner_backoff_ms: u64,
     /// Compaction reads plus writes per second, per shard (None: unlimited).
     pub log_cleaner_io_max_bytes_per_second: Option<u64>,
+    /// A node the controller leader has not heard from this long is fenced.
+    pub broker_session_timeout_ms: u64,
 }
 
 impl BrokerSettings {

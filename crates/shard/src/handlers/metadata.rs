@@ -85,10 +85,29 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         .collect();
     let body = MetadataResponse::default()
         .with_brokers(brokers)
-        .with_cluster_id((frame.api_version >= 2).then(|| str_bytes(&settings.cluster_id)))
-        .with_controller_id(node)
+        .with_cluster_id((frame.api_version >= 2).then(|| str_bytes(&cluster_id(shard))))
+        .with_controller_id(controller_id(shard))
         .with_topics(topics);
     respond(&frame, &body)
+}
+
+/// The cluster's id, as agreed in the metadata log (every node the same).
+fn cluster_id(shard: &Shard) -> String {
+    shard
+        .controller
+        .metadata()
+        .cluster_id
+        .clone()
+        .unwrap_or_else(|| shard.settings.cluster_id.clone())
+}
+
+/// What clients are told is the controller: this node, as a KRaft broker
+/// names an alive broker. Clients send admin requests (CreateTopics, ...)
+/// there, and every node hands them to the metadata log's leader itself;
+/// naming the Raft leader instead left librdkafka's admin client retrying a
+/// dead leader after it was killed, while another was already elected.
+fn controller_id(shard: &Shard) -> BrokerId {
+    BrokerId(shard.settings.node_id)
 }
 
 /// The cluster's nodes that serve (id, host, port), in id order; this node
@@ -169,15 +188,13 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 const ENDPOINT_TYPE_BROKER: i8 = 1;
 
 /// DescribeCluster (what `AdminClient.describeCluster` asks first): this node
-/// is the only broker and the controller. Asking a broker for controllers is
-/// MISMATCHED_ENDPOINT_TYPE, as Kafka answers.
+/// lists the cluster's serving nodes and the controller leader. Asking a
+/// broker for controllers is MISMATCHED_ENDPOINT_TYPE, as Kafka answers.
 pub async fn describe_cluster(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: DescribeClusterRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    let settings = &shard.settings;
-    let node = BrokerId(settings.node_id);
     let mut body = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&settings.cluster_id))
-        .with_controller_id(node)
+        .with_cluster_id(str_bytes(&cluster_id(shard)))
+        .with_controller_id(controller_id(shard))
         .with_endpoint_type(ENDPOINT_TYPE_BROKER)
         .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS
