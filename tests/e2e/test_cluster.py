@@ -11,7 +11,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import Broker, free_port
@@ -132,6 +132,28 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
             got.extend((r.partition, r.offset, r.value) for r in records)
     consumer.close()
     assert sorted(got) == sorted(acked)
+
+    # And the other way round: kafka-python produces through node 2 to every
+    # partition, confluent-kafka reads those back through node 1.
+    producer = KafkaProducer(bootstrap_servers=nodes[2].bootstrap, acks="all")
+    futures = [producer.send("spread", value=b"kp%04d" % i, partition=i % 12) for i in range(240)]
+    sent = {(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures}
+    producer.close()
+    assert {p for p, _ in sent} == set(range(12))
+    reader = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": "reader",
+                       "enable.partition.eof": True, "enable.auto.commit": False})
+    first = {p: min(o for q, o in sent if q == p) for p in range(12)}
+    reader.assign([TopicPartition("spread", p, first[p]) for p in range(12)])
+    seen_kp, eof = set(), set()
+    while len(eof) < 12:
+        msg = reader.poll(10)
+        assert msg is not None
+        if msg.error():
+            eof.add(msg.partition())
+            continue
+        seen_kp.add((msg.partition(), msg.offset()))
+    reader.close()
+    assert seen_kp == sent
 
     # Groups coordinated on different nodes commit, and a new member resumes there.
     groups = [f"g{i}" for i in range(12)]
