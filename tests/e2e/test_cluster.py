@@ -63,6 +63,27 @@ def controller_leader(nodes):
     return latest[1]
 
 
+def read_to_end(node, topic, starts, group="reader"):
+    """Every record from `starts` (partition → offset) to the end, through `node`."""
+    consumer = Consumer({"bootstrap.servers": node.bootstrap, "group.id": group,
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    got, eof = [], set()
+    deadline = time.time() + 30
+    while len(eof) < len(starts):
+        assert time.time() < deadline, f"partitions at their end: {sorted(eof)}"
+        msg = consumer.poll(5)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                eof.add(msg.partition())
+            continue
+        got.append((msg.partition(), msg.offset(), msg.value()))
+    consumer.close()
+    return got
+
+
 def admin(node):
     return AdminClient({"bootstrap.servers": node.bootstrap})
 
@@ -140,20 +161,8 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
     sent = {(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures}
     producer.close()
     assert {p for p, _ in sent} == set(range(12))
-    reader = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": "reader",
-                       "enable.partition.eof": True, "enable.auto.commit": False})
     first = {p: min(o for q, o in sent if q == p) for p in range(12)}
-    reader.assign([TopicPartition("spread", p, first[p]) for p in range(12)])
-    seen_kp, eof = set(), set()
-    while len(eof) < 12:
-        msg = reader.poll(10)
-        assert msg is not None
-        if msg.error():
-            eof.add(msg.partition())
-            continue
-        seen_kp.add((msg.partition(), msg.offset()))
-    reader.close()
-    assert seen_kp == sent
+    assert {(p, o) for p, o, _ in read_to_end(nodes[1], "spread", first)} == sent
 
     # Groups coordinated on different nodes commit, and a new member resumes there.
     groups = [f"g{i}" for i in range(12)]
@@ -225,22 +234,7 @@ def test_killing_the_controller_leader_keeps_the_others_serving_and_it_rejoins(c
 
     # The node restarts, rejoins, and serves its partitions again: nothing lost.
     nodes[victim].start()
-    consumer = Consumer({"bootstrap.servers": nodes[others[1]].bootstrap, "group.id": "check",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition("survive", p, 0) for p in range(6)])
-    got, eof = [], set()
-    deadline = time.time() + 30
-    while len(eof) < 6:
-        assert time.time() < deadline, f"partitions at EOF: {sorted(eof)}"
-        msg = consumer.poll(5)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                eof.add(msg.partition())
-            continue
-        got.append((msg.partition(), msg.offset(), msg.value()))
-    consumer.close()
+    got = read_to_end(nodes[others[1]], "survive", {p: 0 for p in range(6)})
     before = [r for r in got if r[2] != b"after-kill"]
     assert sorted(before) == sorted(acked)
     assert len(got) - len(before) == len(survivors)
@@ -258,3 +252,34 @@ def test_the_metadata_log_survives_kill_9_of_every_node(cluster):
         node.wait_ready()
     for node in nodes.values():
         assert leaders(node, "kept") == layout
+
+
+def test_a_node_that_is_not_a_controller_voter_follows_the_log_and_serves(tmp_path):
+    """Three controller voters and a fourth node that only follows the
+    metadata log (a Raft learner, on its own internal listener): it knows
+    every topic, leads its share of partitions, and serves them."""
+    internal = {n: free_port() for n in (1, 2, 3)}
+    controllers = ",".join(f"{n}@127.0.0.1:{p}" for n, p in internal.items())
+    cpus = os.cpu_count() or 1
+    nodes = {}
+    for n in (1, 2, 3, 4):
+        extra = ["--node-id", str(n), "--controllers", controllers]
+        if n == 4:
+            extra += ["--internal-listener", f"127.0.0.1:{free_port()}"]
+        nodes[n] = Broker(tmp_path / f"node-{n}", cores=f"{(n - 1) % cpus}-{(n - 1) % cpus}", extra_args=extra)
+    try:
+        for node in nodes.values():
+            node.launch()
+        for node in nodes.values():
+            node.wait_ready()
+        create_topic(nodes[4], "wide", 8)
+        layout = leaders(nodes[4], "wide")
+        assert set(layout.values()) == {1, 2, 3, 4}, layout
+        assert leaders(nodes[1], "wide") == layout
+        acked = produce(nodes[4], "wide", 400)
+        assert {p for p, _, _ in acked} == set(range(8))
+        assert sorted(read_to_end(nodes[1], "wide", {p: 0 for p in range(8)})) == sorted(acked)
+    finally:
+        for node in nodes.values():
+            if node.proc is not None:
+                node.stop(signal.SIGKILL)

@@ -61,6 +61,10 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_CONTROLLERS")]
     pub controllers: Option<String>,
 
+    /// This node's internal listener when it is not a controller voter.
+    #[arg(long, env = "SLUICE_INTERNAL_LISTENER")]
+    pub internal_listener: Option<String>,
+
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -90,6 +94,7 @@ pub struct FileConfig {
     pub cores: Option<toml::Value>,
     pub node_id: Option<i32>,
     pub controllers: Option<Vec<String>>,
+    pub internal_listener: Option<String>,
     pub auto_create_topics: Option<bool>,
     pub default_partitions: Option<i32>,
     pub max_frame_bytes: Option<usize>,
@@ -130,6 +135,8 @@ pub struct Config {
     pub node_id: i32,
     /// Controller voters `ID@HOST:PORT` (empty: a cluster of this node alone).
     pub controllers: Vec<String>,
+    /// The node-to-node listener of a node that is not a controller voter.
+    pub internal_listener: String,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub max_frame_bytes: usize,
@@ -351,6 +358,11 @@ impl Config {
                     .collect(),
                 None => file.controllers.clone().unwrap_or_default(),
             },
+            internal_listener: cli
+                .internal_listener
+                .clone()
+                .or(file.internal_listener.clone())
+                .unwrap_or_default(),
             auto_create_topics: cli
                 .auto_create_topics
                 .or(file.auto_create_topics)
@@ -518,10 +530,13 @@ impl Config {
             }
         }
         if !voters.is_empty() && !voters.contains_key(&self.node_id) {
-            return Err(format!(
-                "controllers: node {} is not a controller voter (every node is one for now: list it)",
-                self.node_id
-            ));
+            if self.internal_listener.is_empty() {
+                return Err(format!(
+                    "internal_listener: node {} is not a controller voter, so it needs its own internal listener (HOST:PORT)",
+                    self.node_id
+                ));
+            }
+            resolve(&self.internal_listener).map_err(|e| format!("internal_listener: {e}"))?;
         }
         Ok(voters)
     }

@@ -158,7 +158,7 @@ fn run(config: Config) -> Result<(), String> {
     let (controller, internal_addr) = if voters.is_empty() {
         cluster_link::start_single_node_controller(&settings)?
     } else {
-        cluster_link::start_controller(&settings, &voters)?
+        cluster_link::start_controller(&settings, &voters, &config.internal_listener)?
     };
     cluster_link::bootstrap(&controller, &metadata, &settings, &internal_addr, shard_count)?;
     // glommio registers each shard's io memory with its three io_uring rings;

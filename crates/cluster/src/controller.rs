@@ -29,6 +29,9 @@ pub struct ControllerConfig {
     pub node_id: RaftNodeId,
     /// Every controller voter: id → internal listener address (`host:port`).
     pub voters: BTreeMap<RaftNodeId, String>,
+    /// This node's internal listener: its voter address, or, for a node that
+    /// is not a voter (a learner of the log), its own.
+    pub listen: String,
     /// Where the metadata log, vote and snapshots live.
     pub dir: PathBuf,
     /// How often the leader tells followers it is alive.
@@ -47,6 +50,7 @@ impl ControllerConfig {
     pub fn new(node_id: RaftNodeId, voters: BTreeMap<RaftNodeId, String>, dir: PathBuf) -> Self {
         ControllerConfig {
             node_id,
+            listen: voters.get(&node_id).cloned().unwrap_or_default(),
             voters,
             dir,
             heartbeat_ms: 100,
@@ -87,11 +91,8 @@ impl Controller {
     /// internal address, and joins (or forms) the voters' cluster. Call
     /// inside a tokio runtime.
     pub async fn start(config: ControllerConfig) -> Result<Controller, String> {
-        let addr = config
-            .voters
-            .get(&config.node_id)
-            .ok_or_else(|| format!("node {} is not among the controller voters", config.node_id))?
-            .clone();
+        let addr = config.listen.clone();
+        let voter = config.voters.contains_key(&config.node_id);
         let log = LogStore::open(&config.dir.join("log")).map_err(|e| format!("metadata log: {e}"))?;
         let state = StateMachine::open(&config.dir.join("state")).map_err(|e| format!("metadata state: {e}"))?;
         let metadata = state.metadata();
@@ -134,9 +135,29 @@ impl Controller {
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
-        if let Err(e) = raft.initialize(members).await {
-            // Already initialized (a restart): the log says who the voters are.
-            tracing::debug!(node = config.node_id, error = %e, "metadata log already initialized");
+        if voter {
+            if let Err(e) = raft.initialize(members).await {
+                // Already initialized (a restart): the log says who the voters are.
+                tracing::debug!(node = config.node_id, error = %e, "metadata log already initialized");
+            }
+        } else {
+            // Not a voter: ask the leader (whichever voter it is) to replicate
+            // the log here, until one does.
+            let voters = config.voters.clone();
+            let (id, own) = (config.node_id, addr.clone());
+            tokio::spawn(async move {
+                loop {
+                    for voter_addr in voters.values() {
+                        let mut connection = None;
+                        let request = Request::AddLearner { id, addr: own.clone() };
+                        if let Ok(Response::AddLearner(Ok(()))) = call(&mut connection, voter_addr, &request).await {
+                            tracing::info!(node = id, "following the metadata log as a learner");
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
         }
         Ok(Controller {
             node_id: config.node_id,

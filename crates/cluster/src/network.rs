@@ -29,6 +29,8 @@ pub(crate) enum Request {
     Propose(Command),
     /// A node (by Kafka node id) says it is alive.
     Heartbeat(i32),
+    /// A node that is not a voter asks the leader to replicate the log to it.
+    AddLearner { id: RaftNodeId, addr: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -41,6 +43,7 @@ pub(crate) enum Response {
     /// The command's result, or why it was not appended (e.g. no leader here).
     Propose(Result<CommandResult, String>),
     Heartbeat,
+    AddLearner(Result<(), String>),
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
@@ -119,6 +122,12 @@ pub(crate) async fn serve<F, Fut>(
                         heartbeats.lock().unwrap().insert(node, std::time::Instant::now());
                         Response::Heartbeat
                     }
+                    Request::AddLearner { id, addr } => Response::AddLearner(
+                        raft.add_learner(id, BasicNode::new(addr), false)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    ),
                 };
                 if write_frame(&mut stream, &response).await.is_err() {
                     break;

@@ -20,19 +20,23 @@ pub const CONTROLLER_DIR: &str = "controller";
 /// other node dials. Raft ids are Kafka node ids + 1 (openraft's default
 /// vote is node 0's).
 pub fn start_single_node_controller(settings: &BrokerSettings) -> Result<(ControllerHandle, String), String> {
-    start_controller(settings, &BTreeMap::from([(settings.node_id, "127.0.0.1:0".to_string())]))
+    let internal = "127.0.0.1:0".to_string();
+    start_controller(settings, &BTreeMap::from([(settings.node_id, internal.clone())]), &internal)
 }
 
 /// Starts this node's controller voter among `voters` (node id → internal
 /// listener); returns its handle and this node's internal address.
+/// A node that is not among `voters` follows the log as a learner, on its
+/// own internal listener `internal`.
 pub fn start_controller(
     settings: &BrokerSettings,
     voters: &BTreeMap<i32, String>,
+    internal: &str,
 ) -> Result<(ControllerHandle, String), String> {
     let internal = voters
         .get(&settings.node_id)
-        .ok_or_else(|| format!("node {} is not a controller voter", settings.node_id))?
-        .clone();
+        .cloned()
+        .unwrap_or_else(|| internal.to_string());
     let raft_id = settings.node_id as u64 + 1;
     let voters: BTreeMap<u64, String> =
         voters.iter().map(|(id, addr)| (*id as u64 + 1, addr.clone())).collect();
@@ -41,6 +45,7 @@ pub fn start_controller(
         voters,
         settings.data_dir.join(CONTROLLER_DIR),
     );
+    config.listen = internal.clone();
     config.session_timeout_ms = settings.broker_session_timeout_ms;
     config.heartbeat_interval_ms = (settings.broker_session_timeout_ms / 6).clamp(50, 2000);
     Ok((ControllerHandle::start(config, settings.node_id)?, internal))
