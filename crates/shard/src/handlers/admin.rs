@@ -1,7 +1,8 @@
 //! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
-//! AlterConfigs, IncrementalAlterConfigs, DeleteRecords. Changes go to the
-//! metadata writer (shard 0); single node, so replication factor 1 (or -1,
-//! the default) is the only valid one.
+//! AlterConfigs, IncrementalAlterConfigs, DeleteRecords. Topic changes go to
+//! shard 0, which proposes them to the cluster's metadata log
+//! (`topics.rs`). Partitions have one replica each until replication is
+//! built, so replication factor 1 (or -1, the default) is the only valid one.
 
 use super::{respond, str_bytes, HandlerResult};
 use crate::mesh::{AdminOp, PartitionOp, PartitionReply};
@@ -70,7 +71,7 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             results.push(fail(
                 error_code::INVALID_REPLICATION_FACTOR,
                 format!(
-                    "replication factor {} is not possible on a single node (use 1 or -1)",
+                    "replication factor {}: partitions have one replica each until replication is built (use 1 or -1)",
                     topic.replication_factor
                 ),
             ));

@@ -85,7 +85,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                 Some(rules) if acks == -1 && rules.min_insync_replicas > 1 => Some((
                     error_code::NOT_ENOUGH_REPLICAS,
                     format!(
-                        "min.insync.replicas is {} and this single node is the only replica",
+                        "min.insync.replicas is {} and each partition has one replica (no replication yet)",
                         rules.min_insync_replicas
                     ),
                 )),
