@@ -6,6 +6,8 @@ restarted. Each node runs on one core (the machine's CPUs shared round-robin).""
 import os
 import re
 import signal
+import socket
+import struct
 import time
 
 import pytest
@@ -15,6 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import Broker, free_port
+from kafka_wire import read_response, request
 
 SESSION_TIMEOUT_MS = 2000
 
@@ -238,6 +241,24 @@ def test_killing_the_controller_leader_keeps_the_others_serving_and_it_rejoins(c
     before = [r for r in got if r[2] != b"after-kill"]
     assert sorted(before) == sorted(acked)
     assert len(got) - len(before) == len(survivors)
+
+
+def init_producer_id(node):
+    """InitProducerId v0 (no transactional id) sent to `node`: the id."""
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+        s.sendall(request(22, 0, 7, struct.pack(">hi", -1, 60000)))
+        correlation, _throttle, error, producer_id, epoch = struct.unpack(">iihqh", read_response(s))
+    assert (correlation, error, epoch) == (7, 0, 0)
+    return producer_id
+
+
+def test_producer_ids_are_unique_across_the_nodes(cluster):
+    """Each node hands out ids from blocks taken through the metadata log:
+    ids from different nodes never collide, before or after a restart."""
+    ids = [init_producer_id(node) for _ in range(5) for node in cluster.values()]
+    cluster[2].restart()
+    ids += [init_producer_id(node) for _ in range(5) for node in cluster.values()]
+    assert len(set(ids)) == len(ids), sorted(ids)
 
 
 def test_the_metadata_log_survives_kill_9_of_every_node(cluster):

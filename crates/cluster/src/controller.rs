@@ -354,7 +354,7 @@ mod tests {
             }
             // A command that no longer fits is refused the same way everywhere.
             let again = nodes[&1]
-                .propose(Command::AllocateProducerIds { block_end: 0 }, Duration::from_secs(5))
+                .propose(Command::AllocateProducerIds { from: -1, to: 0 }, Duration::from_secs(5))
                 .await
                 .unwrap();
             assert!(again.error.is_some());
@@ -365,7 +365,7 @@ mod tests {
             nodes.remove(&leader).unwrap().shutdown().await;
             let survivor = *nodes.keys().next().unwrap();
             let result = nodes[&survivor]
-                .propose(Command::AllocateProducerIds { block_end: 1000 }, Duration::from_secs(10))
+                .propose(Command::AllocateProducerIds { from: 0, to: 1000 }, Duration::from_secs(10))
                 .await
                 .unwrap();
             assert_eq!(result.error, None);

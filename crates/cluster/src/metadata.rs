@@ -60,8 +60,9 @@ pub enum Command {
     CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
     /// A topic's config overrides become exactly `configs`.
     AlterTopicConfigs { name: String, configs: BTreeMap<String, String> },
-    /// Producer ids below `block_end` are taken (a node hands out a block).
-    AllocateProducerIds { block_end: i64 },
+    /// A node takes the producer ids `from..to` to hand out; `from` must not
+    /// be below any id taken before, so blocks never overlap.
+    AllocateProducerIds { from: i64, to: i64 },
     /// The cluster's id: the first one proposed (by the first node to start) stays.
     InitCluster { id: String },
 }
@@ -175,14 +176,14 @@ impl ClusterMetadata {
                 self.cluster_id.get_or_insert_with(|| id.clone());
                 Ok(())
             }
-            Command::AllocateProducerIds { block_end } => {
-                if *block_end <= self.next_producer_id {
+            Command::AllocateProducerIds { from, to } => {
+                if *from < self.next_producer_id || to <= from {
                     return Err(format!(
-                        "producer ids up to {} are already taken",
+                        "producer ids below {} are already taken (asked for {from}..{to})",
                         self.next_producer_id
                     ));
                 }
-                self.next_producer_id = *block_end;
+                self.next_producer_id = *to;
                 Ok(())
             }
         }
@@ -280,7 +281,7 @@ mod tests {
                 replicas: vec![vec![1], vec![2], vec![1]],
                 configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
             },
-            Command::AllocateProducerIds { block_end: 1000 },
+            Command::AllocateProducerIds { from: 0, to: 1000 },
             Command::FenceNode { id: 2 },
         ];
         let mut a = ClusterMetadata::default();
@@ -338,7 +339,7 @@ mod tests {
             .apply(5, &Command::CreatePartitions { name: "t".into(), replicas: vec![vec![9]] })
             .unwrap_err()
             .contains("node 9"));
-        assert!(m.apply(6, &Command::AllocateProducerIds { block_end: 0 }).is_err());
+        assert!(m.apply(6, &Command::AllocateProducerIds { from: 0, to: 0 }).is_err());
         assert_eq!(m.topics, before.topics);
         assert_eq!(m.applied, 6);
     }

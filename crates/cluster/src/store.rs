@@ -452,7 +452,8 @@ mod tests {
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(crate::Command::AllocateProducerIds {
-                block_end: index as i64 * 1000,
+                from: (index as i64 - 1) * 1000,
+                to: index as i64 * 1000,
             }),
         }
     }

@@ -22,8 +22,6 @@
 use sluice_protocol::record_batch::BatchHeader;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::path::PathBuf;
 
 use sluice_protocol::api::error_code::{
     INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID,
@@ -264,17 +262,24 @@ impl PartitionProducers {
     }
 }
 
-/// Hands out producer ids; lives on shard 0.
+/// Hands out producer ids; lives on shard 0. Ids come in blocks that the
+/// node takes through the cluster's metadata log (`AllocateProducerIds`), so
+/// no two nodes, and no restart, ever hand out the same id.
 pub struct ProducerIds {
-    path: PathBuf,
-    next: RefCell<i64>,
-    reserved_until: RefCell<i64>,
+    /// Ids below this were handed out before the metadata log (the
+    /// `producer_ids` file of an older data dir): blocks start above it.
+    pub floor: i64,
+    next: std::cell::Cell<i64>,
+    end: std::cell::Cell<i64>,
 }
+
+/// Ids per block taken from the metadata log.
+pub const ID_BLOCK_SIZE: i64 = ID_BLOCK;
 
 impl ProducerIds {
     pub fn open(data_dir: &std::path::Path) -> Result<ProducerIds, String> {
         let path = data_dir.join("producer_ids");
-        let start = match std::fs::read_to_string(&path) {
+        let floor = match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .trim()
                 .parse::<i64>()
@@ -283,31 +288,25 @@ impl ProducerIds {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         Ok(ProducerIds {
-            path,
-            next: RefCell::new(start),
-            reserved_until: RefCell::new(start),
+            floor,
+            next: std::cell::Cell::new(0),
+            end: std::cell::Cell::new(0),
         })
     }
 
-    /// A fresh producer id, never handed out before (even across restarts).
-    pub fn allocate(&self) -> std::io::Result<i64> {
-        let id = *self.next.borrow();
-        if id >= *self.reserved_until.borrow() {
-            let until = id + ID_BLOCK;
-            let temp = self.path.with_extension("tmp");
-            {
-                let mut file = std::fs::File::create(&temp)?;
-                file.write_all(until.to_string().as_bytes())?;
-                file.sync_all()?;
-            }
-            std::fs::rename(&temp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            *self.reserved_until.borrow_mut() = until;
-        }
-        *self.next.borrow_mut() = id + 1;
-        Ok(id)
+    /// The next id of the current block, if it has one left.
+    pub fn take(&self) -> Option<i64> {
+        let id = self.next.get();
+        (id < self.end.get()).then(|| {
+            self.next.set(id + 1);
+            id
+        })
+    }
+
+    /// A block the metadata log gave this node.
+    pub fn add_block(&self, from: i64, to: i64) {
+        self.next.set(from);
+        self.end.set(to);
     }
 }
 
@@ -391,14 +390,13 @@ mod tests {
     }
 
     #[test]
-    fn producer_ids_are_never_reused_after_a_restart() {
+    fn ids_come_from_the_block_and_a_legacy_file_sets_the_floor() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("producer_ids"), "3000").unwrap();
         let ids = ProducerIds::open(dir.path()).unwrap();
-        let a = ids.allocate().unwrap();
-        let b = ids.allocate().unwrap();
-        assert_ne!(a, b);
-        let again = ProducerIds::open(dir.path()).unwrap();
-        let c = again.allocate().unwrap();
-        assert!(c > b);
+        assert_eq!(ids.floor, 3000);
+        assert_eq!(ids.take(), None);
+        ids.add_block(3000, 3002);
+        assert_eq!((ids.take(), ids.take(), ids.take()), (Some(3000), Some(3001), None));
     }
 }

@@ -27,9 +27,6 @@ use std::time::{Duration, Instant};
 /// A partition this shard owns, on the broker's storage backend.
 pub type PartitionEntry = Partition<Dir>;
 
-/// Producer ids per node (see `Shard::allocate_producer_id`).
-const PRODUCER_IDS_PER_NODE: i64 = 1 << 40;
-
 pub(crate) type PartitionKey = (String, i32);
 
 pub struct Shard {
@@ -55,6 +52,8 @@ pub struct Shard {
     pub(crate) coordinator: RefCell<Option<Rc<Coordinator>>>,
     /// Shard 0 only: the producer id allocator.
     pub(crate) producer_ids: RefCell<Option<ProducerIds>>,
+    /// One block request at a time.
+    producer_ids_lock: glommio::sync::Semaphore,
     /// Set by `close_all`: no partition is opened any more.
     pub(crate) closing: Cell<bool>,
     /// Decompression buffer of produce validation (borrowed only in a synchronous step).
@@ -92,6 +91,7 @@ impl Shard {
             requests_idle: Event::default(),
             coordinator: RefCell::new(None),
             producer_ids: RefCell::new(None),
+            producer_ids_lock: glommio::sync::Semaphore::new(1),
             closing: Cell::new(false),
             validation_scratch: RefCell::new(Vec::new()),
             bad_input_log: LogLimiter::new(Duration::from_secs(1)),
@@ -115,20 +115,38 @@ impl Shard {
     }
 
     /// A new producer id, from shard 0.
-    /// A producer id unique in the cluster: this node's own counter (blocks
-    /// reserved durably by shard 0) in the node's range of ids, node id × 2^40
-    /// upward (2^40 ids per node; node 0's range is the ids of before).
+    /// A producer id unique in the cluster, from the block of ids shard 0
+    /// took through the metadata log (a new block when it runs out).
     pub async fn allocate_producer_id(&self) -> Result<i64, String> {
         if self.id == 0 {
-            let ids = self.producer_ids.borrow();
-            let ids = ids.as_ref().ok_or("producer ids are not open")?;
-            let local = ids
-                .allocate()
-                .map_err(|e| format!("reserving producer ids: {e}"))?;
-            if local >= PRODUCER_IDS_PER_NODE {
-                return Err("this node has handed out all its producer ids".into());
+            let _permit = self.producer_ids_lock.acquire_permit(1).await;
+            loop {
+                let floor = {
+                    let ids = self.producer_ids.borrow();
+                    let ids = ids.as_ref().ok_or("producer ids are not open")?;
+                    if let Some(id) = ids.take() {
+                        return Ok(id);
+                    }
+                    ids.floor
+                };
+                let from = self.controller.metadata().next_producer_id.max(floor);
+                let to = from + crate::producers::ID_BLOCK_SIZE;
+                let result = self
+                    .controller
+                    .propose(sluice_cluster::Command::AllocateProducerIds { from, to })
+                    .await?;
+                if result.error.is_none() {
+                    if let Some(ids) = self.producer_ids.borrow().as_ref() {
+                        ids.add_block(from, to);
+                    }
+                    continue;
+                }
+                // Another node took that block first: wait until this node
+                // has applied it, then ask for the next one.
+                while self.controller.metadata().applied < result.index {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
             }
-            return Ok((self.settings.node_id as i64) * PRODUCER_IDS_PER_NODE + local);
         }
         let (reply, answer) = flume::bounded(1);
         self.peers[0]
