@@ -12,7 +12,7 @@
 //! figures are the ratio of (2) to (1) within the round (throughput, p99), so
 //! they compare like with like on a disk whose speed varies between days.
 
-use glommio::{LocalExecutorBuilder, Latency, Placement, Shares};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use hdrhistogram::Histogram;
 use sluice_protocol::record_batch::{assemble_batch, build_batch, put_record_with, BatchFields};
 use sluice_storage::io::dma::DmaDir;
@@ -48,7 +48,10 @@ fn parse_args() -> Args {
             "--keys" => args.keys = value.parse().expect("--keys N"),
             "--rounds" => args.rounds = value.parse().expect("--rounds N"),
             "--io-mbps" => {
-                args.io_mbps = value.split(',').map(|v| v.parse().expect("--io-mbps N,N,...")).collect()
+                args.io_mbps = value
+                    .split(',')
+                    .map(|v| v.parse().expect("--io-mbps N,N,..."))
+                    .collect()
             }
             other => panic!("unknown flag {other}"),
         }
@@ -62,7 +65,13 @@ fn keyed_batch(first: usize, keys: usize) -> Vec<u8> {
     let value = vec![b'v'; 1024];
     for i in 0..1000 {
         let key = format!("key-{:08}", (first + i) * 7919 % keys);
-        put_record_with(&mut section, 0, i as i32, Some(key.as_bytes()), Some(&value));
+        put_record_with(
+            &mut section,
+            0,
+            i as i32,
+            Some(key.as_bytes()),
+            Some(&value),
+        );
     }
     let fields = BatchFields {
         base_timestamp: 1_700_000_000_000,
@@ -86,18 +95,30 @@ async fn produce_while(log: &Rc<PartitionLog<DmaDir>>, until: Rc<Cell<bool>>) ->
     let value = vec![b'x'; 1024];
     let values: Vec<&[u8]> = (0..16).map(|_| value.as_slice()).collect();
     let batch = Rc::new(build_batch(1_700_000_000_000, &values));
-    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let histogram = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
     let bytes = Rc::new(Cell::new(0u64));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..32 {
-        let (log, batch, histogram, bytes, until) =
-            (log.clone(), batch.clone(), histogram.clone(), bytes.clone(), until.clone());
+        let (log, batch, histogram, bytes, until) = (
+            log.clone(),
+            batch.clone(),
+            histogram.clone(),
+            bytes.clone(),
+            until.clone(),
+        );
         tasks.push(glommio::spawn_local(async move {
             while !until.get() {
                 let t0 = Instant::now();
-                log.append(&batch, AppendOptions::default()).await.expect("append");
-                histogram.borrow_mut().record((t0.elapsed().as_micros() as u64).max(1)).unwrap();
+                log.append(&batch, AppendOptions::default())
+                    .await
+                    .expect("append");
+                histogram
+                    .borrow_mut()
+                    .record((t0.elapsed().as_micros() as u64).max(1))
+                    .unwrap();
                 bytes.set(bytes.get() + batch.len() as u64);
             }
         }));
@@ -108,7 +129,9 @@ async fn produce_while(log: &Rc<PartitionLog<DmaDir>>, until: Rc<Cell<bool>>) ->
         glommio::spawn_local(async move {
             while !until.get() {
                 glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
-                log.delete_segments_before(log.high_watermark()).await.expect("trim");
+                log.delete_segments_before(log.high_watermark())
+                    .await
+                    .expect("trim");
             }
         })
     };

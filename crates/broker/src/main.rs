@@ -160,7 +160,13 @@ fn run(config: Config) -> Result<(), String> {
     } else {
         cluster_link::start_controller(&settings, &voters, &config.internal_listener)?
     };
-    cluster_link::bootstrap(&controller, &metadata, &settings, &internal_addr, shard_count)?;
+    cluster_link::bootstrap(
+        &controller,
+        &metadata,
+        &settings,
+        &internal_addr,
+        shard_count,
+    )?;
     // glommio registers each shard's io memory with its three io_uring rings;
     // registered (pinned) memory counts against RLIMIT_MEMLOCK.
     let registered_bytes: u64 = (0..shard_count)
@@ -207,7 +213,10 @@ fn run(config: Config) -> Result<(), String> {
             .io_memory(core.io_memory_bytes.unwrap_or(config.io_memory_bytes))
             .ring_depth(core.io_depth.unwrap_or(config.io_depth))
             .spawn(move || async move {
-                run_shard(id, settings, metadata, peers, controller, inbox, listen, ready, go).await
+                run_shard(
+                    id, settings, metadata, peers, controller, inbox, listen, ready, go,
+                )
+                .await
             })
             .map_err(|e| format!("starting shard {id} on CPU {cpu}: {e}"))?;
         handles.push(handle);
@@ -232,9 +241,12 @@ fn run(config: Config) -> Result<(), String> {
     for _ in 0..shard_count {
         let _ = go_tx.send(true);
     }
-    controller
-        .runtime()
-        .spawn(cluster_link::follow(controller.clone(), metadata.clone(), senders.clone(), settings.node_id));
+    controller.runtime().spawn(cluster_link::follow(
+        controller.clone(),
+        metadata.clone(),
+        senders.clone(),
+        settings.node_id,
+    ));
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
     let signal_senders = senders.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -306,7 +318,13 @@ async fn run_shard(
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     go: flume::Receiver<bool>,
 ) {
-    let shard = Rc::new(Shard::new(id, settings.clone(), metadata, peers, controller));
+    let shard = Rc::new(Shard::new(
+        id,
+        settings.clone(),
+        metadata,
+        peers,
+        controller,
+    ));
     // Messages from other shards: each handled in its own task, in arrival order.
     let inbox_shard = shard.clone();
     let inbox_task = glommio::spawn_local(async move {
@@ -315,7 +333,8 @@ async fn run_shard(
                 inbox_shard.stopping.set(true);
                 continue;
             }
-            glommio::spawn_local(sluice_shard::inbox::handle(inbox_shard.clone(), message)).detach();
+            glommio::spawn_local(sluice_shard::inbox::handle(inbox_shard.clone(), message))
+                .detach();
         }
     });
     if let Err(e) = shard.open_coordinator().await {

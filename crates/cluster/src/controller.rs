@@ -75,10 +75,15 @@ pub struct Controller {
 }
 
 /// Appends `command` if this node leads; else says who does.
-async fn write_here(raft: &Raft<TypeConfig>, command: Command) -> Result<CommandResult, Option<RaftNodeId>> {
+async fn write_here(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+) -> Result<CommandResult, Option<RaftNodeId>> {
     match raft.client_write(command).await {
         Ok(response) => Ok(response.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(forward.leader_id),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(forward.leader_id)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "metadata command not appended");
             Err(None)
@@ -93,8 +98,10 @@ impl Controller {
     pub async fn start(config: ControllerConfig) -> Result<Controller, String> {
         let addr = config.listen.clone();
         let voter = config.voters.contains_key(&config.node_id);
-        let log = LogStore::open(&config.dir.join("log")).map_err(|e| format!("metadata log: {e}"))?;
-        let state = StateMachine::open(&config.dir.join("state")).map_err(|e| format!("metadata state: {e}"))?;
+        let log =
+            LogStore::open(&config.dir.join("log")).map_err(|e| format!("metadata log: {e}"))?;
+        let state = StateMachine::open(&config.dir.join("state"))
+            .map_err(|e| format!("metadata state: {e}"))?;
         let metadata = state.metadata();
         let applied = state.applied();
         let raft_config = openraft::Config {
@@ -149,8 +156,13 @@ impl Controller {
                 loop {
                     for voter_addr in voters.values() {
                         let mut connection = None;
-                        let request = Request::AddLearner { id, addr: own.clone() };
-                        if let Ok(Response::AddLearner(Ok(()))) = call(&mut connection, voter_addr, &request).await {
+                        let request = Request::AddLearner {
+                            id,
+                            addr: own.clone(),
+                        };
+                        if let Ok(Response::AddLearner(Ok(()))) =
+                            call(&mut connection, voter_addr, &request).await
+                        {
                             tracing::info!(node = id, "following the metadata log as a learner");
                             return;
                         }
@@ -188,7 +200,9 @@ impl Controller {
     }
 
     /// Raft metrics (the current leader, among others).
-    pub fn metrics(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<RaftNodeId, BasicNode>> {
+    pub fn metrics(
+        &self,
+    ) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<RaftNodeId, BasicNode>> {
         self.raft.metrics()
     }
 
@@ -199,7 +213,11 @@ impl Controller {
 
     /// Appends `command` through the leader (here or forwarded) and returns
     /// how it applied; retries while there is no leader, until `timeout`.
-    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<CommandResult, String> {
+    pub async fn propose(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, String> {
         let deadline = Instant::now() + timeout;
         let mut connection = None;
         let mut connected_to = None;
@@ -222,7 +240,9 @@ impl Controller {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("no controller leader accepted the command within {timeout:?}"));
+                return Err(format!(
+                    "no controller leader accepted the command within {timeout:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -235,7 +255,10 @@ impl Controller {
         loop {
             match self.leader().await {
                 Some(leader) if leader == self.node_id => {
-                    self.heartbeats.lock().unwrap().insert(kafka_id, Instant::now());
+                    self.heartbeats
+                        .lock()
+                        .unwrap()
+                        .insert(kafka_id, Instant::now());
                 }
                 Some(leader) => {
                     if connected_to != Some(leader) {
@@ -303,7 +326,11 @@ mod tests {
     use crate::metadata::NodeInfo;
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     fn register(id: i32) -> Command {
@@ -337,24 +364,36 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let voters: BTreeMap<u64, String> =
-                (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
-            let config = |id: u64| ControllerConfig::new(id, voters.clone(), dir.path().join(format!("node-{id}")));
+            let voters: BTreeMap<u64, String> = (1..=3)
+                .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+                .collect();
+            let config = |id: u64| {
+                ControllerConfig::new(id, voters.clone(), dir.path().join(format!("node-{id}")))
+            };
             let mut nodes: BTreeMap<u64, Controller> = BTreeMap::new();
             for id in 1..=3 {
                 nodes.insert(id, Controller::start(config(id)).await.unwrap());
             }
             // Proposed on every voter, applied on every voter.
             for id in 1..=3u64 {
-                let result = nodes[&id].propose(register(id as i32), Duration::from_secs(10)).await.unwrap();
+                let result = nodes[&id]
+                    .propose(register(id as i32), Duration::from_secs(10))
+                    .await
+                    .unwrap();
                 assert_eq!(result.error, None);
             }
             for node in nodes.values() {
-                wait_for("all registrations everywhere", || node.metadata().nodes.len() == 3).await;
+                wait_for("all registrations everywhere", || {
+                    node.metadata().nodes.len() == 3
+                })
+                .await;
             }
             // A command that no longer fits is refused the same way everywhere.
             let again = nodes[&1]
-                .propose(Command::AllocateProducerIds { from: -1, to: 0 }, Duration::from_secs(5))
+                .propose(
+                    Command::AllocateProducerIds { from: -1, to: 0 },
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert!(again.error.is_some());
@@ -365,18 +404,27 @@ mod tests {
             nodes.remove(&leader).unwrap().shutdown().await;
             let survivor = *nodes.keys().next().unwrap();
             let result = nodes[&survivor]
-                .propose(Command::AllocateProducerIds { from: 0, to: 1000 }, Duration::from_secs(10))
+                .propose(
+                    Command::AllocateProducerIds { from: 0, to: 1000 },
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap();
             assert_eq!(result.error, None);
             let failover = stopped_at.elapsed();
-            assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+            assert!(
+                failover < Duration::from_secs(5),
+                "failover took {failover:?}"
+            );
             let new_leader = nodes[&survivor].leader().await.unwrap();
             assert_ne!(new_leader, leader);
 
             // The old leader restarts from its files and catches up.
             let restarted = Controller::start(config(leader)).await.unwrap();
-            wait_for("the restarted voter to catch up", || restarted.metadata().next_producer_id == 1000).await;
+            wait_for("the restarted voter to catch up", || {
+                restarted.metadata().next_producer_id == 1000
+            })
+            .await;
             assert_eq!(restarted.metadata().nodes.len(), 3);
             restarted.shutdown().await;
             for (_, node) in nodes {

@@ -21,8 +21,8 @@ pub mod placement;
 pub mod raft;
 pub mod store;
 
-pub use metadata::{ClusterMetadata, Command, NodeInfo, PartitionState, TopicState};
 pub use handle::ControllerHandle;
+pub use metadata::{ClusterMetadata, Command, NodeInfo, PartitionState, TopicState};
 pub use placement::place;
 pub use raft::CommandResult;
 

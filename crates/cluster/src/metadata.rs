@@ -47,7 +47,9 @@ pub enum Command {
     /// A node joins, or comes back (unfenced, with its current listeners).
     RegisterNode(NodeInfo),
     /// A node stopped heartbeating.
-    FenceNode { id: NodeId },
+    FenceNode {
+        id: NodeId,
+    },
     CreateTopic {
         name: String,
         id: uuid::Uuid,
@@ -55,16 +57,29 @@ pub enum Command {
         replicas: Vec<Vec<NodeId>>,
         configs: BTreeMap<String, String>,
     },
-    DeleteTopic { name: String },
+    DeleteTopic {
+        name: String,
+    },
     /// Partitions appended to a topic (their replica lists).
-    CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
+    CreatePartitions {
+        name: String,
+        replicas: Vec<Vec<NodeId>>,
+    },
     /// A topic's config overrides become exactly `configs`.
-    AlterTopicConfigs { name: String, configs: BTreeMap<String, String> },
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     /// A node takes the producer ids `from..to` to hand out; `from` must not
     /// be below any id taken before, so blocks never overlap.
-    AllocateProducerIds { from: i64, to: i64 },
+    AllocateProducerIds {
+        from: i64,
+        to: i64,
+    },
     /// The cluster's id: the first one proposed (by the first node to start) stays.
-    InitCluster { id: String },
+    InitCluster {
+        id: String,
+    },
 }
 
 /// Everything a node knows about the cluster, as of the last applied command.
@@ -212,12 +227,20 @@ impl ClusterMetadata {
     }
 
     fn new_partition(&self, replicas: &[NodeId]) -> PartitionState {
-        let leader = replicas.iter().copied().find(|r| self.is_live(*r)).unwrap_or(-1);
+        let leader = replicas
+            .iter()
+            .copied()
+            .find(|r| self.is_live(*r))
+            .unwrap_or(-1);
         PartitionState {
             replicas: replicas.to_vec(),
             leader,
             leader_epoch: 0,
-            isr: replicas.iter().copied().filter(|r| self.is_live(*r)).collect(),
+            isr: replicas
+                .iter()
+                .copied()
+                .filter(|r| self.is_live(*r))
+                .collect(),
         }
     }
 
@@ -265,7 +288,9 @@ mod tests {
     fn cluster(ids: &[NodeId]) -> ClusterMetadata {
         let mut metadata = ClusterMetadata::default();
         for (i, id) in ids.iter().enumerate() {
-            metadata.apply(i as u64 + 1, &Command::RegisterNode(node(*id))).unwrap();
+            metadata
+                .apply(i as u64 + 1, &Command::RegisterNode(node(*id)))
+                .unwrap();
         }
         metadata
     }
@@ -290,12 +315,16 @@ mod tests {
             a.apply(i as u64 + 1, command).unwrap();
             // What the Raft log carries: the command's bytes.
             let bytes = serde_json::to_vec(command).unwrap();
-            b.apply(i as u64 + 1, &serde_json::from_slice(&bytes).unwrap()).unwrap();
+            b.apply(i as u64 + 1, &serde_json::from_slice(&bytes).unwrap())
+                .unwrap();
         }
         assert_eq!(a, b);
         assert_eq!(a.applied, 5);
         let snapshot = serde_json::to_vec(&a).unwrap();
-        assert_eq!(serde_json::from_slice::<ClusterMetadata>(&snapshot).unwrap(), a);
+        assert_eq!(
+            serde_json::from_slice::<ClusterMetadata>(&snapshot).unwrap(),
+            a
+        );
     }
 
     #[test]
@@ -312,7 +341,11 @@ mod tests {
         )
         .unwrap();
         let leaders = |m: &ClusterMetadata| -> Vec<(NodeId, i32)> {
-            m.topics["t"].partitions.iter().map(|p| (p.leader, p.leader_epoch)).collect()
+            m.topics["t"]
+                .partitions
+                .iter()
+                .map(|p| (p.leader, p.leader_epoch))
+                .collect()
         };
         assert_eq!(leaders(&m), vec![(1, 0), (2, 0), (3, 0)]);
         m.apply(5, &Command::FenceNode { id: 2 }).unwrap();
@@ -334,12 +367,27 @@ mod tests {
         m.apply(2, &create).unwrap();
         let before = m.clone();
         assert!(m.apply(3, &create).unwrap_err().contains("already exists"));
-        assert!(m.apply(4, &Command::DeleteTopic { name: "nope".into() }).is_err());
         assert!(m
-            .apply(5, &Command::CreatePartitions { name: "t".into(), replicas: vec![vec![9]] })
+            .apply(
+                4,
+                &Command::DeleteTopic {
+                    name: "nope".into()
+                }
+            )
+            .is_err());
+        assert!(m
+            .apply(
+                5,
+                &Command::CreatePartitions {
+                    name: "t".into(),
+                    replicas: vec![vec![9]]
+                }
+            )
             .unwrap_err()
             .contains("node 9"));
-        assert!(m.apply(6, &Command::AllocateProducerIds { from: 0, to: 0 }).is_err());
+        assert!(m
+            .apply(6, &Command::AllocateProducerIds { from: 0, to: 0 })
+            .is_err());
         assert_eq!(m.topics, before.topics);
         assert_eq!(m.applied, 6);
     }

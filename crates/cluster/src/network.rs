@@ -30,7 +30,10 @@ pub(crate) enum Request {
     /// A node (by Kafka node id) says it is alive.
     Heartbeat(i32),
     /// A node that is not a voter asks the leader to replicate the log to it.
-    AddLearner { id: RaftNodeId, addr: String },
+    AddLearner {
+        id: RaftNodeId,
+        addr: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,7 +51,9 @@ pub(crate) enum Response {
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-    stream.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    stream
+        .write_all(&(bytes.len() as u32).to_be_bytes())
+        .await?;
     stream.write_all(&bytes).await?;
     stream.flush().await
 }
@@ -112,14 +117,19 @@ pub(crate) async fn serve<F, Fut>(
         tokio::spawn(async move {
             while let Ok(request) = read_frame::<Request>(&mut stream).await {
                 let response = match request {
-                    Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+                    Request::AppendEntries(rpc) => {
+                        Response::AppendEntries(raft.append_entries(rpc).await)
+                    }
                     Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
                     Request::InstallSnapshot(rpc) => {
                         Response::InstallSnapshot(raft.install_snapshot(rpc).await)
                     }
                     Request::Propose(command) => Response::Propose(propose(command).await),
                     Request::Heartbeat(node) => {
-                        heartbeats.lock().unwrap().insert(node, std::time::Instant::now());
+                        heartbeats
+                            .lock()
+                            .unwrap()
+                            .insert(node, std::time::Instant::now());
                         Response::Heartbeat
                     }
                     Request::AddLearner { id, addr } => Response::AddLearner(
@@ -163,8 +173,17 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>>>;
 
 impl NodeClient {
-    async fn send(&mut self, request: Request, option: &RPCOption) -> Result<Response, Unreachable> {
-        match tokio::time::timeout(option.hard_ttl(), call(&mut self.connection, &self.addr, &request)).await {
+    async fn send(
+        &mut self,
+        request: Request,
+        option: &RPCOption,
+    ) -> Result<Response, Unreachable> {
+        match tokio::time::timeout(
+            option.hard_ttl(),
+            call(&mut self.connection, &self.addr, &request),
+        )
+        .await
+        {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(Unreachable::new(&e)),
             Err(elapsed) => {
@@ -174,7 +193,10 @@ impl NodeClient {
         }
     }
 
-    fn remote<E: std::error::Error>(&self, error: RaftError<RaftNodeId, E>) -> RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>> {
+    fn remote<E: std::error::Error>(
+        &self,
+        error: RaftError<RaftNodeId, E>,
+    ) -> RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>> {
         RPCError::RemoteError(RemoteError::new(self.target, error))
     }
 }

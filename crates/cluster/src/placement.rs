@@ -33,7 +33,11 @@ pub fn place(
                 .min_by_key(|n| {
                     let load = counts.get(n).copied().unwrap_or(0);
                     // Counts first; among equals the leader slot balances leaders.
-                    let led = if slot == 0 { leaders.get(n).copied().unwrap_or(0) } else { 0 };
+                    let led = if slot == 0 {
+                        leaders.get(n).copied().unwrap_or(0)
+                    } else {
+                        0
+                    };
                     (load, led)
                 })
                 .expect("enough live nodes");

@@ -200,8 +200,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().unwrap();
         let bytes = serde_json::to_vec(vote).expect("a vote serializes");
-        replace_file(&inner.dir, VOTE_FILE, &bytes)
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(openraft::AnyError::new(&e))))?;
+        replace_file(&inner.dir, VOTE_FILE, &bytes).map_err(|e| {
+            StorageError::from(StorageIOError::write_vote(openraft::AnyError::new(&e)))
+        })?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -210,7 +211,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.lock().unwrap().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -316,8 +321,12 @@ impl StateMachine {
     #[allow(clippy::result_large_err)]
     fn store_snapshot(&mut self, stored: &StoredSnapshot) -> Result<Vec<u8>, StorageError> {
         let bytes = serde_json::to_vec(stored).expect("a snapshot serializes");
-        replace_file(&self.dir, SNAPSHOT_FILE, &bytes)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, openraft::AnyError::new(&e))))?;
+        replace_file(&self.dir, SNAPSHOT_FILE, &bytes).map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(
+                None,
+                openraft::AnyError::new(&e),
+            ))
+        })?;
         self.snapshot = Some(bytes.clone());
         Ok(bytes)
     }
@@ -343,8 +352,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut stored = self.state.clone();
         stored.meta = Some(meta.clone());
         let bytes = serde_json::to_vec(&stored).expect("a snapshot serializes");
-        replace_file(&self.dir, SNAPSHOT_FILE, &bytes)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, openraft::AnyError::new(&e))))?;
+        replace_file(&self.dir, SNAPSHOT_FILE, &bytes).map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(
+                None,
+                openraft::AnyError::new(&e),
+            ))
+        })?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -372,7 +385,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::default(),
                 EntryPayload::Normal(command) => CommandResult {
-                    error: self.state.metadata.apply(entry.log_id.index, &command).err(),
+                    error: self
+                        .state
+                        .metadata
+                        .apply(entry.log_id.index, &command)
+                        .err(),
                     index: entry.log_id.index,
                 },
                 EntryPayload::Membership(membership) => {
@@ -405,8 +422,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<RaftNodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let mut stored: StoredSnapshot = serde_json::from_slice(snapshot.get_ref())
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, openraft::AnyError::new(&e))))?;
+        let mut stored: StoredSnapshot =
+            serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(
+                    None,
+                    openraft::AnyError::new(&e),
+                ))
+            })?;
         stored.meta = Some(meta.clone());
         stored.last_applied = meta.last_log_id;
         stored.membership = meta.last_membership.clone();
@@ -420,11 +442,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(bytes) = self.snapshot.clone().or_else(|| std::fs::read(self.dir.join(SNAPSHOT_FILE)).ok()) else {
+        let Some(bytes) = self
+            .snapshot
+            .clone()
+            .or_else(|| std::fs::read(self.dir.join(SNAPSHOT_FILE)).ok())
+        else {
             return Ok(None);
         };
-        let stored: StoredSnapshot = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, openraft::AnyError::new(&e))))?;
+        let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                None,
+                openraft::AnyError::new(&e),
+            ))
+        })?;
         Ok(stored.meta.map(|meta| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -463,7 +493,9 @@ mod tests {
     #[test]
     fn the_log_and_vote_survive_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let mut log = LogStore::open(dir.path()).unwrap();
             log.save_vote(&Vote::new(3, 1)).await.unwrap();
@@ -475,12 +507,20 @@ mod tests {
                 inner.file.write_all(&bytes).unwrap();
                 inner.entries.insert(index, entry(1, index));
             }
-            log.purge(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 1)).await.unwrap();
+            log.purge(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                1,
+            ))
+            .await
+            .unwrap();
             drop(log);
             // A crash mid-append: half a record at the end.
             let mut half = Vec::new();
             encode_record(&LogRecord::Entry(entry(1, 4)), &mut half);
-            let mut file = std::fs::OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap();
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(LOG_FILE))
+                .unwrap();
             file.write_all(&half[..half.len() / 2]).unwrap();
             drop(file);
             let mut log = LogStore::open(dir.path()).unwrap();
@@ -489,7 +529,10 @@ mod tests {
             assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(1));
             assert_eq!(state.last_log_id.map(|id| id.index), Some(3));
             let entries = log.try_get_log_entries(0..10).await.unwrap();
-            assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![2, 3]);
+            assert_eq!(
+                entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                vec![2, 3]
+            );
         });
     }
 

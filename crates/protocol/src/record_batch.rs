@@ -433,7 +433,12 @@ pub fn assemble_batch(out: &mut Vec<u8>, fields: &BatchFields, records: &[u8]) {
 /// `records` are the kept records as stored (uncompressed, each record's own
 /// offset and timestamp deltas unchanged), compressed again with the batch's
 /// codec. `max_timestamp` is the largest timestamp among them.
-pub fn rebuild_batch(header: &BatchHeader, records: &[u8], count: i32, max_timestamp: i64) -> Vec<u8> {
+pub fn rebuild_batch(
+    header: &BatchHeader,
+    records: &[u8],
+    count: i32,
+    max_timestamp: i64,
+) -> Vec<u8> {
     let codec = Codec::from_id(header.compression()).unwrap_or(Codec::None);
     let compressed;
     let section = if codec == Codec::None {

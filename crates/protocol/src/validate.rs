@@ -82,10 +82,9 @@ impl fmt::Display for RecordFault {
             RecordFault::SizeMismatch => write!(f, "the record's fields do not fill its length"),
             RecordFault::RecordsMissing => write!(f, "fewer records than records_count"),
             RecordFault::TrailingBytes => write!(f, "bytes after the last record"),
-            RecordFault::KeyMissing => write!(
-                f,
-                "a compacted topic cannot accept a record without a key"
-            ),
+            RecordFault::KeyMissing => {
+                write!(f, "a compacted topic cannot accept a record without a key")
+            }
         }
     }
 }

@@ -19,9 +19,15 @@ pub const CONTROLLER_DIR: &str = "controller";
 /// this node), its internal listener on an ephemeral loopback port that no
 /// other node dials. Raft ids are Kafka node ids + 1 (openraft's default
 /// vote is node 0's).
-pub fn start_single_node_controller(settings: &BrokerSettings) -> Result<(ControllerHandle, String), String> {
+pub fn start_single_node_controller(
+    settings: &BrokerSettings,
+) -> Result<(ControllerHandle, String), String> {
     let internal = "127.0.0.1:0".to_string();
-    start_controller(settings, &BTreeMap::from([(settings.node_id, internal.clone())]), &internal)
+    start_controller(
+        settings,
+        &BTreeMap::from([(settings.node_id, internal.clone())]),
+        &internal,
+    )
 }
 
 /// Starts this node's controller voter among `voters` (node id → internal
@@ -38,8 +44,10 @@ pub fn start_controller(
         .cloned()
         .unwrap_or_else(|| internal.to_string());
     let raft_id = settings.node_id as u64 + 1;
-    let voters: BTreeMap<u64, String> =
-        voters.iter().map(|(id, addr)| (*id as u64 + 1, addr.clone())).collect();
+    let voters: BTreeMap<u64, String> = voters
+        .iter()
+        .map(|(id, addr)| (*id as u64 + 1, addr.clone()))
+        .collect();
     let mut config = sluice_cluster::controller::ControllerConfig::new(
         raft_id,
         voters,
@@ -77,7 +85,11 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) 
                 configs: topic.configs.clone(),
                 leaders: topic.partitions.iter().map(|p| p.leader).collect(),
                 leader_epochs: topic.partitions.iter().map(|p| p.leader_epoch).collect(),
-                replicas: topic.partitions.iter().map(|p| p.replicas.clone()).collect(),
+                replicas: topic
+                    .partitions
+                    .iter()
+                    .map(|p| p.replicas.clone())
+                    .collect(),
             };
             (name.clone(), Arc::new(meta))
         })
@@ -150,13 +162,20 @@ pub fn bootstrap(
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    store.publish(snapshot_of(&controller.metadata(), shard_count, settings.node_id));
+    store.publish(snapshot_of(
+        &controller.metadata(),
+        shard_count,
+        settings.node_id,
+    ));
     store.set_applied_index(controller.metadata().applied);
     Ok(())
 }
 
 /// Sends a message to every shard and waits for all.
-async fn broadcast(peers: &[flume::Sender<ShardMsg>], message: impl Fn(flume::Sender<()>) -> ShardMsg) {
+async fn broadcast(
+    peers: &[flume::Sender<ShardMsg>],
+    message: impl Fn(flume::Sender<()>) -> ShardMsg,
+) {
     let mut answers = Vec::new();
     for peer in peers {
         let (reply, answer) = flume::bounded(1);
@@ -216,15 +235,27 @@ pub async fn follow(
             dropped.extend(gone.into_values().cloned());
             for topic in dropped {
                 tracing::info!(topic = %topic.name, "topic deleted");
-                broadcast(&peers, |reply| ShardMsg::DropTopic { topic: topic.clone(), reply }).await;
+                broadcast(&peers, |reply| ShardMsg::DropTopic {
+                    topic: topic.clone(),
+                    reply,
+                })
+                .await;
             }
             for topic in opened {
                 tracing::info!(topic = %topic.name, partitions = topic.partition_count(), "topic created or grown");
-                broadcast(&peers, |reply| ShardMsg::OpenTopic { topic: topic.clone(), reply }).await;
+                broadcast(&peers, |reply| ShardMsg::OpenTopic {
+                    topic: topic.clone(),
+                    reply,
+                })
+                .await;
             }
             for topic in changed {
                 tracing::info!(topic = %topic.name, configs = ?topic.configs, "topic configs changed");
-                broadcast(&peers, |reply| ShardMsg::TopicConfigChanged { topic: topic.clone(), reply }).await;
+                broadcast(&peers, |reply| ShardMsg::TopicConfigChanged {
+                    topic: topic.clone(),
+                    reply,
+                })
+                .await;
             }
         }
         store.set_applied_index(index.max(cluster.applied));

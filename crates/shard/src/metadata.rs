@@ -145,7 +145,8 @@ impl MetadataStore {
     }
 
     pub fn set_applied_index(&self, index: u64) {
-        self.applied.store(index, std::sync::atomic::Ordering::Release);
+        self.applied
+            .store(index, std::sync::atomic::Ordering::Release);
     }
 
     /// The legacy file's path (renamed once its topics are imported).

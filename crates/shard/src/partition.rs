@@ -41,9 +41,13 @@ impl<D: StorageDir + 'static> Partition<D> {
             .await
             .map_err(|e| format!("opening partition {name}: {e}"))?;
         let mut producers = PartitionProducers::default();
-        rebuild_producers(&log, &mut producers, &dir.join(crate::producers::SNAPSHOT_FILE))
-            .await
-            .map_err(|e| format!("partition {name}: {e}"))?;
+        rebuild_producers(
+            &log,
+            &mut producers,
+            &dir.join(crate::producers::SNAPSHOT_FILE),
+        )
+        .await
+        .map_err(|e| format!("partition {name}: {e}"))?;
         Ok(Partition {
             log,
             config: Cell::new(config),
@@ -132,16 +136,11 @@ impl<D: StorageDir + 'static> Partition<D> {
     }
 
     /// Appends a batch already accepted by the producer-sequence check.
-    async fn append_checked(
-        &self,
-        records: bytes::Bytes,
-        header: &BatchHeader,
-    ) -> ProduceOutcome {
+    async fn append_checked(&self, records: bytes::Bytes, header: &BatchHeader) -> ProduceOutcome {
         let outcome = self.append_unchecked(records).await;
         if outcome.error_code == error_code::NONE {
             let last_offset = outcome.base_offset + header.last_offset_delta as i64;
-            self
-                .producers
+            self.producers
                 .confirm(header, outcome.base_offset, last_offset);
         } else {
             self.producers.forget(header);
@@ -149,10 +148,7 @@ impl<D: StorageDir + 'static> Partition<D> {
         outcome
     }
 
-    async fn append_unchecked(
-        &self,
-        records: bytes::Bytes,
-    ) -> ProduceOutcome {
+    async fn append_unchecked(&self, records: bytes::Bytes) -> ProduceOutcome {
         let log = &self.log;
         let fail = |code: i16, message: String| self.refused(code, message);
         let log_append_time_ms = self
@@ -166,15 +162,13 @@ impl<D: StorageDir + 'static> Partition<D> {
         };
         let result = log.append(&records, options).await;
         match result {
-            Ok(info) => {
-                ProduceOutcome {
-                    error_code: error_code::NONE,
-                    error_message: None,
-                    base_offset: info.base_offset,
-                    log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
-                    log_start_offset: info.log_start_offset,
-                }
-            }
+            Ok(info) => ProduceOutcome {
+                error_code: error_code::NONE,
+                error_message: None,
+                base_offset: info.base_offset,
+                log_append_time_ms: info.log_append_time_ms.unwrap_or(-1),
+                log_start_offset: info.log_start_offset,
+            },
             Err(e) => {
                 if !matches!(e, LogError::InvalidBatch(_)) {
                     tracing::warn!(partition = log.name(), error = %e, "append failed");
@@ -184,12 +178,7 @@ impl<D: StorageDir + 'static> Partition<D> {
         }
     }
 
-    pub async fn fetch(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        strict: bool,
-    ) -> FetchOutcome {
+    pub async fn fetch(&self, offset: i64, max_bytes: usize, strict: bool) -> FetchOutcome {
         let log = &self.log;
         match log.read(offset, max_bytes.max(1)).await {
             Ok(read) => {
@@ -252,7 +241,11 @@ impl<D: StorageDir + 'static> Partition<D> {
     /// DeleteRecords: the log start moves up to `before` (-1: the high
     /// watermark); the answer is (error code, low watermark).
     pub async fn delete_records(&self, before: i64) -> (i16, i64) {
-        let before = if before == -1 { self.log.high_watermark() } else { before };
+        let before = if before == -1 {
+            self.log.high_watermark()
+        } else {
+            before
+        };
         match self.log.delete_records_before(before).await {
             Ok(low_watermark) => (error_code::NONE, low_watermark),
             Err(e) => (log_error_code(&e), -1),
@@ -401,7 +394,14 @@ mod tests {
             .spawn(|| async {
                 let storage = MemDir::new();
                 let dir = tempfile::tempdir().unwrap();
-                let open = || Partition::open(storage.clone(), config(), "p-0".into(), dir.path().to_path_buf());
+                let open = || {
+                    Partition::open(
+                        storage.clone(),
+                        config(),
+                        "p-0".into(),
+                        dir.path().to_path_buf(),
+                    )
+                };
                 let partition = open().await.unwrap();
                 assert_eq!(partition.produce(batch(0)).await.base_offset, 0);
                 assert_eq!(partition.produce(batch(2)).await.base_offset, 2);
@@ -420,8 +420,14 @@ mod tests {
                 assert_eq!(partition.produce(batch(4)).await.base_offset, 4);
                 assert_eq!(partition.log.high_watermark(), 6);
                 // Too large for max.message.bytes, refused before the log.
-                partition.apply_config(EffectiveTopicConfig { max_message_bytes: 10, ..config() });
-                assert_eq!(partition.produce(batch(6)).await.error_code, error_code::MESSAGE_TOO_LARGE);
+                partition.apply_config(EffectiveTopicConfig {
+                    max_message_bytes: 10,
+                    ..config()
+                });
+                assert_eq!(
+                    partition.produce(batch(6)).await.error_code,
+                    error_code::MESSAGE_TOO_LARGE
+                );
             })
             .unwrap()
             .join()

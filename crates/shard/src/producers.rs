@@ -397,6 +397,9 @@ mod tests {
         assert_eq!(ids.floor, 3000);
         assert_eq!(ids.take(), None);
         ids.add_block(3000, 3002);
-        assert_eq!((ids.take(), ids.take(), ids.take()), (Some(3000), Some(3001), None));
+        assert_eq!(
+            (ids.take(), ids.take(), ids.take()),
+            (Some(3000), Some(3001), None)
+        );
     }
 }

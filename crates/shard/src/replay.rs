@@ -88,10 +88,19 @@ impl World {
         let (stop, stopped) = glommio::channels::local_channel::new_bounded::<()>(1);
         let shard = executor.run(async move {
             let follower = controller.clone();
-            let shard = Rc::new(Shard::new(0, settings, metadata.clone(), vec![sender.clone()], controller));
-            follower
-                .runtime()
-                .spawn(crate::cluster_link::follow(follower.clone(), metadata, vec![sender], 0));
+            let shard = Rc::new(Shard::new(
+                0,
+                settings,
+                metadata.clone(),
+                vec![sender.clone()],
+                controller,
+            ));
+            follower.runtime().spawn(crate::cluster_link::follow(
+                follower.clone(),
+                metadata,
+                vec![sender],
+                0,
+            ));
             let inbox_shard = Rc::downgrade(&shard);
             glommio::spawn_local(async move {
                 loop {

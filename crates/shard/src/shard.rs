@@ -7,13 +7,13 @@ use crate::groups::offsets::{coordinator_shard, OffsetStore};
 use crate::log_limit::LogLimiter;
 use crate::memory::MemoryBudget;
 use crate::mesh::{
-    FetchOutcome, GroupInfo, ListOffsetsOutcome, PartitionOp, PartitionReply,
-    ProduceOutcome, ShardMsg,
+    FetchOutcome, GroupInfo, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome,
+    ShardMsg,
 };
 use crate::metadata::{MetadataStore, Snapshot, TopicMeta};
+use crate::partition::Partition;
 use crate::producers::ProducerIds;
 use crate::settings::BrokerSettings;
-use crate::partition::Partition;
 use crate::storage_dir::{open_dir, Dir};
 use crate::topic_config::effective;
 use sluice_protocol::api::error_code;
@@ -168,7 +168,11 @@ impl Shard {
 
     /// Sends `message` (built around a reply channel) to shard `owner` and
     /// waits for the answer; `None` if that shard is gone or dropped it.
-    async fn ask<T>(&self, owner: usize, message: impl FnOnce(flume::Sender<T>) -> ShardMsg) -> Option<T> {
+    async fn ask<T>(
+        &self,
+        owner: usize,
+        message: impl FnOnce(flume::Sender<T>) -> ShardMsg,
+    ) -> Option<T> {
         let (reply, answer) = flume::bounded(1);
         self.peers[owner].send_async(message(reply)).await.ok()?;
         answer.recv_async().await.ok()
@@ -333,7 +337,11 @@ impl Shard {
     }
 
     /// The partition's entry if this shard owns it (opening it if needed).
-    pub(crate) async fn local_partition(&self, topic: &str, partition: i32) -> Option<Rc<PartitionEntry>> {
+    pub(crate) async fn local_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Rc<PartitionEntry>> {
         if let Some(entry) = self
             .partitions
             .borrow()
@@ -388,7 +396,12 @@ impl Shard {
         }
     }
 
-    pub(crate) async fn execute(&self, topic: &str, partition: i32, op: PartitionOp) -> PartitionReply {
+    pub(crate) async fn execute(
+        &self,
+        topic: &str,
+        partition: i32,
+        op: PartitionOp,
+    ) -> PartitionReply {
         let entry = self
             .partitions
             .borrow()
@@ -500,7 +513,6 @@ impl Shard {
         )
         .await
     }
-
 }
 
 fn unknown_partition_reply(op: &PartitionOp) -> PartitionReply {
@@ -537,4 +549,3 @@ fn storage_error_reply() -> PartitionReply {
         ..Default::default()
     })
 }
-

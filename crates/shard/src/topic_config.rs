@@ -90,37 +90,223 @@ use Support::{DefaultOnly, Honoured};
 /// Every topic config of Kafka 3.7, in its order (what `kafka-configs
 /// --describe --all` lists for a topic).
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
-    def(CLEANUP_POLICY, Some("log.cleanup.policy"), Honoured, "delete", Check::Policy),
-    def("compression.type", Some("compression.type"), DefaultOnly, "producer", Check::Text),
-    def(DELETE_RETENTION_MS, Some("log.cleaner.delete.retention.ms"), Honoured, "86400000", Check::Long(0)),
-    def("file.delete.delay.ms", Some("log.segment.delete.delay.ms"), DefaultOnly, "60000", Check::Long(0)),
-    def("flush.messages", Some("log.flush.interval.messages"), DefaultOnly, LONG_MAX, Check::Long(1)),
-    def("flush.ms", Some("log.flush.interval.ms"), DefaultOnly, LONG_MAX, Check::Long(0)),
-    def("follower.replication.throttled.replicas", None, DefaultOnly, "", Check::Text),
-    def(INDEX_INTERVAL_BYTES, Some("log.index.interval.bytes"), Honoured, "4096", Check::Int(1)),
-    def("leader.replication.throttled.replicas", None, DefaultOnly, "", Check::Text),
-    def("local.retention.bytes", Some("log.local.retention.bytes"), DefaultOnly, "-2", Check::Long(-2)),
-    def("local.retention.ms", Some("log.local.retention.ms"), DefaultOnly, "-2", Check::Long(-2)),
-    def(MAX_COMPACTION_LAG_MS, Some("log.cleaner.max.compaction.lag.ms"), Honoured, LONG_MAX, Check::Long(1)),
-    def(MAX_MESSAGE_BYTES, Some("message.max.bytes"), Honoured, "1048588", Check::Int(0)),
-    def("message.downconversion.enable", Some("log.message.downconversion.enable"), DefaultOnly, "true", Check::Bool),
-    def("message.format.version", Some("log.message.format.version"), DefaultOnly, "3.0-IV1", Check::Text),
-    def("message.timestamp.after.max.ms", Some("log.message.timestamp.after.max.ms"), DefaultOnly, LONG_MAX, Check::Long(0)),
-    def("message.timestamp.before.max.ms", Some("log.message.timestamp.before.max.ms"), DefaultOnly, LONG_MAX, Check::Long(0)),
-    def("message.timestamp.difference.max.ms", Some("log.message.timestamp.difference.max.ms"), DefaultOnly, LONG_MAX, Check::Long(0)),
-    def(MESSAGE_TIMESTAMP_TYPE, Some("log.message.timestamp.type"), Honoured, "CreateTime", Check::OneOf(&["CreateTime", "LogAppendTime"])),
-    def(MIN_CLEANABLE_DIRTY_RATIO, Some("log.cleaner.min.cleanable.ratio"), Honoured, "0.5", Check::Ratio),
-    def(MIN_COMPACTION_LAG_MS, Some("log.cleaner.min.compaction.lag.ms"), Honoured, "0", Check::Long(0)),
-    def(MIN_INSYNC_REPLICAS, Some("min.insync.replicas"), Honoured, "1", Check::Int(1)),
-    def("preallocate", Some("log.preallocate"), DefaultOnly, "false", Check::Bool),
-    def("remote.storage.enable", None, DefaultOnly, "false", Check::Bool),
-    def(RETENTION_BYTES, Some("log.retention.bytes"), Honoured, "-1", Check::Long(-1)),
-    def(RETENTION_MS, Some("log.retention.ms"), Honoured, "604800000", Check::Long(-1)),
-    def(SEGMENT_BYTES, Some("log.segment.bytes"), Honoured, "1073741824", Check::Int(sluice_storage::config::SEGMENT_BYTES_MIN as i32)),
-    def("segment.index.bytes", Some("log.index.size.max.bytes"), DefaultOnly, "10485760", Check::Int(4)),
-    def("segment.jitter.ms", Some("log.roll.jitter.ms"), DefaultOnly, "0", Check::Long(0)),
-    def(SEGMENT_MS, Some("log.roll.ms"), Honoured, "604800000", Check::Long(1)),
-    def(UNCLEAN_LEADER_ELECTION_ENABLE, Some("unclean.leader.election.enable"), Honoured, "false", Check::Bool),
+    def(
+        CLEANUP_POLICY,
+        Some("log.cleanup.policy"),
+        Honoured,
+        "delete",
+        Check::Policy,
+    ),
+    def(
+        "compression.type",
+        Some("compression.type"),
+        DefaultOnly,
+        "producer",
+        Check::Text,
+    ),
+    def(
+        DELETE_RETENTION_MS,
+        Some("log.cleaner.delete.retention.ms"),
+        Honoured,
+        "86400000",
+        Check::Long(0),
+    ),
+    def(
+        "file.delete.delay.ms",
+        Some("log.segment.delete.delay.ms"),
+        DefaultOnly,
+        "60000",
+        Check::Long(0),
+    ),
+    def(
+        "flush.messages",
+        Some("log.flush.interval.messages"),
+        DefaultOnly,
+        LONG_MAX,
+        Check::Long(1),
+    ),
+    def(
+        "flush.ms",
+        Some("log.flush.interval.ms"),
+        DefaultOnly,
+        LONG_MAX,
+        Check::Long(0),
+    ),
+    def(
+        "follower.replication.throttled.replicas",
+        None,
+        DefaultOnly,
+        "",
+        Check::Text,
+    ),
+    def(
+        INDEX_INTERVAL_BYTES,
+        Some("log.index.interval.bytes"),
+        Honoured,
+        "4096",
+        Check::Int(1),
+    ),
+    def(
+        "leader.replication.throttled.replicas",
+        None,
+        DefaultOnly,
+        "",
+        Check::Text,
+    ),
+    def(
+        "local.retention.bytes",
+        Some("log.local.retention.bytes"),
+        DefaultOnly,
+        "-2",
+        Check::Long(-2),
+    ),
+    def(
+        "local.retention.ms",
+        Some("log.local.retention.ms"),
+        DefaultOnly,
+        "-2",
+        Check::Long(-2),
+    ),
+    def(
+        MAX_COMPACTION_LAG_MS,
+        Some("log.cleaner.max.compaction.lag.ms"),
+        Honoured,
+        LONG_MAX,
+        Check::Long(1),
+    ),
+    def(
+        MAX_MESSAGE_BYTES,
+        Some("message.max.bytes"),
+        Honoured,
+        "1048588",
+        Check::Int(0),
+    ),
+    def(
+        "message.downconversion.enable",
+        Some("log.message.downconversion.enable"),
+        DefaultOnly,
+        "true",
+        Check::Bool,
+    ),
+    def(
+        "message.format.version",
+        Some("log.message.format.version"),
+        DefaultOnly,
+        "3.0-IV1",
+        Check::Text,
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        Some("log.message.timestamp.after.max.ms"),
+        DefaultOnly,
+        LONG_MAX,
+        Check::Long(0),
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        Some("log.message.timestamp.before.max.ms"),
+        DefaultOnly,
+        LONG_MAX,
+        Check::Long(0),
+    ),
+    def(
+        "message.timestamp.difference.max.ms",
+        Some("log.message.timestamp.difference.max.ms"),
+        DefaultOnly,
+        LONG_MAX,
+        Check::Long(0),
+    ),
+    def(
+        MESSAGE_TIMESTAMP_TYPE,
+        Some("log.message.timestamp.type"),
+        Honoured,
+        "CreateTime",
+        Check::OneOf(&["CreateTime", "LogAppendTime"]),
+    ),
+    def(
+        MIN_CLEANABLE_DIRTY_RATIO,
+        Some("log.cleaner.min.cleanable.ratio"),
+        Honoured,
+        "0.5",
+        Check::Ratio,
+    ),
+    def(
+        MIN_COMPACTION_LAG_MS,
+        Some("log.cleaner.min.compaction.lag.ms"),
+        Honoured,
+        "0",
+        Check::Long(0),
+    ),
+    def(
+        MIN_INSYNC_REPLICAS,
+        Some("min.insync.replicas"),
+        Honoured,
+        "1",
+        Check::Int(1),
+    ),
+    def(
+        "preallocate",
+        Some("log.preallocate"),
+        DefaultOnly,
+        "false",
+        Check::Bool,
+    ),
+    def(
+        "remote.storage.enable",
+        None,
+        DefaultOnly,
+        "false",
+        Check::Bool,
+    ),
+    def(
+        RETENTION_BYTES,
+        Some("log.retention.bytes"),
+        Honoured,
+        "-1",
+        Check::Long(-1),
+    ),
+    def(
+        RETENTION_MS,
+        Some("log.retention.ms"),
+        Honoured,
+        "604800000",
+        Check::Long(-1),
+    ),
+    def(
+        SEGMENT_BYTES,
+        Some("log.segment.bytes"),
+        Honoured,
+        "1073741824",
+        Check::Int(sluice_storage::config::SEGMENT_BYTES_MIN as i32),
+    ),
+    def(
+        "segment.index.bytes",
+        Some("log.index.size.max.bytes"),
+        DefaultOnly,
+        "10485760",
+        Check::Int(4),
+    ),
+    def(
+        "segment.jitter.ms",
+        Some("log.roll.jitter.ms"),
+        DefaultOnly,
+        "0",
+        Check::Long(0),
+    ),
+    def(
+        SEGMENT_MS,
+        Some("log.roll.ms"),
+        Honoured,
+        "604800000",
+        Check::Long(1),
+    ),
+    def(
+        UNCLEAN_LEADER_ELECTION_ENABLE,
+        Some("unclean.leader.election.enable"),
+        Honoured,
+        "false",
+        Check::Bool,
+    ),
 ];
 
 /// DescribeConfigs config_type of a list (cleanup.policy).
@@ -165,7 +351,10 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         Check::Int(min) => {
             long(min as i64)?;
             if value.trim().parse::<i32>().is_err() {
-                return Err(format!("{key}: `{value}` is above the maximum {}", i32::MAX));
+                return Err(format!(
+                    "{key}: `{value}` is above the maximum {}",
+                    i32::MAX
+                ));
             }
         }
         Check::Ratio => match value.trim().parse::<f64>() {
@@ -173,19 +362,27 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
             _ => return Err(format!("{key}: `{value}` is not a number in 0..1")),
         },
         Check::Bool => {
-            if !value.trim().eq_ignore_ascii_case("true") && !value.trim().eq_ignore_ascii_case("false") {
+            if !value.trim().eq_ignore_ascii_case("true")
+                && !value.trim().eq_ignore_ascii_case("false")
+            {
                 return Err(format!("{key}: `{value}` is not true or false"));
             }
         }
         Check::OneOf(words) => {
             if !words.contains(&value) {
-                return Err(format!("{key}: `{value}` is not one of {}", words.join(", ")));
+                return Err(format!(
+                    "{key}: `{value}` is not one of {}",
+                    words.join(", ")
+                ));
             }
         }
         Check::Policy => {
             let parts: Vec<&str> = value.split(',').map(str::trim).collect();
-            if parts.iter().any(|p| !matches!(*p, "delete" | "compact")) || value.trim().is_empty() {
-                return Err(format!("{key}: `{value}` is not a list of `delete` and `compact`"));
+            if parts.iter().any(|p| !matches!(*p, "delete" | "compact")) || value.trim().is_empty()
+            {
+                return Err(format!(
+                    "{key}: `{value}` is not a list of `delete` and `compact`"
+                ));
             }
         }
         Check::Text => {}
@@ -217,7 +414,10 @@ fn broker_default(settings: &BrokerSettings, def: &TopicConfigDef) -> (String, b
         RETENTION_MS => Some(log.retention_ms.map_or(-1, |v| v as i64).to_string()),
         RETENTION_BYTES => Some(log.retention_bytes.map_or(-1, |v| v as i64).to_string()),
         SEGMENT_BYTES => Some(log.segment_bytes.to_string()),
-        SEGMENT_MS => Some(log.segment_ms.map_or(LONG_MAX.to_string(), |v| v.to_string())),
+        SEGMENT_MS => Some(
+            log.segment_ms
+                .map_or(LONG_MAX.to_string(), |v| v.to_string()),
+        ),
         INDEX_INTERVAL_BYTES => Some(log.index_interval_bytes.to_string()),
         MAX_MESSAGE_BYTES => Some(settings.max_message_bytes.to_string()),
         _ => None,
@@ -243,14 +443,25 @@ pub struct EffectiveTopicConfig {
     pub min_insync_replicas: i32,
 }
 
-fn value<'a>(settings: &BrokerSettings, configs: &'a BTreeMap<String, String>, key: &str) -> std::borrow::Cow<'a, str> {
+fn value<'a>(
+    settings: &BrokerSettings,
+    configs: &'a BTreeMap<String, String>,
+    key: &str,
+) -> std::borrow::Cow<'a, str> {
     match configs.get(key) {
         Some(v) => std::borrow::Cow::Borrowed(v.trim()),
-        None => std::borrow::Cow::Owned(broker_default(settings, find(key).expect("a known config")).0),
+        None => {
+            std::borrow::Cow::Owned(broker_default(settings, find(key).expect("a known config")).0)
+        }
     }
 }
 
-fn number<T: std::str::FromStr>(settings: &BrokerSettings, configs: &BTreeMap<String, String>, key: &str, fallback: T) -> T {
+fn number<T: std::str::FromStr>(
+    settings: &BrokerSettings,
+    configs: &BTreeMap<String, String>,
+    key: &str,
+    fallback: T,
+) -> T {
     value(settings, configs, key).parse().unwrap_or(fallback)
 }
 
@@ -263,7 +474,10 @@ pub struct ProduceRules {
     pub min_insync_replicas: i32,
 }
 
-pub fn produce_rules(settings: &BrokerSettings, configs: &BTreeMap<String, String>) -> ProduceRules {
+pub fn produce_rules(
+    settings: &BrokerSettings,
+    configs: &BTreeMap<String, String>,
+) -> ProduceRules {
     ProduceRules {
         max_message_bytes: configs
             .get(MAX_MESSAGE_BYTES)
@@ -279,7 +493,10 @@ pub fn produce_rules(settings: &BrokerSettings, configs: &BTreeMap<String, Strin
     }
 }
 
-pub fn effective(settings: &BrokerSettings, configs: &BTreeMap<String, String>) -> EffectiveTopicConfig {
+pub fn effective(
+    settings: &BrokerSettings,
+    configs: &BTreeMap<String, String>,
+) -> EffectiveTopicConfig {
     let mut log = settings.log;
     let policy = value(settings, configs, CLEANUP_POLICY);
     let compact = policy.split(',').any(|p| p.trim() == "compact");
@@ -292,7 +509,13 @@ pub fn effective(settings: &BrokerSettings, configs: &BTreeMap<String, String>) 
     log.segment_bytes = number(settings, configs, SEGMENT_BYTES, log.segment_bytes);
     let segment_ms: i64 = number(settings, configs, SEGMENT_MS, i64::MAX);
     log.segment_ms = (segment_ms < i64::MAX).then_some(segment_ms.max(1) as u64);
-    log.index_interval_bytes = number(settings, configs, INDEX_INTERVAL_BYTES, log.index_interval_bytes).max(1);
+    log.index_interval_bytes = number(
+        settings,
+        configs,
+        INDEX_INTERVAL_BYTES,
+        log.index_interval_bytes,
+    )
+    .max(1);
     EffectiveTopicConfig {
         log,
         max_message_bytes: produce_rules(settings, configs).max_message_bytes,
@@ -394,7 +617,10 @@ pub fn describe_broker(settings: &BrokerSettings) -> Vec<Described> {
             synonyms: Vec::new(),
         })
         .collect();
-    let listener = format!("PLAINTEXT://{}:{}", settings.advertised_host, settings.advertised_port);
+    let listener = format!(
+        "PLAINTEXT://{}:{}",
+        settings.advertised_host, settings.advertised_port
+    );
     let statics: [(&str, String); 12] = [
         ("broker.id", settings.node_id.to_string()),
         ("node.id", settings.node_id.to_string()),
@@ -402,12 +628,27 @@ pub fn describe_broker(settings: &BrokerSettings) -> Vec<Described> {
         ("listeners", listener),
         ("log.dirs", settings.data_dir.display().to_string()),
         ("num.partitions", settings.default_partitions.to_string()),
-        ("auto.create.topics.enable", settings.auto_create_topics.to_string()),
+        (
+            "auto.create.topics.enable",
+            settings.auto_create_topics.to_string(),
+        ),
         ("default.replication.factor", "1".into()),
-        ("offsets.retention.minutes", (settings.offsets_retention_ms / 60_000).to_string()),
-        ("connections.max.idle.ms", settings.connections_max_idle_ms.to_string()),
-        ("socket.request.max.bytes", settings.max_frame_bytes.to_string()),
-        ("log.cleaner.dedupe.buffer.size", settings.log_cleaner_dedupe_buffer_bytes.to_string()),
+        (
+            "offsets.retention.minutes",
+            (settings.offsets_retention_ms / 60_000).to_string(),
+        ),
+        (
+            "connections.max.idle.ms",
+            settings.connections_max_idle_ms.to_string(),
+        ),
+        (
+            "socket.request.max.bytes",
+            settings.max_frame_bytes.to_string(),
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            settings.log_cleaner_dedupe_buffer_bytes.to_string(),
+        ),
     ];
     for (name, value) in statics {
         out.push(Described {
@@ -432,15 +673,21 @@ mod tests {
     fn honoured_configs_take_any_valid_value_others_only_their_default() {
         assert!(validate(CLEANUP_POLICY, "compact,delete").is_ok());
         assert!(validate(CLEANUP_POLICY, "compact, delete").is_ok());
-        assert!(validate(CLEANUP_POLICY, "shred").unwrap_err().contains(CLEANUP_POLICY));
+        assert!(validate(CLEANUP_POLICY, "shred")
+            .unwrap_err()
+            .contains(CLEANUP_POLICY));
         assert!(validate(MIN_CLEANABLE_DIRTY_RATIO, "0.1").is_ok());
         assert!(validate(MIN_CLEANABLE_DIRTY_RATIO, "1.5").is_err());
         assert!(validate(RETENTION_MS, "-1").is_ok());
         assert!(validate(RETENTION_MS, "-2").is_err());
         assert!(validate("preallocate", "false").is_ok());
-        assert!(validate("preallocate", "true").unwrap_err().contains("does not implement"));
+        assert!(validate("preallocate", "true")
+            .unwrap_err()
+            .contains("does not implement"));
         assert!(validate("remote.storage.enable", "true").is_err());
-        assert!(validate("no.such.config", "1").unwrap_err().contains("no.such.config"));
+        assert!(validate("no.such.config", "1")
+            .unwrap_err()
+            .contains("no.such.config"));
         assert!(validate(MAX_MESSAGE_BYTES, "99999999999").is_err());
         assert_eq!(TOPIC_CONFIGS.len(), 31);
     }

@@ -47,7 +47,13 @@ impl Shard {
         let cluster = self.controller.metadata();
         let place = |partitions: usize, name: &str| -> Option<Vec<Vec<i32>>> {
             let mut counts = cluster.replica_counts();
-            sluice_cluster::place(&cluster.live_nodes(), &mut counts, partitions, 1, fnv(name) as usize)
+            sluice_cluster::place(
+                &cluster.live_nodes(),
+                &mut counts,
+                partitions,
+                1,
+                fnv(name) as usize,
+            )
         };
         let command = match op {
             AdminOp::CreateTopic {

@@ -183,7 +183,10 @@ impl<'a, F: StorageFile> BatchCursor<'a, F> {
         let header = BatchHeader::parse(&self.chunk[at..]).map_err(|e| e.to_string())?;
         let total = header.total_bytes();
         if total > left {
-            return Err(format!("batch at {} runs past the segment end", self.position));
+            return Err(format!(
+                "batch at {} runs past the segment end",
+                self.position
+            ));
         }
         if at + total > self.chunk.len() {
             self.load(total.max(IO_CHUNK_BYTES).min(left)).await?;
@@ -223,7 +226,8 @@ impl<D: StorageDir> SegmentWriter<D> {
         while !bytes.is_empty() {
             let room = IO_CHUNK_BYTES - self.filled;
             let take = room.min(bytes.len());
-            self.buf.as_bytes_mut()[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.buf.as_bytes_mut()[self.filled..self.filled + take]
+                .copy_from_slice(&bytes[..take]);
             self.filled += take;
             bytes = &bytes[take..];
             if self.filled == IO_CHUNK_BYTES {
@@ -362,7 +366,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 continue;
             }
             let mut cursor = BatchCursor::new(&*segment.file, segment.size);
-            while let Some((_, batch)) = cursor.next().await.map_err(|e| corrupt(segment.base, e))? {
+            while let Some((_, batch)) =
+                cursor.next().await.map_err(|e| corrupt(segment.base, e))?
+            {
                 // Decompressing and hashing is CPU work: let requests in between batches.
                 glommio::yield_if_needed().await;
                 throttle.account(batch.len()).await;
@@ -398,13 +404,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         };
         let horizon = now_ms.saturating_sub(config.delete_retention_ms);
         for segment in plan.segments.iter().filter(|s| s.base < map_end) {
-            let keep = Keep { map: &map, map_end, horizon };
+            let keep = Keep {
+                map: &map,
+                map_end,
+                horizon,
+            };
             self.rewrite_segment(segment, &keep, &mut scratch, &mut throttle, &mut stats)
                 .await?;
         }
         drop(map);
         // 5. Everything below map_end is compacted.
-        self.persist_offset_file(CLEANER_OFFSET_FILE, map_end).await?;
+        self.persist_offset_file(CLEANER_OFFSET_FILE, map_end)
+            .await?;
         self.state.borrow_mut().cleaner_offset = Some(map_end);
         tracing::info!(log = %self.name, segments = stats.segments_rewritten, bytes_before = stats.bytes_before,
             bytes_after = stats.bytes_after, records_removed = stats.records_removed,
@@ -520,7 +531,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         if header.is_log_append_time() {
                             max_timestamp = header.max_timestamp;
                         }
-                        Some(rebuild_batch(&header, &kept, kept_count as i32, max_timestamp))
+                        Some(rebuild_batch(
+                            &header,
+                            &kept,
+                            kept_count as i32,
+                            max_timestamp,
+                        ))
                     }
                 }
             };
@@ -533,7 +549,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         if removed == 0 {
             // Nothing to drop here: leave the segment as it is.
             drop(writer);
-            remove_if_exists(&self.dir, &cleaned).await.map_err(LogError::io)?;
+            remove_if_exists(&self.dir, &cleaned)
+                .await
+                .map_err(LogError::io)?;
             return Ok(());
         }
         let (file, size) = writer.finish().await.map_err(LogError::io)?;
@@ -550,7 +568,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         };
         if !still_there {
             let _ = file.close().await;
-            remove_if_exists(&self.dir, &cleaned).await.map_err(LogError::io)?;
+            remove_if_exists(&self.dir, &cleaned)
+                .await
+                .map_err(LogError::io)?;
             return Ok(());
         }
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {

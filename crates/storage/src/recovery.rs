@@ -141,9 +141,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             dir.remove(stray).await.map_err(io_err)?;
         }
 
-        for stray in names.iter().filter(|n| {
-            n.ends_with(crate::compaction::CLEANED_SUFFIX) || n.ends_with(".tmp")
-        }) {
+        for stray in names
+            .iter()
+            .filter(|n| n.ends_with(crate::compaction::CLEANED_SUFFIX) || n.ends_with(".tmp"))
+        {
             tracing::info!(log = %name, file = %stray, "removing a file an interrupted compaction or update left");
             dir.remove(stray).await.map_err(io_err)?;
         }
@@ -398,7 +399,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 }
                 offset
             };
-            self.persist_offset_file(LOG_START_OFFSET_FILE, target).await?;
+            self.persist_offset_file(LOG_START_OFFSET_FILE, target)
+                .await?;
             let mut state = self.state.borrow_mut();
             if state.log_start_offset <= target {
                 state.log_start_offset = target;
@@ -418,10 +420,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         write_whole_file(&self.dir, &temp, format!("{offset}\n").as_bytes())
             .await
             .map_err(|e| e.into_log_error())?;
-        self.dir
-            .rename(&temp, name)
-            .await
-            .map_err(io_err)?;
+        self.dir.rename(&temp, name).await.map_err(io_err)?;
         self.dir.sync().await.map_err(io_err)
     }
 
@@ -559,7 +558,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     0,
                     size,
                     Some(base),
-        true,
+                    true,
                     Some(offset),
                     &mut indexes,
                     self.config().index_interval_bytes,

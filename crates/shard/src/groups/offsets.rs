@@ -19,8 +19,8 @@
 //! below it are deleted.
 
 use crate::settings::BrokerSettings;
-use crate::storage_dir::Log;
 use crate::storage_dir::open_dir;
+use crate::storage_dir::Log;
 use sluice_protocol::record_batch::{build_batch, record_values, BatchHeader};
 use sluice_storage::{AppendOptions, LogError, PartitionLog};
 use std::cell::RefCell;

@@ -9,15 +9,15 @@ use crate::mesh::{AdminOp, PartitionOp, PartitionReply};
 use crate::metadata::validate_topic_name;
 use crate::shard::Shard;
 use crate::topic_config;
+use kafka_protocol::messages::alter_configs_response;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
-use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::alter_configs_response;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
@@ -28,10 +28,10 @@ use kafka_protocol::messages::{
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
+use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
-use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -256,9 +256,14 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                 topic_config::describe_broker(&shard.settings)
             }
             RESOURCE_BROKER => {
-                results.push(result.with_error_code(error_code::INVALID_REQUEST).with_error_message(
-                    Some(str_bytes(&format!("broker `{name}` is not this node ({})", shard.settings.node_id))),
-                ));
+                results.push(
+                    result
+                        .with_error_code(error_code::INVALID_REQUEST)
+                        .with_error_message(Some(str_bytes(&format!(
+                            "broker `{name}` is not this node ({})",
+                            shard.settings.node_id
+                        )))),
+                );
                 continue;
             }
             other => {
@@ -326,11 +331,14 @@ async fn alter_resource(
     let (code, message) = match resource_type {
         RESOURCE_TOPIC => match shard.snapshot().topics.get(name).cloned() {
             Some(topic) => {
-                let mut configs = if replace { BTreeMap::new() } else { topic.configs.clone() };
-                match ops
-                    .into_iter()
-                    .try_for_each(|(key, op, value)| apply_config_op(shard, &mut configs, key, op, value))
-                {
+                let mut configs = if replace {
+                    BTreeMap::new()
+                } else {
+                    topic.configs.clone()
+                };
+                match ops.into_iter().try_for_each(|(key, op, value)| {
+                    apply_config_op(shard, &mut configs, key, op, value)
+                }) {
                     Err(e) => (error_code::INVALID_CONFIG, Some(e)),
                     Ok(()) => {
                         let invalid: Vec<String> = configs
@@ -359,7 +367,10 @@ async fn alter_resource(
         },
         RESOURCE_BROKER => (
             error_code::INVALID_CONFIG,
-            Some("broker configs are static in Sluice: set them in its config file and restart".into()),
+            Some(
+                "broker configs are static in Sluice: set them in its config file and restart"
+                    .into(),
+            ),
         ),
         other => (
             error_code::INVALID_REQUEST,
@@ -393,7 +404,9 @@ fn apply_config_op(
         }
         OP_APPEND | OP_SUBTRACT => {
             if def.config_type() != topic_config::CONFIG_TYPE_LIST {
-                return Err(format!("{key} is not a list: APPEND and SUBTRACT do not apply"));
+                return Err(format!(
+                    "{key} is not a list: APPEND and SUBTRACT do not apply"
+                ));
             }
             let current = configs.get(&key).cloned().unwrap_or_else(|| {
                 topic_config::describe(&shard.settings, &BTreeMap::new())
@@ -429,11 +442,24 @@ pub async fn incremental_alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -
         let ops = resource
             .configs
             .iter()
-            .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    c.config_operation,
+                    c.value.as_ref().map(|v| v.to_string()),
+                )
+            })
             .collect();
         let name = resource.resource_name.to_string();
-        let (code, message) =
-            alter_resource(shard, resource.resource_type, &name, request.validate_only, false, ops).await;
+        let (code, message) = alter_resource(
+            shard,
+            resource.resource_type,
+            &name,
+            request.validate_only,
+            false,
+            ops,
+        )
+        .await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
@@ -457,11 +483,24 @@ pub async fn alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         let ops = resource
             .configs
             .iter()
-            .filter_map(|c| Some((c.name.to_string(), OP_SET, Some(c.value.as_ref()?.to_string()))))
+            .filter_map(|c| {
+                Some((
+                    c.name.to_string(),
+                    OP_SET,
+                    Some(c.value.as_ref()?.to_string()),
+                ))
+            })
             .collect();
         let name = resource.resource_name.to_string();
-        let (code, message) =
-            alter_resource(shard, resource.resource_type, &name, request.validate_only, true, ops).await;
+        let (code, message) = alter_resource(
+            shard,
+            resource.resource_type,
+            &name,
+            request.validate_only,
+            true,
+            ops,
+        )
+        .await;
         responses.push(
             alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)

@@ -42,7 +42,11 @@ pub fn route(shard: &Shard, frame: &RequestFrame) -> Result<Route, String> {
         return Ok(Route::OtherNode);
     }
     let owner = coordinator_shard(&group, shard.shard_count);
-    Ok(if owner == shard.id { Route::Here } else { Route::Shard(owner) })
+    Ok(if owner == shard.id {
+        Route::Here
+    } else {
+        Route::Shard(owner)
+    })
 }
 
 /// The group a group request is about (`None` for other requests).
@@ -98,23 +102,27 @@ pub fn not_coordinator(frame: &RequestFrame) -> HandlerResult {
         ApiKey::SyncGroup => respond(frame, &SyncGroupResponse::default().with_error_code(code)),
         ApiKey::Heartbeat => respond(frame, &HeartbeatResponse::default().with_error_code(code)),
         ApiKey::LeaveGroup => respond(frame, &LeaveGroupResponse::default().with_error_code(code)),
-        ApiKey::OffsetFetch => respond(frame, &OffsetFetchResponse::default().with_error_code(code)),
+        ApiKey::OffsetFetch => {
+            respond(frame, &OffsetFetchResponse::default().with_error_code(code))
+        }
         ApiKey::OffsetCommit => {
             let request = decode_body::<OffsetCommitRequest>(body, v)?;
             let topics = request
                 .topics
                 .iter()
                 .map(|t| {
-                    OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    )
+                    OffsetCommitResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
                 })
                 .collect();
             respond(frame, &OffsetCommitResponse::default().with_topics(topics))
@@ -399,7 +407,10 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
 /// partitions asked (or, with `None`, every partition the group committed).
 type FetchedOffsets = Vec<(TopicName, Vec<(i32, i64, i32, StrBytes)>)>;
 
-fn fetched_offsets(committed: &GroupOffsets, wanted: Option<Vec<(TopicName, Vec<i32>)>>) -> FetchedOffsets {
+fn fetched_offsets(
+    committed: &GroupOffsets,
+    wanted: Option<Vec<(TopicName, Vec<i32>)>>,
+) -> FetchedOffsets {
     let wanted = wanted.unwrap_or_else(|| {
         let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
         for (topic, partition) in committed.keys() {
@@ -484,19 +495,21 @@ pub async fn offset_fetch(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResu
     let topics: Vec<OffsetFetchResponseTopic> = fetched_offsets(&committed, wanted)
         .into_iter()
         .map(|(name, partitions)| {
-            OffsetFetchResponseTopic::default().with_name(name).with_partitions(
-                partitions
-                    .into_iter()
-                    .map(|(p, offset, epoch, metadata)| {
-                        OffsetFetchResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_committed_offset(offset)
-                            .with_committed_leader_epoch(if v >= 5 { epoch } else { -1 })
-                            .with_metadata(Some(metadata))
-                            .with_error_code(code::NONE)
-                    })
-                    .collect(),
-            )
+            OffsetFetchResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(p, offset, epoch, metadata)| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(if v >= 5 { epoch } else { -1 })
+                                .with_metadata(Some(metadata))
+                                .with_error_code(code::NONE)
+                        })
+                        .collect(),
+                )
         })
         .collect();
     let mut body = OffsetFetchResponse::default().with_topics(topics);

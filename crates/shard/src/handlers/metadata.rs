@@ -122,7 +122,11 @@ pub fn cluster_nodes(shard: &Shard) -> Vec<(i32, String, i32)> {
         .collect();
     if nodes.is_empty() {
         let settings = &shard.settings;
-        return vec![(settings.node_id, settings.advertised_host.clone(), settings.advertised_port)];
+        return vec![(
+            settings.node_id,
+            settings.advertised_host.clone(),
+            settings.advertised_port,
+        )];
     }
     nodes
 }
@@ -135,7 +139,11 @@ fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataRe
                 .replicas
                 .get(p as usize)
                 .map_or_else(|| vec![node], |r| r.iter().map(|n| BrokerId(*n)).collect());
-            let isr: Vec<BrokerId> = if leader >= 0 { vec![BrokerId(leader)] } else { Vec::new() };
+            let isr: Vec<BrokerId> = if leader >= 0 {
+                vec![BrokerId(leader)]
+            } else {
+                Vec::new()
+            };
             MetadataResponsePartition::default()
                 .with_error_code(if leader >= 0 {
                     error_code::NONE

@@ -192,7 +192,8 @@ fn validate(
         ))
     } else {
         let mut scratch = shard.validation_scratch.borrow_mut();
-        match validate_produced_batch_with(records, &mut scratch, *decompressed_left, keys_required) {
+        match validate_produced_batch_with(records, &mut scratch, *decompressed_left, keys_required)
+        {
             Ok((header, _))
                 if header.compression() == Codec::Zstd.id() && frame.api_version < 7 =>
             {

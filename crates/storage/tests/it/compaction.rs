@@ -52,7 +52,8 @@ async fn read_all(log: &Rc<PartitionLog<MemDir>>) -> Vec<(i64, Key, Value)> {
             let section = match Codec::from_id(header.compression()).unwrap() {
                 Codec::None => batch[HEADER_BYTES..].to_vec(),
                 codec => {
-                    let n = decompress(codec, &batch[HEADER_BYTES..], 1 << 26, &mut scratch).unwrap();
+                    let n =
+                        decompress(codec, &batch[HEADER_BYTES..], 1 << 26, &mut scratch).unwrap();
                     scratch[..n].to_vec()
                 }
             };
@@ -96,7 +97,8 @@ async fn fill(log: &Rc<PartitionLog<MemDir>>, now: i64) -> BTreeMap<i64, (Key, V
             .map(|_| {
                 n += 1;
                 let key = format!("key-{}", (n * 7919) % 40).into_bytes();
-                let value = (!n.is_multiple_of(97)).then(|| format!("value-{n}-{}", "x".repeat(40)).into_bytes());
+                let value = (!n.is_multiple_of(97))
+                    .then(|| format!("value-{n}-{}", "x".repeat(40)).into_bytes());
                 (Some(key), value)
             })
             .collect();
@@ -116,7 +118,11 @@ async fn fill(log: &Rc<PartitionLog<MemDir>>, now: i64) -> BTreeMap<i64, (Key, V
 /// written at its offset, and the latest record of every key is served.
 fn check_subset_and_latest(served: &[(i64, Key, Value)], written: &BTreeMap<i64, (Key, Value)>) {
     for (offset, key, value) in served {
-        assert_eq!(written.get(offset), Some(&(key.clone(), value.clone())), "record at {offset}");
+        assert_eq!(
+            written.get(offset),
+            Some(&(key.clone(), value.clone())),
+            "record at {offset}"
+        );
     }
     let mut latest: BTreeMap<&Key, i64> = BTreeMap::new();
     for (offset, (key, _)) in written {
@@ -134,7 +140,9 @@ fn check_subset_and_latest(served: &[(i64, Key, Value)], written: &BTreeMap<i64,
 fn compaction_keeps_the_latest_record_of_each_key() {
     run(|| async {
         let dir = MemDir::new();
-        let log = PartitionLog::open(dir.clone(), small_config(), "compact-0").await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config(), "compact-0")
+            .await
+            .unwrap();
         let now = sluice_storage::now_ms() as i64;
         let written = fill(&log, now).await;
         let before = log.offsets().size_bytes;
@@ -149,17 +157,25 @@ fn compaction_keeps_the_latest_record_of_each_key() {
         assert_eq!(cleaned, active);
         let mut seen = std::collections::HashSet::new();
         for (offset, key, _) in served.iter().filter(|(o, _, _)| *o < cleaned) {
-            assert!(seen.insert(key.clone()), "key twice below the cleaner offset (at {offset})");
+            assert!(
+                seen.insert(key.clone()),
+                "key twice below the cleaner offset (at {offset})"
+            );
         }
         for offset in active..log.high_watermark() {
-            assert!(served.iter().any(|(o, _, _)| *o == offset), "active segment record {offset}");
+            assert!(
+                served.iter().any(|(o, _, _)| *o == offset),
+                "active segment record {offset}"
+            );
         }
         // Nothing more to do until new data arrives; the log still appends.
         assert!(log.compact(&config(), now).await.unwrap().is_none());
         // Reopened, it serves the same.
         log.close().await.unwrap();
         drop(log);
-        let log = PartitionLog::open(dir.clone(), small_config(), "compact-0").await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config(), "compact-0")
+            .await
+            .unwrap();
         assert_eq!(read_all(&log).await, served);
         assert_eq!(log.cleaner_offset(), Some(cleaned));
     });
@@ -169,29 +185,46 @@ fn compaction_keeps_the_latest_record_of_each_key() {
 fn tombstones_go_after_delete_retention_and_the_ratio_gates_a_run() {
     run(|| async {
         let dir = MemDir::new();
-        let log = PartitionLog::open(dir.clone(), small_config(), "compact-1").await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_config(), "compact-1")
+            .await
+            .unwrap();
         let now = sluice_storage::now_ms() as i64;
         let written = fill(&log, now - 10_000).await;
         // A high ratio with the dirty part being everything: still runs (ratio 1.0).
         // A min lag longer than the records' age: no run.
-        let lagged = CompactionConfig { min_compaction_lag_ms: 60_000, ..config() };
+        let lagged = CompactionConfig {
+            min_compaction_lag_ms: 60_000,
+            ..config()
+        };
         assert!(log.compact(&lagged, now).await.unwrap().is_none());
         // Tombstones older than delete.retention.ms go.
-        let eager = CompactionConfig { delete_retention_ms: 1_000, ..config() };
+        let eager = CompactionConfig {
+            delete_retention_ms: 1_000,
+            ..config()
+        };
         log.compact(&eager, now).await.unwrap().expect("a run");
         let served = read_all(&log).await;
         let cleaned = log.cleaner_offset().unwrap();
-        assert!(served.iter().all(|(o, _, v)| *o >= cleaned || v.is_some()), "a tombstone survived");
+        assert!(
+            served.iter().all(|(o, _, v)| *o >= cleaned || v.is_some()),
+            "a tombstone survived"
+        );
         for (offset, key, value) in &served {
             assert_eq!(written.get(offset), Some(&(key.clone(), value.clone())));
         }
         // Fresh dirty data below the ratio: no run.
-        let strict = CompactionConfig { min_cleanable_dirty_ratio: 0.99, ..config() };
+        let strict = CompactionConfig {
+            min_cleanable_dirty_ratio: 0.99,
+            ..config()
+        };
         for i in 0..20 {
             let entries = vec![(Some(b"late".to_vec()), Some(format!("{i}").into_bytes()))];
-            log.append(&keyed_batch(Codec::None, now, &entries), AppendOptions::default())
-                .await
-                .unwrap();
+            log.append(
+                &keyed_batch(Codec::None, now, &entries),
+                AppendOptions::default(),
+            )
+            .await
+            .unwrap();
         }
         assert!(log.compact(&strict, now).await.unwrap().is_none());
     });
@@ -206,12 +239,17 @@ fn a_crash_at_any_step_of_a_compaction_loses_and_duplicates_nothing() {
         run(move || async move {
             let dir = MemDir::new();
             let config_log = LogConfig { ..small_config() };
-            let log = PartitionLog::open(dir.clone(), config_log, "compact-2").await.unwrap();
+            let log = PartitionLog::open(dir.clone(), config_log, "compact-2")
+                .await
+                .unwrap();
             let now = sluice_storage::now_ms() as i64;
             let written = fill(&log, now).await;
             let served_before = read_all(&log).await;
             // Every I/O yields once: interrupt the run after `step` yields.
-            dir.set_faults(Faults { yield_on_io: true, ..Faults::default() });
+            dir.set_faults(Faults {
+                yield_on_io: true,
+                ..Faults::default()
+            });
             let completed = Rc::new(std::cell::Cell::new(false));
             let task = glommio::spawn_local({
                 let log = log.clone();
@@ -230,7 +268,9 @@ fn a_crash_at_any_step_of_a_compaction_loses_and_duplicates_nothing() {
             drop(log);
             dir.set_faults(Faults::default());
             dir.crash(CrashMode::DropUnsynced);
-            let log = PartitionLog::open(dir.clone(), config_log, "compact-2").await.unwrap();
+            let log = PartitionLog::open(dir.clone(), config_log, "compact-2")
+                .await
+                .unwrap();
             let served = read_all(&log).await;
             check_subset_and_latest(&served, &written);
             assert!(served.len() <= served_before.len());
@@ -241,7 +281,10 @@ fn a_crash_at_any_step_of_a_compaction_loses_and_duplicates_nothing() {
             let cleaned = log.cleaner_offset().unwrap();
             let mut seen = std::collections::HashSet::new();
             for (_, key, _) in served.iter().filter(|(o, _, _)| *o < cleaned) {
-                assert!(seen.insert(key.clone()), "key twice below the cleaner offset");
+                assert!(
+                    seen.insert(key.clone()),
+                    "key twice below the cleaner offset"
+                );
             }
             done.store(completed, std::sync::atomic::Ordering::SeqCst);
         });
