@@ -21,8 +21,6 @@ pub struct ControllerHandle {
     applied: watch::Receiver<u64>,
     runtime: tokio::runtime::Handle,
     stop: mpsc::UnboundedSender<()>,
-    /// The controller leader's Raft id (0: none known).
-    leader: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a proposal may wait for a leader.
@@ -54,15 +52,18 @@ impl ControllerHandle {
                     };
                     let (proposals, mut incoming) = mpsc::unbounded_channel::<Proposal>();
                     let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
-                    let leader = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    // Each node logs who leads the metadata log, when it changes.
                     let mut metrics = controller.metrics();
-                    let known = leader.clone();
                     tokio::spawn(async move {
+                        let mut known = None;
                         loop {
-                            let current = metrics.borrow_and_update().current_leader.unwrap_or(0);
-                            if known.swap(current, std::sync::atomic::Ordering::Relaxed) != current && current != 0 {
-                                // Raft ids are Kafka node ids + 1.
-                                tracing::info!(leader = current as i64 - 1, "controller leader");
+                            let current = metrics.borrow_and_update().current_leader;
+                            if current != known {
+                                known = current;
+                                if let Some(leader) = current {
+                                    // Raft ids are Kafka node ids + 1.
+                                    tracing::info!(leader = leader as i64 - 1, "controller leader");
+                                }
                             }
                             if metrics.changed().await.is_err() {
                                 return;
@@ -79,7 +80,6 @@ impl ControllerHandle {
                         applied: controller.watch_applied(),
                         runtime: tokio::runtime::Handle::current(),
                         stop,
-                        leader,
                     };
                     let _ = ready_tx.send(Ok(handle));
                     loop {
@@ -128,11 +128,6 @@ impl ControllerHandle {
     /// The controller thread's runtime, for tasks that follow the metadata.
     pub fn runtime(&self) -> tokio::runtime::Handle {
         self.runtime.clone()
-    }
-
-    /// The controller leader's Raft id, if one is known.
-    pub fn leader(&self) -> Option<u64> {
-        Some(self.leader.load(std::sync::atomic::Ordering::Relaxed)).filter(|id| *id != 0)
     }
 
     /// Stops the voter (its log stays on disk).

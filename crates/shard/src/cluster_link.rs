@@ -206,7 +206,6 @@ pub async fn follow(
         let previous = store.snapshot();
         let next = snapshot_of(&cluster, shard_count, node_id);
         if next.topics != previous.topics {
-            store.publish(next.clone());
             let mut opened = Vec::new();
             let mut changed = Vec::new();
             let mut dropped: Vec<Arc<TopicMeta>> = Vec::new();
@@ -227,12 +226,14 @@ pub async fn follow(
                     None => opened.push(topic.clone()),
                 }
             }
-            let gone: BTreeMap<&String, &Arc<TopicMeta>> = previous
-                .topics
-                .iter()
-                .filter(|(name, _)| !next.topics.contains_key(*name))
-                .collect();
-            dropped.extend(gone.into_values().cloned());
+            dropped.extend(
+                previous
+                    .topics
+                    .iter()
+                    .filter(|(name, _)| !next.topics.contains_key(*name))
+                    .map(|(_, topic)| topic.clone()),
+            );
+            store.publish(next);
             for topic in dropped {
                 tracing::info!(topic = %topic.name, "topic deleted");
                 broadcast(&peers, |reply| ShardMsg::DropTopic {

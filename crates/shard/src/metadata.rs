@@ -7,7 +7,6 @@
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -154,8 +153,11 @@ impl MetadataStore {
         &self.path
     }
 
-    /// Persists `next` durably, then publishes it. Only the writer shard calls this.
+    /// Writes `next` in the legacy `metadata.toml` format, then publishes it
+    /// (tests of the import of older data dirs).
+    #[cfg(test)]
     pub fn replace(&self, next: Snapshot) -> std::io::Result<()> {
+        use std::io::Write;
         let file = MetadataFile {
             topic: next.topics.values().map(|t| (**t).clone()).collect(),
         };
