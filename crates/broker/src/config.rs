@@ -120,6 +120,9 @@ pub struct FileConfig {
     pub log_cleaner_backoff_ms: Option<u64>,
     pub log_cleaner_io_max_bytes_per_second: Option<u64>,
     pub broker_session_timeout_ms: Option<u64>,
+    pub default_replication_factor: Option<i32>,
+    pub min_insync_replicas: Option<i32>,
+    pub replica_lag_time_max_ms: Option<u64>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -166,6 +169,13 @@ pub struct Config {
     pub log_cleaner_io_max_bytes_per_second: u64,
     /// A node the controller leader has not heard from this long is fenced.
     pub broker_session_timeout_ms: u64,
+    /// Replicas of topics created without a replication factor
+    /// (Kafka's default.replication.factor).
+    pub default_replication_factor: i32,
+    /// Broker default of the min.insync.replicas topic config.
+    pub min_insync_replicas: i32,
+    /// A follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
@@ -424,6 +434,9 @@ impl Config {
                 .log_cleaner_io_max_bytes_per_second
                 .unwrap_or(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND_DEFAULT),
             broker_session_timeout_ms: file.broker_session_timeout_ms.unwrap_or(9000),
+            default_replication_factor: file.default_replication_factor.unwrap_or(1),
+            min_insync_replicas: file.min_insync_replicas.unwrap_or(1),
+            replica_lag_time_max_ms: file.replica_lag_time_max_ms.unwrap_or(30_000),
             core: file.core.clone(),
         };
         config.validate()?;
@@ -493,6 +506,15 @@ impl Config {
         }
         if self.log_cleaner_dedupe_buffer_bytes < 64 << 10 {
             return Err("log_cleaner_dedupe_buffer_bytes: must be at least 65536".into());
+        }
+        if self.default_replication_factor < 1 {
+            return Err("default_replication_factor: must be at least 1".into());
+        }
+        if self.min_insync_replicas < 1 {
+            return Err("min_insync_replicas: must be at least 1".into());
+        }
+        if self.replica_lag_time_max_ms < 100 {
+            return Err("replica_lag_time_max_ms: must be at least 100".into());
         }
         if self.broker_session_timeout_ms < 300 {
             return Err("broker_session_timeout_ms: must be at least 300".into());

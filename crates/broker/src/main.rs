@@ -152,6 +152,9 @@ fn run(config: Config) -> Result<(), String> {
         log_cleaner_io_max_bytes_per_second: (config.log_cleaner_io_max_bytes_per_second > 0)
             .then_some(config.log_cleaner_io_max_bytes_per_second),
         broker_session_timeout_ms: config.broker_session_timeout_ms,
+        default_replication_factor: config.default_replication_factor,
+        min_insync_replicas: config.min_insync_replicas,
+        replica_lag_time_max_ms: config.replica_lag_time_max_ms,
     });
     let shard_count = config.cpus.len();
     let voters = config.voters()?;
@@ -415,6 +418,7 @@ async fn run_shard(
             ))
             .await;
             expiry_shard.expire_group_sessions();
+            expiry_shard.check_replicas().await;
         }
     });
     accept_loop(shard.clone(), listener).await;

@@ -80,6 +80,17 @@ pub enum Command {
     InitCluster {
         id: String,
     },
+    /// A partition leader changes its in-sync replica set (a follower fell
+    /// behind, or caught up). Applied only while `leader` still leads at
+    /// `leader_epoch`, to replicas of the partition that include the leader
+    /// and are not fenced: a deposed leader's late proposal changes nothing.
+    AlterIsr {
+        topic: String,
+        partition: i32,
+        leader: NodeId,
+        leader_epoch: i32,
+        isr: Vec<NodeId>,
+    },
 }
 
 /// Everything a node knows about the cluster, as of the last applied command.
@@ -142,6 +153,16 @@ impl ClusterMetadata {
                     .get_mut(id)
                     .ok_or_else(|| format!("node {id} is not registered"))?;
                 node.fenced = true;
+                // A fenced node leaves every ISR it is in, unless it is the
+                // last member (its copy may be the only one with every
+                // acknowledged record: the partition waits for it).
+                for topic in self.topics.values_mut() {
+                    for partition in &mut topic.partitions {
+                        if partition.isr.len() > 1 {
+                            partition.isr.retain(|r| r != id);
+                        }
+                    }
+                }
                 self.elect_leaders();
                 Ok(())
             }
@@ -189,6 +210,40 @@ impl ClusterMetadata {
             }
             Command::InitCluster { id } => {
                 self.cluster_id.get_or_insert_with(|| id.clone());
+                Ok(())
+            }
+            Command::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => {
+                let live = self.live_nodes();
+                let state = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(usize::try_from(*partition).ok()?))
+                    .ok_or_else(|| format!("partition {topic}-{partition} does not exist"))?;
+                if state.leader != *leader || state.leader_epoch != *leader_epoch {
+                    return Err(format!(
+                        "{topic}-{partition}: node {leader} at epoch {leader_epoch} no longer leads (leader {} epoch {})",
+                        state.leader, state.leader_epoch
+                    ));
+                }
+                if !isr.contains(leader) {
+                    return Err(format!("{topic}-{partition}: the ISR must hold its leader"));
+                }
+                if let Some(bad) = isr
+                    .iter()
+                    .find(|r| !state.replicas.contains(r) || !live.contains(r))
+                {
+                    return Err(format!(
+                        "{topic}-{partition}: node {bad} is not a live replica"
+                    ));
+                }
+                state.isr = isr.clone();
+                self.elect_leaders();
                 Ok(())
             }
             Command::AllocateProducerIds { from, to } => {
@@ -244,24 +299,47 @@ impl ClusterMetadata {
         }
     }
 
-    /// After a node is fenced or comes back: every partition is led by its
-    /// first live replica that is in sync (none: no leader, -1). A partition
-    /// whose leader changes gets a new leader epoch. With one replica a
-    /// partition has no leader while its node is fenced and gets it back on
-    /// return; choosing among several replicas is the replication issue's.
+    /// After a node is fenced or comes back, or an ISR changed: a partition
+    /// keeps its leader while that is live and in sync, unless its preferred
+    /// leader (first replica) is live and in sync again, which takes it back
+    /// (so leadership returns after a restart, as Kafka's preferred-leader
+    /// election does). A partition without a usable leader takes the first
+    /// live in-sync replica; with none, it has no leader (-1) until one
+    /// returns, unless the topic allows unclean election
+    /// (`unclean.leader.election.enable`), which takes any live replica and
+    /// makes it the whole ISR (acknowledged records may be lost). Every
+    /// leader change raises the leader epoch.
     fn elect_leaders(&mut self) {
         let live: Vec<NodeId> = self.live_nodes();
         for topic in self.topics.values_mut() {
+            let unclean = topic
+                .configs
+                .get("unclean.leader.election.enable")
+                .is_some_and(|v| v == "true");
             for partition in &mut topic.partitions {
                 if partition.replicas.len() == 1 {
                     partition.isr = partition.replicas.clone();
                 }
-                let leader = partition
-                    .replicas
-                    .iter()
-                    .copied()
-                    .find(|r| live.contains(r) && partition.isr.contains(r))
-                    .unwrap_or(-1);
+                let usable = |r: &NodeId| live.contains(r) && partition.isr.contains(r);
+                let preferred = partition.replicas[0];
+                let mut leader = if usable(&preferred) {
+                    preferred
+                } else if usable(&partition.leader) {
+                    partition.leader
+                } else {
+                    partition
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|r| usable(r))
+                        .unwrap_or(-1)
+                };
+                if leader == -1 && unclean {
+                    if let Some(any) = partition.replicas.iter().copied().find(|r| live.contains(r)) {
+                        leader = any;
+                        partition.isr = vec![any];
+                    }
+                }
                 if leader != partition.leader {
                     partition.leader = leader;
                     partition.leader_epoch += 1;
@@ -353,6 +431,60 @@ mod tests {
         assert_eq!(m.live_nodes(), vec![1, 3]);
         m.apply(6, &Command::RegisterNode(node(2))).unwrap();
         assert_eq!(leaders(&m), vec![(1, 0), (2, 2), (3, 0)]);
+    }
+
+    #[test]
+    fn leaders_come_from_the_isr_and_epochs_fence_stale_isr_changes() {
+        let mut m = cluster(&[1, 2, 3]);
+        let create = |unclean: bool| Command::CreateTopic {
+            name: "t".into(),
+            id: uuid::Uuid::from_u128(1),
+            replicas: vec![vec![1, 2, 3]],
+            configs: if unclean {
+                [("unclean.leader.election.enable".to_string(), "true".to_string())].into()
+            } else {
+                BTreeMap::new()
+            },
+        };
+        m.apply(4, &create(false)).unwrap();
+        let state = |m: &ClusterMetadata| m.topics["t"].partitions[0].clone();
+        assert_eq!((state(&m).leader, state(&m).isr.clone()), (1, vec![1, 2, 3]));
+        // Node 3 falls behind: the leader drops it.
+        let alter = |leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr,
+        };
+        m.apply(5, &alter(1, 0, vec![1, 2])).unwrap();
+        // The leader dies: node 2 (in sync) leads at a new epoch, never node 3.
+        m.apply(6, &Command::FenceNode { id: 1 }).unwrap();
+        assert_eq!((state(&m).leader, state(&m).leader_epoch), (2, 1));
+        assert_eq!(state(&m).isr, vec![2]);
+        // The deposed leader's late proposal changes nothing.
+        assert!(m.apply(7, &alter(1, 0, vec![1, 2, 3])).is_err());
+        // Node 2 dies too: node 3 is out of sync, so no leader...
+        m.apply(8, &Command::FenceNode { id: 2 }).unwrap();
+        assert_eq!((state(&m).leader, state(&m).isr.clone()), (-1, vec![2]));
+        // ...until node 2 (the last in sync) returns.
+        m.apply(9, &Command::RegisterNode(node(2))).unwrap();
+        assert_eq!((state(&m).leader, state(&m).leader_epoch), (2, 3));
+        // Node 1 returns and catches up: the preferred leader takes over.
+        m.apply(10, &Command::RegisterNode(node(1))).unwrap();
+        assert_eq!(state(&m).leader, 2);
+        m.apply(11, &alter(2, 3, vec![2, 1])).unwrap();
+        assert_eq!((state(&m).leader, state(&m).leader_epoch), (1, 4));
+        // A fenced node may not join an ISR.
+        m.apply(12, &Command::FenceNode { id: 3 }).unwrap();
+        assert!(m.apply(13, &alter(1, 4, vec![1, 2, 3])).is_err());
+
+        // Unclean election: an out-of-sync replica may lead when allowed.
+        let mut m = cluster(&[1, 2, 3]);
+        m.apply(4, &create(true)).unwrap();
+        m.apply(5, &alter(1, 0, vec![1])).unwrap();
+        m.apply(6, &Command::FenceNode { id: 1 }).unwrap();
+        assert_eq!((state(&m).leader, state(&m).isr.clone()), (2, vec![2]));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 0, 4),
 ];
 
 /// The advertised version range of an API, if Sluice answers it at all.
@@ -81,6 +82,9 @@ pub mod error_code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MISMATCHED_ENDPOINT_TYPE: i16 = 114;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
     pub const BROKER_NOT_AVAILABLE: i16 = 8;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;

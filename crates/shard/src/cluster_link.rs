@@ -75,7 +75,7 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) 
                     .iter()
                     .enumerate()
                     .map(|(p, state)| {
-                        if state.leader == node_id {
+                        if state.replicas.contains(&node_id) {
                             ((first + p) % shard_count.max(1)) as u32
                         } else {
                             crate::metadata::NOT_LOCAL
@@ -90,6 +90,7 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) 
                     .iter()
                     .map(|p| p.replicas.clone())
                     .collect(),
+                isr: topic.partitions.iter().map(|p| p.isr.clone()).collect(),
             };
             (name.clone(), Arc::new(meta))
         })
@@ -208,6 +209,7 @@ pub async fn follow(
         if next.topics != previous.topics {
             let mut opened = Vec::new();
             let mut changed = Vec::new();
+            let mut moved = Vec::new();
             let mut dropped: Vec<Arc<TopicMeta>> = Vec::new();
             for (name, topic) in &next.topics {
                 match previous.topics.get(name) {
@@ -217,6 +219,11 @@ pub async fn follow(
                         }
                         if old.configs != topic.configs {
                             changed.push(topic.clone());
+                        }
+                        if (&old.leaders, &old.leader_epochs, &old.isr, &old.replicas)
+                            != (&topic.leaders, &topic.leader_epochs, &topic.isr, &topic.replicas)
+                        {
+                            moved.push(topic.clone());
                         }
                     }
                     Some(old) => {
@@ -253,6 +260,13 @@ pub async fn follow(
             for topic in changed {
                 tracing::info!(topic = %topic.name, configs = ?topic.configs, "topic configs changed");
                 broadcast(&peers, |reply| ShardMsg::TopicConfigChanged {
+                    topic: topic.clone(),
+                    reply,
+                })
+                .await;
+            }
+            for topic in moved {
+                broadcast(&peers, |reply| ShardMsg::ReplicaStates {
                     topic: topic.clone(),
                     reply,
                 })

@@ -38,6 +38,10 @@ pub async fn handle(shard: Rc<Shard>, message: ShardMsg) {
             }
             let _ = reply.send_async(()).await;
         }
+        ShardMsg::ReplicaStates { topic, reply } => {
+            shard.apply_replica_states(&topic).await;
+            let _ = reply.send_async(()).await;
+        }
         ShardMsg::TopicConfigChanged { topic, reply } => {
             shard.apply_topic_config(&topic);
             let _ = reply.send_async(()).await;

@@ -6,6 +6,7 @@
 
 pub mod cluster_link;
 pub mod connection;
+pub mod fetcher;
 pub mod groups;
 pub mod handlers;
 pub mod inbox;
@@ -17,6 +18,8 @@ pub mod metadata;
 pub mod partition;
 pub mod producers;
 pub mod replay;
+pub mod replicas;
+pub mod replication;
 pub mod settings;
 pub mod shard;
 pub mod storage_dir;

@@ -117,6 +117,7 @@ impl Shard {
     /// Closes every log cleanly (flush, indexes, clean-shutdown marker).
     pub async fn close_all(&self) {
         self.closing.set(true);
+        self.stop_fetchers();
         // Wait for any open in progress, so no log is opened behind our back.
         let _permit = self.open_lock.acquire_permit(1).await;
         let coordinator = self.coordinator.borrow_mut().take();

@@ -12,19 +12,45 @@ use std::time::Instant;
 pub enum PartitionOp {
     Produce {
         records: Bytes,
+        /// -1: answer once every in-sync replica has it; 0 and 1: once the leader has.
+        acks: i16,
+        /// How long an acks=-1 produce waits for the in-sync replicas.
+        timeout_ms: i32,
     },
     Fetch {
         offset: i64,
         max_bytes: usize,
         strict_max_bytes: bool,
+        /// The follower node fetching (-1: a consumer).
+        replica: i32,
+        /// The leader epoch the client knows (-1: none): an older one is fenced.
+        current_leader_epoch: i32,
+        /// A follower's: the epoch of the last batch it has (-1: none).
+        last_fetched_epoch: i32,
     },
     ListOffsets {
         timestamp: i64,
+        current_leader_epoch: i32,
+    },
+    /// Where the log's `leader_epoch` ends (OffsetForLeaderEpoch).
+    OffsetForLeaderEpoch {
+        current_leader_epoch: i32,
+        leader_epoch: i32,
     },
     /// DeleteRecords: move the log start offset to `before` (-1: the high watermark).
     DeleteRecords {
         before: i64,
     },
+}
+
+/// A long poll's condition on one partition: data past `offset` (a
+/// follower's: in the log; a consumer's: below the high watermark).
+#[derive(Debug, Clone)]
+pub struct WaitFor {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub replica: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,6 +70,8 @@ pub struct FetchOutcome {
     pub records: Bytes,
     /// A strict read found a first batch over the limit and returned nothing.
     pub oversized: bool,
+    /// To a follower: (epoch, end offset) where its log leaves the leader's.
+    pub diverging: Option<(i32, i64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,6 +79,8 @@ pub struct ListOffsetsOutcome {
     pub error_code: i16,
     pub offset: i64,
     pub timestamp: i64,
+    /// The leader's epoch (ListOffsets v4+; -1 with an error).
+    pub leader_epoch: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +90,8 @@ pub enum PartitionReply {
     ListOffsets(ListOffsetsOutcome),
     /// (error code, low watermark).
     DeleteRecords((i16, i64)),
+    /// (error code, leader epoch, end offset).
+    OffsetForLeaderEpoch((i16, i32, i64)),
 }
 
 /// Changes to topic metadata, executed by the metadata writer (shard 0).
@@ -68,6 +100,8 @@ pub enum AdminOp {
     CreateTopic {
         name: String,
         partitions: i32,
+        /// -1: the broker's default_replication_factor.
+        replication_factor: i32,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     },
@@ -101,7 +135,7 @@ pub enum ShardMsg {
     },
     /// Reply once any of these partitions holds data past the offset, or at the deadline.
     WaitForData {
-        parts: Vec<(String, i32, i64)>,
+        parts: Vec<WaitFor>,
         deadline: Instant,
         reply: flume::Sender<()>,
     },
@@ -111,6 +145,12 @@ pub enum ShardMsg {
     },
     /// Open the partitions of this topic that this shard owns.
     OpenTopic {
+        topic: Arc<TopicMeta>,
+        reply: flume::Sender<()>,
+    },
+    /// The topic's leaders, leader epochs or ISRs changed: apply them to the
+    /// replicas open here.
+    ReplicaStates {
         topic: Arc<TopicMeta>,
         reply: flume::Sender<()>,
     },

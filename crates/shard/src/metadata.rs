@@ -31,9 +31,12 @@ pub struct TopicMeta {
     /// Per partition: the nodes holding it.
     #[serde(default)]
     pub replicas: Vec<Vec<i32>>,
+    /// Per partition: its in-sync replicas.
+    #[serde(default)]
+    pub isr: Vec<Vec<i32>>,
 }
 
-/// `partition_shards` value of a partition this node does not lead.
+/// `partition_shards` value of a partition this node holds no replica of.
 pub const NOT_LOCAL: u32 = u32::MAX;
 
 impl TopicMeta {
@@ -220,6 +223,7 @@ mod tests {
             leaders: vec![],
             leader_epochs: vec![],
             replicas: vec![],
+            isr: vec![],
         };
         next.topics.insert("orders".into(), Arc::new(topic.clone()));
         store.replace(next).unwrap();

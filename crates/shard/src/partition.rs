@@ -7,6 +7,7 @@
 
 use crate::mesh::{FetchOutcome, ListOffsetsOutcome, ProduceOutcome};
 use crate::producers::{PartitionProducers, SequenceCheck};
+use crate::replication::ReplicaState;
 use crate::topic_config::EffectiveTopicConfig;
 use sluice_protocol::api::error_code;
 use sluice_protocol::record_batch::{BatchError, BatchHeader};
@@ -26,6 +27,8 @@ pub struct Partition<D: StorageDir> {
     pub dir: PathBuf,
     /// High watermark covered by the last producer snapshot written.
     pub producers_snapshot_at: Cell<i64>,
+    /// Leader, epoch, ISR, high watermark (see `replication.rs`).
+    pub replica: ReplicaState,
 }
 
 impl<D: StorageDir + 'static> Partition<D> {
@@ -36,24 +39,27 @@ impl<D: StorageDir + 'static> Partition<D> {
         config: EffectiveTopicConfig,
         name: String,
         dir: PathBuf,
+        node_id: i32,
     ) -> Result<Partition<D>, String> {
         let log = PartitionLog::open(storage, config.log, name.clone())
             .await
             .map_err(|e| format!("opening partition {name}: {e}"))?;
-        let mut producers = PartitionProducers::default();
+        let producers = PartitionProducers::default();
         rebuild_producers(
             &log,
-            &mut producers,
+            &producers,
             &dir.join(crate::producers::SNAPSHOT_FILE),
         )
         .await
         .map_err(|e| format!("partition {name}: {e}"))?;
+        let replica = ReplicaState::new(node_id, &dir, log.high_watermark());
         Ok(Partition {
             log,
             config: Cell::new(config),
             producers,
             dir,
             producers_snapshot_at: Cell::new(-1),
+            replica,
         })
     }
 
@@ -158,7 +164,7 @@ impl<D: StorageDir + 'static> Partition<D> {
             .then(|| sluice_storage::now_ms() as i64);
         let options = AppendOptions {
             log_append_time_ms,
-            partition_leader_epoch: 0,
+            partition_leader_epoch: self.replica.leader_epoch.get().max(0),
         };
         let result = log.append(&records, options).await;
         match result {
@@ -178,26 +184,37 @@ impl<D: StorageDir + 'static> Partition<D> {
         }
     }
 
+    /// A consumer's read: whole batches below the high watermark.
     pub async fn fetch(&self, offset: i64, max_bytes: usize, strict: bool) -> FetchOutcome {
         let log = &self.log;
-        match log.read(offset, max_bytes.max(1)).await {
-            Ok(read) => {
-                let oversized = strict && read.records.len() > max_bytes;
+        let high_watermark = self.high_watermark();
+        let result = if offset >= high_watermark && offset <= log.high_watermark() {
+            // Past what every in-sync replica has: nothing to read yet.
+            Ok(bytes::Bytes::new())
+        } else {
+            log.read(offset, max_bytes.max(1))
+                .await
+                .map(|read| below(read.records, high_watermark))
+        };
+        match result {
+            Ok(records) => {
+                let oversized = strict && records.len() > max_bytes;
                 FetchOutcome {
                     error_code: error_code::NONE,
-                    high_watermark: read.high_watermark,
-                    log_start_offset: read.log_start_offset,
+                    high_watermark,
+                    log_start_offset: log.log_start_offset(),
                     records: if oversized {
                         bytes::Bytes::new()
                     } else {
-                        read.records
+                        records
                     },
                     oversized,
+                    diverging: None,
                 }
             }
             Err(e) => FetchOutcome {
                 error_code: log_error_code(&e),
-                high_watermark: log.high_watermark(),
+                high_watermark,
                 log_start_offset: log.log_start_offset(),
                 ..Default::default()
             },
@@ -211,12 +228,13 @@ impl<D: StorageDir + 'static> Partition<D> {
             error_code: error_code::NONE,
             offset,
             timestamp,
+            leader_epoch: -1,
         };
         match timestamp {
             // -4 (v8, KIP-405): the earliest offset on local storage; with no
             // tiered storage, the earliest offset.
             -2 | -4 => found(log.log_start_offset(), -1),
-            -1 => found(log.high_watermark(), -1),
+            -1 => found(self.high_watermark(), -1),
             -3 => match log.max_timestamp() {
                 Some((offset, ts)) => found(offset, ts),
                 None => found(-1, -1),
@@ -228,12 +246,14 @@ impl<D: StorageDir + 'static> Partition<D> {
                     error_code: log_error_code(&e),
                     offset: -1,
                     timestamp: -1,
+                    leader_epoch: -1,
                 },
             },
             _ => ListOffsetsOutcome {
                 error_code: error_code::INVALID_REQUEST,
                 offset: -1,
                 timestamp: -1,
+                leader_epoch: -1,
             },
         }
     }
@@ -242,7 +262,7 @@ impl<D: StorageDir + 'static> Partition<D> {
     /// watermark); the answer is (error code, low watermark).
     pub async fn delete_records(&self, before: i64) -> (i16, i64) {
         let before = if before == -1 {
-            self.log.high_watermark()
+            self.high_watermark()
         } else {
             before
         };
@@ -275,6 +295,22 @@ impl<D: StorageDir + 'static> Partition<D> {
     }
 }
 
+/// The whole batches of `records` that end below `high_watermark`.
+fn below(records: bytes::Bytes, high_watermark: i64) -> bytes::Bytes {
+    let mut end = 0;
+    while end < records.len() {
+        match BatchHeader::parse(&records[end..]) {
+            Ok(header) if header.last_offset() < high_watermark => end += header.total_bytes(),
+            _ => break,
+        }
+    }
+    if end >= records.len() {
+        records
+    } else {
+        records.slice(..end)
+    }
+}
+
 /// Kafka error code for a storage error; disk trouble is logged by storage.
 pub fn log_error_code(error: &LogError) -> i16 {
     match error {
@@ -294,9 +330,9 @@ pub fn log_error_code(error: &LogError) -> i16 {
 
 /// Rebuilds idempotent-producer state: from the snapshot if there is a usable
 /// one, then the batches after it; else from the active segment's batches.
-async fn rebuild_producers<D: StorageDir + 'static>(
+pub(crate) async fn rebuild_producers<D: StorageDir + 'static>(
     log: &Rc<PartitionLog<D>>,
-    producers: &mut PartitionProducers,
+    producers: &PartitionProducers,
     snapshot: &std::path::Path,
 ) -> Result<(), String> {
     let Some(&active) = log.segment_base_offsets().last() else {
@@ -310,7 +346,7 @@ async fn rebuild_producers<D: StorageDir + 'static>(
             {
                 offset = covered
             }
-            Some(_) => *producers = PartitionProducers::default(),
+            Some(_) => producers.clear(),
             None => {
                 tracing::warn!(path = %snapshot.display(), "producer snapshot damaged: reading the active segment")
             }
@@ -400,6 +436,7 @@ mod tests {
                         config(),
                         "p-0".into(),
                         dir.path().to_path_buf(),
+                        1,
                     )
                 };
                 let partition = open().await.unwrap();

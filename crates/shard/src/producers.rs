@@ -164,6 +164,11 @@ impl PartitionProducers {
     }
 
     /// Rebuilds state from a stored batch (recovery).
+    /// Forgets every producer (the log was cut: its state is rebuilt).
+    pub fn clear(&self) {
+        self.producers.borrow_mut().clear();
+    }
+
     pub fn observe_stored(&self, header: &BatchHeader) {
         if header.producer_id < 0 {
             return;

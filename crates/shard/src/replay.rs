@@ -78,6 +78,9 @@ impl World {
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_io_max_bytes_per_second: None,
             broker_session_timeout_ms: 9_000,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (controller, internal) =

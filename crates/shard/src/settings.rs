@@ -43,6 +43,12 @@ pub struct BrokerSettings {
     pub log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// A node the controller leader has not heard from this long is fenced.
     pub broker_session_timeout_ms: u64,
+    /// Replicas of topics created without a replication factor.
+    pub default_replication_factor: i32,
+    /// Broker default of the min.insync.replicas topic config.
+    pub min_insync_replicas: i32,
+    /// A follower not caught up for this long leaves the ISR (replica.lag.time.max.ms).
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl BrokerSettings {

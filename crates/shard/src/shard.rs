@@ -8,7 +8,7 @@ use crate::log_limit::LogLimiter;
 use crate::memory::MemoryBudget;
 use crate::mesh::{
     FetchOutcome, GroupInfo, ListOffsetsOutcome, PartitionOp, PartitionReply, ProduceOutcome,
-    ShardMsg,
+    ShardMsg, WaitFor,
 };
 use crate::metadata::{MetadataStore, Snapshot, TopicMeta};
 use crate::partition::Partition;
@@ -64,6 +64,8 @@ pub struct Shard {
     pub memory: Rc<MemoryBudget>,
     /// The cluster's metadata log: topic changes are proposed to it.
     pub controller: sluice_cluster::ControllerHandle,
+    /// Replica fetchers of this shard, by the leader node they fetch from.
+    pub(crate) fetchers: RefCell<HashMap<i32, Rc<crate::fetcher::Fetcher>>>,
 }
 
 impl Shard {
@@ -97,6 +99,7 @@ impl Shard {
             bad_input_log: LogLimiter::new(Duration::from_secs(1)),
             memory,
             controller,
+            fetchers: RefCell::new(HashMap::new()),
         }
     }
 
@@ -328,11 +331,17 @@ impl Shard {
         let path = self.settings.partition_dir(&topic.name, partition);
         let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
-        let entry = Rc::new(Partition::open(dir, config, name.clone(), path).await?);
+        let entry = Rc::new(
+            Partition::open(dir, config, name.clone(), path, self.settings.node_id).await?,
+        );
         let offsets = entry.log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
-            high_watermark = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
+            log_end_offset = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
         self.partitions.borrow_mut().insert(key, entry.clone());
+        // Its role as the latest metadata has it (the snapshot may be newer than `topic`).
+        let latest = self.snapshot();
+        let current = latest.topics.get(&topic.name).map_or(topic, |t| &**t);
+        self.apply_replica_state(current, partition, &entry);
         Ok(entry)
     }
 
@@ -370,9 +379,13 @@ impl Shard {
         let snapshot = self.snapshot();
         let meta = snapshot.topics.get(topic);
         let owner = meta.and_then(|t| t.shard_of(partition, self.shard_count));
+        let node = self.settings.node_id;
         match owner {
             // Another node leads it: the client refreshes its metadata and goes there.
-            None if meta.is_some_and(|t| t.leader(partition, self.settings.node_id).is_some()) => {
+            _ if meta.is_some_and(|t| t.leader(partition, node).is_some_and(|l| l != node)) => {
+                partition_error_reply(&op, error_code::NOT_LEADER_OR_FOLLOWER)
+            }
+            None if meta.is_some_and(|t| t.leader(partition, node).is_some()) => {
                 partition_error_reply(&op, error_code::NOT_LEADER_OR_FOLLOWER)
             }
             None => unknown_partition_reply(&op),
@@ -415,42 +428,176 @@ impl Shard {
                 None => return unknown_partition_reply(&op),
             },
         };
+        // The metadata may have moved leadership a moment before this op arrived.
+        if !entry.replica.is_leader() {
+            return partition_error_reply(&op, error_code::NOT_LEADER_OR_FOLLOWER);
+        }
         match op {
-            PartitionOp::Produce { records } => {
-                let outcome = entry.produce(records).await;
-                if outcome.error_code == error_code::NONE {
+            PartitionOp::Produce {
+                records,
+                acks,
+                timeout_ms,
+            } => PartitionReply::Produce(self.produce(&entry, records, acks, timeout_ms).await),
+            PartitionOp::Fetch {
+                offset,
+                max_bytes,
+                replica,
+                current_leader_epoch,
+                last_fetched_epoch,
+                ..
+            } if replica >= 0 => {
+                let before = entry.high_watermark();
+                let fetch = entry
+                    .replica_fetch(replica, offset, last_fetched_epoch, current_leader_epoch, max_bytes)
+                    .await;
+                if let Some(isr) = fetch.expand_isr {
+                    self.propose_isr(topic, partition, &entry, isr);
+                }
+                if entry.high_watermark() != before {
                     self.data_arrived.notify();
                 }
-                PartitionReply::Produce(outcome)
+                PartitionReply::Fetch(FetchOutcome {
+                    diverging: fetch.diverging,
+                    ..fetch.outcome
+                })
             }
             PartitionOp::Fetch {
                 offset,
                 max_bytes,
                 strict_max_bytes,
-            } => PartitionReply::Fetch(entry.fetch(offset, max_bytes, strict_max_bytes).await),
-            PartitionOp::ListOffsets { timestamp } => {
-                PartitionReply::ListOffsets(entry.list_offsets(timestamp).await)
+                current_leader_epoch,
+                ..
+            } => {
+                let code = entry.check_leader_epoch(current_leader_epoch);
+                if code != error_code::NONE {
+                    return PartitionReply::Fetch(FetchOutcome {
+                        error_code: code,
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        ..Default::default()
+                    });
+                }
+                PartitionReply::Fetch(entry.fetch(offset, max_bytes, strict_max_bytes).await)
+            }
+            PartitionOp::ListOffsets {
+                timestamp,
+                current_leader_epoch,
+            } => {
+                let code = entry.check_leader_epoch(current_leader_epoch);
+                if code != error_code::NONE {
+                    return PartitionReply::ListOffsets(ListOffsetsOutcome {
+                        error_code: code,
+                        offset: -1,
+                        timestamp: -1,
+                        leader_epoch: -1,
+                    });
+                }
+                let mut outcome = entry.list_offsets(timestamp).await;
+                if outcome.error_code == error_code::NONE {
+                    outcome.leader_epoch = entry.replica.leader_epoch.get().max(0);
+                }
+                PartitionReply::ListOffsets(outcome)
             }
             PartitionOp::DeleteRecords { before } => {
                 PartitionReply::DeleteRecords(entry.delete_records(before).await)
             }
+            PartitionOp::OffsetForLeaderEpoch {
+                current_leader_epoch,
+                leader_epoch,
+            } => PartitionReply::OffsetForLeaderEpoch(
+                entry.offset_for_leader_epoch(current_leader_epoch, leader_epoch),
+            ),
         }
     }
 
+    /// A produce on the leader: refused with NOT_ENOUGH_REPLICAS when acks=-1
+    /// and the ISR is smaller than min.insync.replicas; appended (durable
+    /// here) otherwise; with acks=-1 answered once the high watermark passes
+    /// it, i.e. every in-sync replica has it durable (or the leader is
+    /// deposed, or the request times out).
+    async fn produce(
+        &self,
+        entry: &Rc<PartitionEntry>,
+        records: bytes::Bytes,
+        acks: i16,
+        timeout_ms: i32,
+    ) -> ProduceOutcome {
+        let min_insync = entry.config.get().min_insync_replicas.max(1) as usize;
+        let refuse = |code: i16, message: String| ProduceOutcome {
+            error_code: code,
+            error_message: Some(message),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: entry.log.log_start_offset(),
+        };
+        let isr_size = || entry.replica.isr.borrow().len();
+        if acks == -1 && isr_size() < min_insync {
+            return refuse(
+                error_code::NOT_ENOUGH_REPLICAS,
+                format!(
+                    "{} in-sync replicas, min.insync.replicas is {min_insync}",
+                    isr_size()
+                ),
+            );
+        }
+        let last_offset_delta = sluice_protocol::record_batch::BatchHeader::parse(&records)
+            .map_or(0, |h| h.last_offset_delta as i64);
+        let epoch = entry.replica.leader_epoch.get();
+        let outcome = entry.produce(records).await;
+        if outcome.error_code != error_code::NONE {
+            return outcome;
+        }
+        entry.update_high_watermark();
+        self.data_arrived.notify();
+        if acks != -1 {
+            return outcome;
+        }
+        let target = outcome.base_offset + last_offset_delta + 1;
+        let timeout = Duration::from_millis(if timeout_ms > 0 { timeout_ms as u64 } else { 30_000 });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = entry.replica.changed.listen();
+            if !entry.replica.is_leader() || entry.replica.leader_epoch.get() != epoch {
+                return refuse(
+                    error_code::NOT_LEADER_OR_FOLLOWER,
+                    "leadership moved before the in-sync replicas had the batch".into(),
+                );
+            }
+            if entry.high_watermark() >= target {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return refuse(
+                    error_code::REQUEST_TIMED_OUT,
+                    format!("the in-sync replicas did not confirm the batch in {timeout:?}"),
+                );
+            }
+            futures_lite::future::or(changed, glommio::timer::sleep(deadline - now)).await;
+        }
+        if isr_size() < min_insync {
+            return refuse(
+                error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                format!(
+                    "written, but only {} in-sync replicas remain (min.insync.replicas {min_insync})",
+                    isr_size()
+                ),
+            );
+        }
+        outcome
+    }
+
     /// Completes when any of the partitions has data past its offset, or at the deadline.
-    pub async fn wait_for_data(&self, parts: Vec<(String, i32, i64)>, deadline: Instant) {
-        let mut by_owner: HashMap<usize, Vec<(String, i32, i64)>> = HashMap::new();
+    pub async fn wait_for_data(&self, parts: Vec<WaitFor>, deadline: Instant) {
+        let mut by_owner: HashMap<usize, Vec<WaitFor>> = HashMap::new();
         let snapshot = self.snapshot();
-        for (topic, partition, offset) in parts {
+        for part in parts {
             if let Some(owner) = snapshot
                 .topics
-                .get(&topic)
-                .and_then(|t| t.shard_of(partition, self.shard_count))
+                .get(&part.topic)
+                .and_then(|t| t.shard_of(part.partition, self.shard_count))
             {
-                by_owner
-                    .entry(owner)
-                    .or_default()
-                    .push((topic, partition, offset));
+                by_owner.entry(owner).or_default().push(part);
             }
         }
         if by_owner.is_empty() {
@@ -488,14 +635,21 @@ impl Shard {
         }
     }
 
-    pub(crate) async fn wait_local(&self, parts: &[(String, i32, i64)], deadline: Instant) {
+    pub(crate) async fn wait_local(&self, parts: &[WaitFor], deadline: Instant) {
         let ready = || {
             let partitions = self.partitions.borrow();
-            parts.iter().any(|(topic, partition, offset)| {
-                // `offset` is the high watermark the fetch last saw: wait for more.
+            parts.iter().any(|part| {
+                // `offset` is the end the fetch last saw: wait for more.
                 partitions
-                    .get(&(topic.clone(), *partition))
-                    .is_some_and(|e| e.log.high_watermark() > *offset)
+                    .get(&(part.topic.clone(), part.partition))
+                    .is_some_and(|e| {
+                        let end = if part.replica {
+                            e.log.high_watermark()
+                        } else {
+                            e.high_watermark()
+                        };
+                        end > part.offset
+                    })
             })
         };
         let wait = async {
@@ -538,8 +692,12 @@ fn partition_error_reply(op: &PartitionOp, code: i16) -> PartitionReply {
             error_code: code,
             offset: -1,
             timestamp: -1,
+            leader_epoch: -1,
         }),
         PartitionOp::DeleteRecords { .. } => PartitionReply::DeleteRecords((code, -1)),
+        PartitionOp::OffsetForLeaderEpoch { .. } => {
+            PartitionReply::OffsetForLeaderEpoch((code, -1, -1))
+        }
     }
 }
 

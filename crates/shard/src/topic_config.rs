@@ -420,6 +420,7 @@ fn broker_default(settings: &BrokerSettings, def: &TopicConfigDef) -> (String, b
         ),
         INDEX_INTERVAL_BYTES => Some(log.index_interval_bytes.to_string()),
         MAX_MESSAGE_BYTES => Some(settings.max_message_bytes.to_string()),
+        MIN_INSYNC_REPLICAS => Some(settings.min_insync_replicas.to_string()),
         _ => None,
     };
     match ours {
@@ -471,7 +472,6 @@ pub struct ProduceRules {
     pub max_message_bytes: i64,
     /// Compacted topics refuse records without a key (as Kafka does).
     pub keys_required: bool,
-    pub min_insync_replicas: i32,
 }
 
 pub fn produce_rules(
@@ -486,10 +486,6 @@ pub fn produce_rules(
         keys_required: configs
             .get(CLEANUP_POLICY)
             .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
-        min_insync_replicas: configs
-            .get(MIN_INSYNC_REPLICAS)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1),
     }
 }
 

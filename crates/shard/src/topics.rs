@@ -45,13 +45,14 @@ impl Shard {
             error_message: Some(message),
         };
         let cluster = self.controller.metadata();
-        let place = |partitions: usize, name: &str| -> Option<Vec<Vec<i32>>> {
+        let live = cluster.live_nodes();
+        let place = |partitions: usize, replication_factor: usize, name: &str| {
             let mut counts = cluster.replica_counts();
             sluice_cluster::place(
-                &cluster.live_nodes(),
+                &live,
                 &mut counts,
                 partitions,
-                1,
+                replication_factor,
                 fnv(name) as usize,
             )
         };
@@ -59,6 +60,7 @@ impl Shard {
             AdminOp::CreateTopic {
                 name,
                 partitions,
+                replication_factor,
                 configs,
                 validate_only,
             } => {
@@ -80,10 +82,29 @@ impl Shard {
                         ),
                     );
                 }
+                let replication_factor = if replication_factor == -1 {
+                    // Auto-created and defaulted topics: as many copies as the
+                    // default asks for and there are live nodes.
+                    self.settings
+                        .default_replication_factor
+                        .min(live.len().max(1) as i32)
+                } else {
+                    replication_factor
+                };
+                if replication_factor < 1 || replication_factor as usize > live.len().max(1) {
+                    return error(
+                        error_code::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "Replication factor: {replication_factor} larger than available brokers: {}.",
+                            live.len()
+                        ),
+                    );
+                }
                 if validate_only {
                     return AdminReply::default();
                 }
-                let Some(replicas) = place(partitions as usize, &name) else {
+                let Some(replicas) = place(partitions as usize, replication_factor as usize, &name)
+                else {
                     return error(
                         error_code::BROKER_NOT_AVAILABLE,
                         "no live node to place the partitions on".into(),
@@ -135,7 +156,8 @@ impl Shard {
                     return AdminReply::default();
                 }
                 let added = (count - topic.partition_count()) as usize;
-                let Some(replicas) = place(added, &name) else {
+                let replication_factor = topic.replicas.first().map_or(1, |r| r.len());
+                let Some(replicas) = place(added, replication_factor, &name) else {
                     return error(
                         error_code::BROKER_NOT_AVAILABLE,
                         "no live node to place the partitions on".into(),
@@ -192,6 +214,9 @@ impl Shard {
                 .filter_map(|p| partitions.remove(&(topic.name.clone(), p)).map(|e| (p, e)))
                 .collect()
         };
+        for (partition, _) in &doomed {
+            self.unfollow(&(topic.name.clone(), *partition));
+        }
         for (_, entry) in &doomed {
             let _ = entry.log.close().await;
         }

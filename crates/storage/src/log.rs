@@ -280,45 +280,114 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
             let base_offset = state.next_offset;
             self.maybe_roll(&mut state, &header, batch_bytes);
-            let active = state.active();
-            let position = if let Some(time) = options.log_append_time_ms {
-                let mut copy = batch.to_vec();
-                record_batch::set_log_append_time(&mut copy, time);
-                header.max_timestamp = time;
-                header.attributes |= record_batch::ATTRIBUTE_LOG_APPEND_TIME;
-                active.tail.append(&self.dir, &copy)
-            } else {
-                active.tail.append(&self.dir, batch)
+            let copy;
+            let stored = match options.log_append_time_ms {
+                Some(time) => {
+                    let mut bytes = batch.to_vec();
+                    record_batch::set_log_append_time(&mut bytes, time);
+                    header.max_timestamp = time;
+                    header.attributes |= record_batch::ATTRIBUTE_LOG_APPEND_TIME;
+                    copy = bytes;
+                    &copy[..]
+                }
+                None => batch,
             };
-            active.tail.patch(position, 0, &base_offset.to_be_bytes());
-            active
-                .tail
-                .patch(position, 12, &options.partition_leader_epoch.to_be_bytes());
             header.base_offset = base_offset;
             header.partition_leader_epoch = options.partition_leader_epoch;
-            let segment_base = active.base_offset;
-            state.pending.push_back(PendingBatch {
-                segment_base,
-                position,
-                header,
+            let info = self.stage(&mut state, stored, header, true);
+            (
+                AppendInfo {
+                    log_append_time_ms: options.log_append_time_ms,
+                    ..info
+                },
+                state.next_offset,
+                state.failure_epoch,
+            )
+        };
+        self.start_flusher();
+        self.wait_durable(target, epoch).await?;
+        Ok(info)
+    }
+
+    /// Appends a batch copied from the partition's leader exactly as the
+    /// leader stored it: its base offset (at or past this log's end; the
+    /// leader's compaction leaves gaps) and leader epoch stay. Completes once
+    /// durable. A compacted batch may hold fewer records than its offset span,
+    /// so only the header, length and CRC are checked.
+    pub async fn append_replica(self: &Rc<Self>, batch: &[u8]) -> LogResult<AppendInfo> {
+        let header = validate_batch_prefix(batch)?;
+        if header.total_bytes() != batch.len() {
+            return Err(LogError::InvalidBatch(record_batch::BatchError::LengthInvalid {
+                batch_length: header.batch_length,
+            }));
+        }
+        let batch_bytes = batch.len() as u64;
+        if batch_bytes > self.config().segment_bytes {
+            return Err(LogError::BatchTooLarge {
+                batch_bytes,
+                segment_bytes: self.config().segment_bytes,
             });
-            state.next_offset = header.last_offset() + 1;
-            let info = AppendInfo {
-                base_offset,
-                last_offset: header.last_offset(),
-                max_timestamp: header.max_timestamp,
-                log_append_time_ms: options.log_append_time_ms,
-                log_start_offset: state.log_start_offset,
-                producer_id: header.producer_id,
-                producer_epoch: header.producer_epoch,
-                base_sequence: header.base_sequence,
-                records_count: header.records_count,
-            };
+        }
+        let (info, target, epoch) = {
+            let mut state = self.state.borrow_mut();
+            state.usable()?;
+            if let Some(error) = &state.poisoned {
+                return Err(error.clone());
+            }
+            if header.base_offset < state.next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset: header.base_offset,
+                    log_start_offset: state.log_start_offset,
+                    high_watermark: state.next_offset,
+                });
+            }
+            state.next_offset = header.base_offset;
+            self.maybe_roll(&mut state, &header, batch_bytes);
+            let info = self.stage(&mut state, batch, header, false);
             (info, state.next_offset, state.failure_epoch)
         };
         self.start_flusher();
         self.wait_durable(target, epoch).await?;
         Ok(info)
+    }
+
+    /// Puts a batch whose offsets are decided into the active segment's tail
+    /// (`patch`: write the header's base offset and leader epoch into it).
+    fn stage(
+        &self,
+        state: &mut LogState<D::File>,
+        batch: &[u8],
+        header: BatchHeader,
+        patch: bool,
+    ) -> AppendInfo {
+        let active = state.active();
+        let position = active.tail.append(&self.dir, batch);
+        if patch {
+            active
+                .tail
+                .patch(position, 0, &header.base_offset.to_be_bytes());
+            active
+                .tail
+                .patch(position, 12, &header.partition_leader_epoch.to_be_bytes());
+        }
+        let segment_base = active.base_offset;
+        state.pending.push_back(PendingBatch {
+            segment_base,
+            position,
+            header,
+        });
+        state.next_offset = header.last_offset() + 1;
+        AppendInfo {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+            log_append_time_ms: None,
+            log_start_offset: state.log_start_offset,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+            records_count: header.records_count,
+        }
     }
 
     /// Seals the active segment and starts a new one when the batch does not

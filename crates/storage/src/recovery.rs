@@ -452,6 +452,17 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// log ends at a batch boundary ≤ `offset` (for replication). Truncating to
     /// or below the log start empties the log and restarts it at `offset`.
     pub async fn truncate_to(self: &Rc<Self>, offset: i64) -> LogResult<()> {
+        self.cut(offset, false).await
+    }
+
+    /// Empties the log and restarts it at `offset`, which may lie past its
+    /// end: a replica too far behind its leader, whose log starts later,
+    /// starts over where the leader's log starts.
+    pub async fn reset_to(self: &Rc<Self>, offset: i64) -> LogResult<()> {
+        self.cut(offset, true).await
+    }
+
+    async fn cut(self: &Rc<Self>, offset: i64, restart: bool) -> LogResult<()> {
         self.flush().await?;
         let (doomed, containing) = {
             let mut state = self.state.borrow_mut();
@@ -464,13 +475,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 // rewriting segments: let it finish first.
                 return Err(LogError::Busy);
             }
-            if offset >= state.high_watermark {
+            if offset >= state.high_watermark && !restart {
                 return Ok(());
             }
             // Until the replacement segment is in place, appends, reads and
             // retention get Busy instead of a half-truncated log.
             state.truncating = true;
-            let full = offset <= state.log_start_offset;
+            let full = restart || offset <= state.log_start_offset;
             let cut_from = if full { i64::MIN } else { offset };
             let doomed_bases: Vec<i64> = state
                 .segments
@@ -504,7 +515,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 state.segments.insert(segment.base_offset, segment);
                 let first = *state.segments.keys().next().unwrap();
                 // A partial truncation keeps a start moved by DeleteRecords.
-                state.log_start_offset = if offset <= state.log_start_offset {
+                state.log_start_offset = if restart || offset <= state.log_start_offset {
                     first
                 } else {
                     state.log_start_offset.max(first)

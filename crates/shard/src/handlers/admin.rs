@@ -67,16 +67,6 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             ));
             continue;
         }
-        if topic.replication_factor != 1 && topic.replication_factor != -1 {
-            results.push(fail(
-                error_code::INVALID_REPLICATION_FACTOR,
-                format!(
-                    "replication factor {}: partitions have one replica each until replication is built (use 1 or -1)",
-                    topic.replication_factor
-                ),
-            ));
-            continue;
-        }
         let mut configs = BTreeMap::new();
         let mut config_error = None;
         for config in &topic.configs {
@@ -103,6 +93,7 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         let op = AdminOp::CreateTopic {
             name: name.clone(),
             partitions,
+            replication_factor: topic.replication_factor as i32,
             configs: configs.clone(),
             validate_only: request.validate_only,
         };
@@ -130,17 +121,27 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
                     .with_config_source(d.source)
             })
             .collect();
+        let replication_factor = shard
+            .snapshot()
+            .topics
+            .get(&name)
+            .and_then(|t| t.replicas.first().map(|r| r.len() as i16))
+            .unwrap_or(if topic.replication_factor > 0 {
+                topic.replication_factor
+            } else {
+                shard.settings.default_replication_factor as i16
+            });
         let created = result.with_error_code(error_code::NONE);
         results.push(if version >= 7 {
             created
                 .with_topic_id(topic_id)
                 .with_num_partitions(partitions)
-                .with_replication_factor(1)
+                .with_replication_factor(replication_factor)
                 .with_configs(Some(described))
         } else if version >= 5 {
             created
                 .with_num_partitions(partitions)
-                .with_replication_factor(1)
+                .with_replication_factor(replication_factor)
                 .with_configs(Some(described))
         } else {
             created

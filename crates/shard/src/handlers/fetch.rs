@@ -6,10 +6,12 @@
 
 use super::{respond, str_bytes, HandlerResult};
 use crate::memory::{Charge, ConnectionMemory};
-use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply};
+use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply, WaitFor};
 use crate::shard::Shard;
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
@@ -47,6 +49,12 @@ pub async fn handle(
         request.max_bytes as usize
     };
     let min_bytes = request.min_bytes.max(0) as usize;
+    // A follower's fetch (Kafka: replica id ≥ 0; v15+ in the replica state).
+    let replica = if frame.api_version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
     let mut outcomes;
     // Held until the response is built; the connection then charges its real size.
     let mut held: Option<Charge>;
@@ -56,7 +64,7 @@ pub async fn handle(
         let grant = budget_grant(shard, connection, max_bytes, deadline).await;
         let allowed = records_allowed(&grant);
         held = Some(grant);
-        outcomes = read_all(shard, &request, allowed).await;
+        outcomes = read_all(shard, &request, allowed, replica).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
         let errored = outcomes.iter().any(|o| o.error_code != error_code::NONE);
         if ready >= min_bytes.max(1)
@@ -75,17 +83,23 @@ pub async fn handle(
         for topic in &request.topics {
             for partition in &topic.partitions {
                 let observed = seen.next().map_or(-1, |o| o.high_watermark);
-                waiting.push((
-                    topic.topic.0.to_string(),
-                    partition.partition,
-                    observed.max(partition.fetch_offset),
-                ));
+                waiting.push(WaitFor {
+                    topic: topic.topic.0.to_string(),
+                    partition: partition.partition,
+                    // A follower waits for the log to grow past its offset.
+                    offset: if replica >= 0 {
+                        partition.fetch_offset
+                    } else {
+                        observed.max(partition.fetch_offset)
+                    },
+                    replica: replica >= 0,
+                });
             }
         }
         shard.wait_for_data(waiting, deadline).await;
         if Instant::now() >= deadline {
             let grant = budget_grant(shard, connection, max_bytes, deadline).await;
-            outcomes = read_all(shard, &request, records_allowed(&grant)).await;
+            outcomes = read_all(shard, &request, records_allowed(&grant), replica).await;
             held = Some(grant);
             break;
         }
@@ -115,6 +129,12 @@ pub async fn handle(
                             outcome.log_start_offset
                         } else {
                             -1
+                        })
+                        .with_diverging_epoch(match outcome.diverging {
+                            Some((epoch, end_offset)) => EpochEndOffset::default()
+                                .with_epoch(epoch)
+                                .with_end_offset(end_offset),
+                            None => EpochEndOffset::default(),
                         })
                         .with_aborted_transactions(Some(Vec::new()))
                         .with_records(Some(outcome.records))
@@ -184,18 +204,20 @@ async fn read_all(
     shard: &Rc<Shard>,
     request: &FetchRequest,
     max_bytes: usize,
+    replica: i32,
 ) -> Vec<FetchOutcome> {
-    let wanted: Vec<(&str, i32, i64, usize)> = request
+    let wanted: Vec<Wanted> = request
         .topics
         .iter()
         .flat_map(|topic| {
-            topic.partitions.iter().map(|p| {
-                (
-                    topic.topic.0.as_str(),
-                    p.partition,
-                    p.fetch_offset,
-                    p.partition_max_bytes.max(0) as usize,
-                )
+            topic.partitions.iter().map(|p| Wanted {
+                topic: topic.topic.0.as_str(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                partition_max: p.partition_max_bytes.max(0) as usize,
+                replica,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
             })
         })
         .collect();
@@ -208,45 +230,55 @@ async fn read_all(
         let mut planned = 0usize;
         let mut reads = Vec::new();
         while next < wanted.len() {
-            let (name, partition, offset, partition_max) = &wanted[next];
-            let limit = (*partition_max).min(budget.remaining);
+            let want = &wanted[next];
+            let limit = want.partition_max.min(budget.remaining);
             if !reads.is_empty() && planned + limit > wave_bytes {
                 break;
             }
             planned += limit;
-            reads.push(read_partition(
-                shard, name, *partition, *offset, limit, true,
-            ));
+            reads.push(read_partition(shard, want, limit, true));
             next += 1;
         }
         let first = outcomes.len();
         for (k, mut outcome) in join_all(reads).await.into_iter().enumerate() {
-            let (name, partition, offset, partition_max) = &wanted[first + k];
-            let limit = (*partition_max).min(budget.remaining);
+            let want = &wanted[first + k];
+            let limit = want.partition_max.min(budget.remaining);
             if outcome.oversized && !budget.any_data && limit > 0 {
-                outcome = read_partition(shard, name, *partition, *offset, limit, false).await;
+                outcome = read_partition(shard, want, limit, false).await;
             }
-            outcome.records = budget.take(outcome.records, *partition_max);
+            outcome.records = budget.take(outcome.records, want.partition_max);
             outcomes.push(outcome);
         }
     }
     outcomes
 }
 
-async fn read_partition(
-    shard: &Rc<Shard>,
-    name: &str,
+/// One partition of a fetch request.
+struct Wanted<'a> {
+    topic: &'a str,
     partition: i32,
     offset: i64,
+    partition_max: usize,
+    replica: i32,
+    current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+}
+
+async fn read_partition(
+    shard: &Rc<Shard>,
+    want: &Wanted<'_>,
     max_bytes: usize,
     strict_max_bytes: bool,
 ) -> FetchOutcome {
     let op = PartitionOp::Fetch {
-        offset,
+        offset: want.offset,
         max_bytes,
         strict_max_bytes,
+        replica: want.replica,
+        current_leader_epoch: want.current_leader_epoch,
+        last_fetched_epoch: want.last_fetched_epoch,
     };
-    match shard.call(name, partition, op).await {
+    match shard.call(want.topic, want.partition, op).await {
         PartitionReply::Fetch(outcome) => outcome,
         _ => FetchOutcome {
             error_code: error_code::KAFKA_STORAGE_ERROR,

@@ -23,6 +23,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
         for partition in &topic.partitions {
             let op = PartitionOp::ListOffsets {
                 timestamp: partition.timestamp,
+                current_leader_epoch: partition.current_leader_epoch,
             };
             let outcome = match shard.call(&name, partition.partition_index, op).await {
                 PartitionReply::ListOffsets(outcome) => outcome,
@@ -30,6 +31,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     error_code: error_code::KAFKA_STORAGE_ERROR,
                     offset: -1,
                     timestamp: -1,
+                    leader_epoch: -1,
                 },
             };
             partitions.push(
@@ -38,7 +40,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     .with_error_code(outcome.error_code)
                     .with_timestamp(outcome.timestamp)
                     .with_offset(outcome.offset)
-                    .with_leader_epoch(if frame.api_version >= 4 { 0 } else { -1 }),
+                    .with_leader_epoch(if frame.api_version >= 4 {
+                        outcome.leader_epoch
+                    } else {
+                        -1
+                    }),
             );
         }
         topics.push(

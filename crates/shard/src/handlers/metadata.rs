@@ -52,6 +52,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     let op = AdminOp::CreateTopic {
                         name: name.clone(),
                         partitions: settings.default_partitions,
+                        replication_factor: -1,
                         configs: BTreeMap::new(),
                         validate_only: false,
                     };
@@ -139,10 +140,10 @@ fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataRe
                 .replicas
                 .get(p as usize)
                 .map_or_else(|| vec![node], |r| r.iter().map(|n| BrokerId(*n)).collect());
-            let isr: Vec<BrokerId> = if leader >= 0 {
-                vec![BrokerId(leader)]
-            } else {
-                Vec::new()
+            let isr: Vec<BrokerId> = match topic.isr.get(p as usize) {
+                Some(isr) => isr.iter().map(|n| BrokerId(*n)).collect(),
+                None if leader >= 0 => vec![BrokerId(leader)],
+                None => Vec::new(),
             };
             MetadataResponsePartition::default()
                 .with_error_code(if leader >= 0 {

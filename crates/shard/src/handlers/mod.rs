@@ -7,6 +7,7 @@ mod admin;
 mod api_versions;
 mod fetch;
 mod groups;
+mod leader_epoch;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -74,6 +75,7 @@ pub async fn handle_here(
         ApiKey::Produce => produce::handle(shard, frame).await,
         ApiKey::Fetch => fetch::handle(shard, connection, frame).await,
         ApiKey::ListOffsets => list_offsets::handle(shard, frame).await,
+        ApiKey::OffsetForLeaderEpoch => leader_epoch::handle(shard, frame).await,
         ApiKey::Metadata => metadata::handle(shard, frame).await,
         ApiKey::DescribeCluster => metadata::describe_cluster(shard, frame).await,
         ApiKey::CreateTopics => admin::create_topics(shard, frame).await,

@@ -27,6 +27,7 @@ use std::rc::Rc;
 pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: ProduceRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let acks = request.acks;
+    let timeout_ms = request.timeout_ms;
     let refuse = if !matches!(acks, -1..=1) {
         Some((
             error_code::INVALID_REQUIRED_ACKS,
@@ -67,7 +68,6 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             None if shard.settings.auto_create_topics => Some(ProduceRules {
                 max_message_bytes: shard.settings.max_message_bytes,
                 keys_required: false,
-                min_insync_replicas: 1,
             }),
             None => None,
         };
@@ -82,13 +82,6 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             let refuse = refuse.clone().or_else(|| match rules {
                 // Kafka: with acks=all, fewer in-sync replicas (here: one)
                 // than min.insync.replicas refuses the write.
-                Some(rules) if acks == -1 && rules.min_insync_replicas > 1 => Some((
-                    error_code::NOT_ENOUGH_REPLICAS,
-                    format!(
-                        "min.insync.replicas is {} and each partition has one replica (no replication yet)",
-                        rules.min_insync_replicas
-                    ),
-                )),
                 Some(rules) if records.len() as i64 <= rules.max_message_bytes => validate(
                     shard,
                     &frame,
@@ -113,7 +106,15 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     };
                 }
                 match shard
-                    .call(&name, index, PartitionOp::Produce { records })
+                    .call(
+                        &name,
+                        index,
+                        PartitionOp::Produce {
+                            records,
+                            acks,
+                            timeout_ms,
+                        },
+                    )
                     .await
                 {
                     PartitionReply::Produce(outcome) => outcome,
