@@ -9,7 +9,7 @@
 //! way) it is retried until a deadline.
 
 use crate::metadata::{ClusterMetadata, Command};
-use crate::network::{call, serve, Network, Request, Response};
+use crate::network::{call_within, serve, Network, Request, Response, RPC_TIMEOUT};
 use crate::raft::{CommandResult, RaftNodeId, TypeConfig};
 use crate::store::{LogStore, StateMachine};
 use arc_swap::ArcSwap;
@@ -161,7 +161,7 @@ impl Controller {
                             addr: own.clone(),
                         };
                         if let Ok(Response::AddLearner(Ok(()))) =
-                            call(&mut connection, voter_addr, &request).await
+                            call_within(&mut connection, voter_addr, &request, RPC_TIMEOUT).await
                         {
                             tracing::info!(node = id, "following the metadata log as a learner");
                             return;
@@ -222,9 +222,12 @@ impl Controller {
         let mut connection = None;
         let mut connected_to = None;
         loop {
-            let leader = match write_here(&self.raft, command.clone()).await {
-                Ok(result) => return Ok(result),
-                Err(leader) => leader,
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A leader cut off from the others cannot commit: bounded.
+            let leader = match tokio::time::timeout(left, write_here(&self.raft, command.clone())).await {
+                Ok(Ok(result)) => return Ok(result),
+                Ok(Err(leader)) => leader,
+                Err(_) => None,
             };
             if let Some(leader) = leader.filter(|l| *l != self.node_id) {
                 if let Some(addr) = self.voters.get(&leader) {
@@ -232,8 +235,14 @@ impl Controller {
                         connection = None;
                         connected_to = Some(leader);
                     }
-                    if let Ok(Response::Propose(Ok(result))) =
-                        call(&mut connection, addr, &Request::Propose(command.clone())).await
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(Response::Propose(Ok(result))) = call_within(
+                        &mut connection,
+                        addr,
+                        &Request::Propose(command.clone()),
+                        left.min(RPC_TIMEOUT),
+                    )
+                    .await
                     {
                         return Ok(result);
                     }
@@ -249,6 +258,8 @@ impl Controller {
     }
 
     /// Tells the leader, every heartbeat interval, that node `kafka_id` is alive.
+    /// A call that hangs (the leader's packets dropped) gives up after twice
+    /// the interval and reconnects, to whichever node leads by then.
     pub async fn send_heartbeats(&self, kafka_id: i32) {
         let mut connection = None;
         let mut connected_to = None;
@@ -266,7 +277,11 @@ impl Controller {
                         connected_to = Some(leader);
                     }
                     if let Some(addr) = self.voters.get(&leader) {
-                        let _ = call(&mut connection, addr, &Request::Heartbeat(kafka_id)).await;
+                        // Bounded: a leader cut off mid-call must not hold
+                        // back the heartbeats to the next one.
+                        let limit = (self.heartbeat_interval * 2).max(Duration::from_millis(200));
+                        let request = Request::Heartbeat(kafka_id);
+                        let _ = call_within(&mut connection, addr, &request, limit).await;
                     }
                 }
                 None => {}

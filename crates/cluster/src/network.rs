@@ -73,6 +73,29 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 
+/// How long a proposal or heartbeat forwarded to the leader may take.
+pub(crate) const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`call`] bounded by `limit`; the connection is dropped when it runs out
+/// (a peer whose packets are dropped never answers and never resets).
+pub(crate) async fn call_within(
+    connection: &mut Option<TcpStream>,
+    addr: &str,
+    request: &Request,
+    limit: std::time::Duration,
+) -> std::io::Result<Response> {
+    match tokio::time::timeout(limit, call(connection, addr, request)).await {
+        Ok(result) => result,
+        Err(_) => {
+            *connection = None;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from {addr} within {limit:?}"),
+            ))
+        }
+    }
+}
+
 /// One request and its answer over `connection` (connecting to `addr` first if needed).
 pub(crate) async fn call(
     connection: &mut Option<TcpStream>,

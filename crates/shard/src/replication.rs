@@ -68,10 +68,11 @@ impl EpochCache {
         self.entries.iter().find(|e| e.0 == epoch).map(|e| e.1)
     }
 
-    /// Epoch `epoch` starts at `start`: entries of later-or-equal epochs or
-    /// later-or-equal offsets are superseded (Kafka's `assign`).
+    /// Epoch `epoch` starts at `start`: entries of later offsets are
+    /// superseded (Kafka's `assign`). An epoch the cache already ends with
+    /// keeps its start (a leader re-opened at the same epoch after a restart).
     pub fn assign(&mut self, epoch: i32, start: i64) {
-        if self.entries.last() == Some(&(epoch, start)) || epoch < self.latest_epoch() {
+        if epoch <= self.latest_epoch() {
             return;
         }
         self.entries.retain(|e| e.0 < epoch && e.1 < start);
@@ -651,6 +652,9 @@ mod tests {
         // Survives a reload; entries past the log end are dropped.
         let reloaded = EpochCache::load(dir.path(), 30);
         assert_eq!(reloaded.entries, vec![(0, 0), (2, 10)]);
+        // The same epoch again (a restarted leader) keeps its start.
+        cache.assign(5, 42);
+        assert_eq!(cache.entries, vec![(0, 0), (2, 10), (5, 30)]);
         // A new epoch at an offset an older entry starts at supersedes it.
         cache.assign(6, 30);
         assert_eq!(cache.entries, vec![(0, 0), (2, 10), (6, 30)]);
