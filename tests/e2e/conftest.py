@@ -24,6 +24,8 @@ def free_port() -> int:
 class Broker:
     """One sluice process; can be stopped (SIGTERM), killed (SIGKILL) and restarted."""
 
+    host = "127.0.0.1"
+
     def __init__(self, data_dir: Path, cores: int = 2, extra_args=()):
         self.data_dir = data_dir
         self.port = free_port()
@@ -34,18 +36,20 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self):
         return self.launch().wait_ready()
 
     def launch(self):
         """Starts the process without waiting (nodes of a cluster start together)."""
-        args = [str(SLUICE), "--data-dir", str(self.data_dir), "--listen", self.bootstrap,
-                "--cores", str(self.cores), *self.extra_args]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         return self
+
+    def command(self) -> list:
+        return [str(SLUICE), "--data-dir", str(self.data_dir), "--listen", self.bootstrap,
+                "--cores", str(self.cores), *self.extra_args]
 
     def wait_ready(self):
         deadline = time.time() + 30
@@ -56,7 +60,7 @@ class Broker:
             # SIGKILL the dead process's io_uring may still hold the old listening
             # socket for a moment, accept, and then reset.
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.settimeout(2)
                     s.sendall(request(18, 0, 1))
                     read_response(s)
