@@ -330,6 +330,14 @@ impl Fetcher {
                 if let Err(e) = entry.append_replicated(&records, data.high_watermark).await {
                     tracing::error!(partition = entry.log.name(), error = %e, "appending fetched batches failed");
                     self.pause(&key, epoch);
+                    return;
+                }
+                // DeleteRecords and retention on the leader move the log start here too.
+                let start = data.log_start_offset.min(entry.log.high_watermark());
+                if start > entry.log.log_start_offset() {
+                    if let Err(e) = entry.log.delete_records_before(start).await {
+                        tracing::warn!(partition = entry.log.name(), error = %e, "following the leader's log start failed");
+                    }
                 }
             }
             error_code::OFFSET_OUT_OF_RANGE if offset < data.log_start_offset => {
