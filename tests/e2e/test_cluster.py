@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
@@ -44,13 +44,18 @@ def cluster(tmp_path):
             node.stop(signal.SIGKILL)
 
 
-def coordinator_of(group):
-    """The node Sluice's FindCoordinator names: the group's offset bucket
-    (FNV-1a 64 of the id, mod 16) over the nodes in id order."""
+def bucket_of(group):
+    """A group's offsets bucket (FNV-1a 64 of the id, mod 16): the partition
+    of __consumer_offsets whose leader coordinates the group."""
     h = 0xcbf29ce484222325
     for b in group.encode():
         h = ((h ^ b) * 0x100000001b3) % (1 << 64)
-    return [1, 2, 3][(h % 16) % 3]
+    return h % 16
+
+
+def coordinator_of(node, group):
+    """The node leading the group's offsets bucket, as `node` reports it."""
+    return leaders(node, "__consumer_offsets")[bucket_of(group)]
 
 
 def controller_leader(nodes):
@@ -98,9 +103,9 @@ def leaders(node, topic):
     return {p.id: p.leader for p in metadata.topics[topic].partitions.values()}
 
 
-def create_topic(node, name, partitions):
+def create_topic(node, name, partitions, replication_factor=1):
     client = admin(node)
-    client.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+    client.create_topics([NewTopic(name, partitions, replication_factor)])[name].result(timeout=30)
 
 
 def produce(node, topic, count, start=0):
@@ -169,7 +174,6 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
 
     # Groups coordinated on different nodes commit, and a new member resumes there.
     groups = [f"g{i}" for i in range(12)]
-    assert {coordinator_of(g) for g in groups} == {1, 2, 3}
     for group in groups:
         c = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": group,
                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -189,6 +193,12 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
         again = resumed.committed([TopicPartition("spread", p) for p in range(12)], timeout=10)
         assert [tp.offset for tp in again] == [tp.offset for tp in committed]
         resumed.close()
+    # The first FindCoordinator created __consumer_offsets: 16 buckets, three
+    # replicas each, led by every node; these groups are coordinated on all three.
+    offsets_topic = admin(nodes[1]).list_topics(timeout=5).topics["__consumer_offsets"]
+    assert len(offsets_topic.partitions) == 16
+    assert all(len(p.replicas) == 3 for p in offsets_topic.partitions.values())
+    assert {coordinator_of(nodes[1], g) for g in groups} == {1, 2, 3}
 
 
 def test_killing_the_controller_leader_keeps_the_others_serving_and_it_rejoins(cluster):
@@ -250,6 +260,60 @@ def init_producer_id(node):
         correlation, _throttle, error, producer_id, epoch = struct.unpack(">iihqh", read_response(s))
     assert (correlation, error, epoch) == (7, 0, 0)
     return producer_id
+
+
+def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
+    """A group's committed offsets live in a replicated partition of
+    __consumer_offsets: kill -9 the node coordinating the group, and another
+    node coordinates it with the same offsets; a new member resumes there."""
+    nodes = cluster
+    create_topic(nodes[1], "orders", 3, replication_factor=3)
+    acked = produce(nodes[1], "orders", 300)
+    group = "survivor"
+    first = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    first.subscribe(["orders"])
+    read = 0
+    while read < 150:
+        msg = first.poll(10)
+        assert msg is not None, f"read {read}"
+        if not msg.error():
+            read += 1
+    first.commit(asynchronous=False)
+    partitions = [TopicPartition("orders", p) for p in range(3)]
+    committed = [tp.offset for tp in first.committed(partitions, timeout=10)]
+    first.close()
+    assert sum(max(o, 0) for o in committed) >= 150
+    victim = coordinator_of(nodes[1], group)
+    survivors = [n for n in (1, 2, 3) if n != victim]
+    nodes[victim].stop(signal.SIGKILL)
+    # Another node takes the bucket over once the victim is fenced.
+    deadline = time.time() + 20
+    while coordinator_of(nodes[survivors[0]], group) == victim:
+        assert time.time() < deadline, "no new coordinator for the group"
+        time.sleep(0.2)
+    resumed = Consumer({"bootstrap.servers": nodes[survivors[0]].bootstrap, "group.id": group,
+                        "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    again = None
+    while again is None:
+        assert time.time() < deadline + 20, "committed offsets not served by the new coordinator"
+        try:
+            again = [tp.offset for tp in resumed.committed(partitions, timeout=5)]
+        except KafkaException:
+            time.sleep(0.2)
+    assert again == committed
+    # A member of the group resumes from the committed offsets, not from the start.
+    resumed.subscribe(["orders"])
+    starts = [max(o, 0) for o in committed]  # a partition never committed: from the start
+    seen = []
+    while len(seen) < len(acked) - sum(starts):
+        msg = resumed.poll(10)
+        assert msg is not None, f"resumed after {len(seen)} records"
+        if not msg.error():
+            seen.append((msg.partition(), msg.offset()))
+    resumed.close()
+    assert sorted(seen) == sorted((p, o) for p, o, _ in acked if o >= starts[p])
+    nodes[victim].start()
 
 
 def test_producer_ids_are_unique_across_the_nodes(cluster):

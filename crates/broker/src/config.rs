@@ -123,6 +123,7 @@ pub struct FileConfig {
     pub default_replication_factor: Option<i32>,
     pub min_insync_replicas: Option<i32>,
     pub replica_lag_time_max_ms: Option<u64>,
+    pub offsets_topic_replication_factor: Option<i32>,
     #[serde(default)]
     pub core: BTreeMap<String, CoreOverride>,
 }
@@ -176,6 +177,8 @@ pub struct Config {
     pub min_insync_replicas: i32,
     /// A follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// Replicas of `__consumer_offsets` (Kafka's offsets.topic.replication.factor).
+    pub offsets_topic_replication_factor: i32,
     pub core: BTreeMap<String, CoreOverride>,
 }
 
@@ -437,6 +440,7 @@ impl Config {
             default_replication_factor: file.default_replication_factor.unwrap_or(1),
             min_insync_replicas: file.min_insync_replicas.unwrap_or(1),
             replica_lag_time_max_ms: file.replica_lag_time_max_ms.unwrap_or(30_000),
+            offsets_topic_replication_factor: file.offsets_topic_replication_factor.unwrap_or(3),
             core: file.core.clone(),
         };
         config.validate()?;
@@ -512,6 +516,9 @@ impl Config {
         }
         if self.min_insync_replicas < 1 {
             return Err("min_insync_replicas: must be at least 1".into());
+        }
+        if self.offsets_topic_replication_factor < 1 {
+            return Err("offsets_topic_replication_factor: must be at least 1".into());
         }
         if self.replica_lag_time_max_ms < 100 {
             return Err("replica_lag_time_max_ms: must be at least 100".into());

@@ -155,6 +155,7 @@ fn run(config: Config) -> Result<(), String> {
         default_replication_factor: config.default_replication_factor,
         min_insync_replicas: config.min_insync_replicas,
         replica_lag_time_max_ms: config.replica_lag_time_max_ms,
+        offsets_topic_replication_factor: config.offsets_topic_replication_factor,
     });
     let shard_count = config.cpus.len();
     let voters = config.voters()?;

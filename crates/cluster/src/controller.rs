@@ -224,11 +224,12 @@ impl Controller {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             // A leader cut off from the others cannot commit: bounded.
-            let leader = match tokio::time::timeout(left, write_here(&self.raft, command.clone())).await {
-                Ok(Ok(result)) => return Ok(result),
-                Ok(Err(leader)) => leader,
-                Err(_) => None,
-            };
+            let leader =
+                match tokio::time::timeout(left, write_here(&self.raft, command.clone())).await {
+                    Ok(Ok(result)) => return Ok(result),
+                    Ok(Err(leader)) => leader,
+                    Err(_) => None,
+                };
             if let Some(leader) = leader.filter(|l| *l != self.node_id) {
                 if let Some(addr) = self.voters.get(&leader) {
                     if connected_to != Some(leader) {

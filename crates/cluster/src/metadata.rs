@@ -335,7 +335,12 @@ impl ClusterMetadata {
                         .unwrap_or(-1)
                 };
                 if leader == -1 && unclean {
-                    if let Some(any) = partition.replicas.iter().copied().find(|r| live.contains(r)) {
+                    if let Some(any) = partition
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|r| live.contains(r))
+                    {
                         leader = any;
                         partition.isr = vec![any];
                     }
@@ -441,14 +446,21 @@ mod tests {
             id: uuid::Uuid::from_u128(1),
             replicas: vec![vec![1, 2, 3]],
             configs: if unclean {
-                [("unclean.leader.election.enable".to_string(), "true".to_string())].into()
+                [(
+                    "unclean.leader.election.enable".to_string(),
+                    "true".to_string(),
+                )]
+                .into()
             } else {
                 BTreeMap::new()
             },
         };
         m.apply(4, &create(false)).unwrap();
         let state = |m: &ClusterMetadata| m.topics["t"].partitions[0].clone();
-        assert_eq!((state(&m).leader, state(&m).isr.clone()), (1, vec![1, 2, 3]));
+        assert_eq!(
+            (state(&m).leader, state(&m).isr.clone()),
+            (1, vec![1, 2, 3])
+        );
         // Node 3 falls behind: the leader drops it.
         let alter = |leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
             topic: "t".into(),

@@ -328,6 +328,27 @@ pub fn build_batch_with_producer(
     batch
 }
 
+/// A batch of keyed records (a `None` value is a tombstone), uncompressed.
+pub fn build_keyed_batch(base_timestamp: i64, entries: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
+    assert!(
+        !entries.is_empty(),
+        "a record batch holds at least one record"
+    );
+    let mut records = Vec::new();
+    for (index, (key, value)) in entries.iter().enumerate() {
+        put_record_with(&mut records, 0, index as i32, Some(key), *value);
+    }
+    let fields = BatchFields {
+        base_timestamp,
+        max_timestamp: base_timestamp,
+        records_count: entries.len() as i32,
+        ..BatchFields::default()
+    };
+    let mut batch = Vec::with_capacity(HEADER_BYTES + records.len());
+    assemble_batch(&mut batch, &fields, &records);
+    batch
+}
+
 /// The header fields a producer chooses (offsets and epochs are the broker's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchFields {
@@ -635,6 +656,17 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i32, i64)>> {
         .map(|r| (r.offset_delta, header.base_timestamp + r.timestamp_delta))
         .collect();
     (out.len() == header.records_count.max(0) as usize).then_some(out)
+}
+
+/// For an uncompressed batch, each record's key and value. Empty for
+/// compressed batches; stops at the first malformed record.
+pub fn record_keys_values(batch: &[u8]) -> Vec<(Option<&[u8]>, Option<&[u8]>)> {
+    match uncompressed_section(batch) {
+        Some((header, section)) => records(section, header.records_count)
+            .map(|r| (r.key, r.value))
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// For an uncompressed batch, each record's value (a null value is skipped).

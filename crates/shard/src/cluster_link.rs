@@ -76,7 +76,13 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) 
                     .enumerate()
                     .map(|(p, state)| {
                         if state.replicas.contains(&node_id) {
-                            ((first + p) % shard_count.max(1)) as u32
+                            // Offset buckets keep their shard (older data dirs).
+                            let start = if name == crate::groups::offsets::OFFSETS_TOPIC {
+                                0
+                            } else {
+                                first
+                            };
+                            ((start + p) % shard_count.max(1)) as u32
                         } else {
                             crate::metadata::NOT_LOCAL
                         }
@@ -221,7 +227,12 @@ pub async fn follow(
                             changed.push(topic.clone());
                         }
                         if (&old.leaders, &old.leader_epochs, &old.isr, &old.replicas)
-                            != (&topic.leaders, &topic.leader_epochs, &topic.isr, &topic.replicas)
+                            != (
+                                &topic.leaders,
+                                &topic.leader_epochs,
+                                &topic.isr,
+                                &topic.replicas,
+                            )
                         {
                             moved.push(topic.clone());
                         }

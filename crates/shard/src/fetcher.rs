@@ -66,7 +66,11 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// Starts the fetcher task for `leader`; it runs until stopped.
-    pub fn start(node_id: i32, leader: i32, controller: sluice_cluster::ControllerHandle) -> Rc<Fetcher> {
+    pub fn start(
+        node_id: i32,
+        leader: i32,
+        controller: sluice_cluster::ControllerHandle,
+    ) -> Rc<Fetcher> {
         let fetcher = Rc::new(Fetcher {
             node_id,
             leader,
@@ -209,7 +213,11 @@ impl Fetcher {
                     .collect(),
             );
         let response: OffsetForLeaderEpochResponse = conn
-            .call(ApiKey::OffsetForLeaderEpoch, OFFSET_FOR_LEADER_EPOCH_VERSION, &request)
+            .call(
+                ApiKey::OffsetForLeaderEpoch,
+                OFFSET_FOR_LEADER_EPOCH_VERSION,
+                &request,
+            )
             .await?;
         for topic in response.topics {
             for answer in topic.partitions {
@@ -313,10 +321,15 @@ impl Fetcher {
         }
         match data.error_code {
             error_code::NONE if data.diverging_epoch.epoch >= 0 => {
-                let point =
-                    entry.divergence_point(data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
-                tracing::info!(partition = entry.log.name(), epoch = data.diverging_epoch.epoch,
-                    end_offset = data.diverging_epoch.end_offset, truncate_to = point, "follower log diverged from the leader's");
+                let point = entry
+                    .divergence_point(data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+                tracing::info!(
+                    partition = entry.log.name(),
+                    epoch = data.diverging_epoch.epoch,
+                    end_offset = data.diverging_epoch.end_offset,
+                    truncate_to = point,
+                    "follower log diverged from the leader's"
+                );
                 if let Err(e) = entry.truncate(point).await {
                     tracing::error!(partition = entry.log.name(), error = %e, "truncating a follower failed");
                     self.pause(&key, epoch);
@@ -342,8 +355,12 @@ impl Fetcher {
             }
             error_code::OFFSET_OUT_OF_RANGE if offset < data.log_start_offset => {
                 // The leader deleted what this replica lacks: start over where it starts.
-                tracing::warn!(partition = entry.log.name(), offset, leader_log_start = data.log_start_offset,
-                    "follower is behind its leader's log start: restarting its log there");
+                tracing::warn!(
+                    partition = entry.log.name(),
+                    offset,
+                    leader_log_start = data.log_start_offset,
+                    "follower is behind its leader's log start: restarting its log there"
+                );
                 if let Err(e) = entry.restart_at(data.log_start_offset).await {
                     tracing::error!(partition = entry.log.name(), error = %e, "restarting a follower's log failed");
                     self.pause(&key, epoch);
@@ -367,11 +384,12 @@ struct Conn {
 impl Conn {
     async fn connect(address: &str, node_id: i32) -> Result<Conn, String> {
         let connect = TcpStream::connect(address);
-        let stream = futures_lite::future::or(async { connect.await.map_err(|e| e.to_string()) }, async {
-            glommio::timer::sleep(Duration::from_secs(2)).await;
-            Err("connect timed out".to_string())
-        })
-        .await?;
+        let stream =
+            futures_lite::future::or(async { connect.await.map_err(|e| e.to_string()) }, async {
+                glommio::timer::sleep(Duration::from_secs(2)).await;
+                Err("connect timed out".to_string())
+            })
+            .await?;
         stream.set_nodelay(true).ok();
         Ok(Conn {
             stream,

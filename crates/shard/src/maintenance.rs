@@ -50,7 +50,6 @@ impl Shard {
         let coordinator = self.coordinator.borrow().clone();
         if let Some(c) = coordinator {
             c.expire_offsets(self.settings.offsets_retention_ms).await;
-            c.offsets.snapshot(false).await;
         }
         // Snapshot files are written with blocking fsyncs: on glommio's
         // blocking thread, a few at a time, so the shard keeps serving (500
@@ -120,10 +119,7 @@ impl Shard {
         self.stop_fetchers();
         // Wait for any open in progress, so no log is opened behind our back.
         let _permit = self.open_lock.acquire_permit(1).await;
-        let coordinator = self.coordinator.borrow_mut().take();
-        if let Some(c) = coordinator {
-            c.offsets.close().await;
-        }
+        drop(self.coordinator.borrow_mut().take());
         let entries: Vec<Rc<PartitionEntry>> = self
             .partitions
             .borrow_mut()

@@ -38,9 +38,7 @@ pub enum PartitionOp {
         leader_epoch: i32,
     },
     /// DeleteRecords: move the log start offset to `before` (-1: the high watermark).
-    DeleteRecords {
-        before: i64,
-    },
+    DeleteRecords { before: i64 },
 }
 
 /// A long poll's condition on one partition: data past `offset` (a

@@ -45,13 +45,9 @@ impl<D: StorageDir + 'static> Partition<D> {
             .await
             .map_err(|e| format!("opening partition {name}: {e}"))?;
         let producers = PartitionProducers::default();
-        rebuild_producers(
-            &log,
-            &producers,
-            &dir.join(crate::producers::SNAPSHOT_FILE),
-        )
-        .await
-        .map_err(|e| format!("partition {name}: {e}"))?;
+        rebuild_producers(&log, &producers, &dir.join(crate::producers::SNAPSHOT_FILE))
+            .await
+            .map_err(|e| format!("partition {name}: {e}"))?;
         let replica = ReplicaState::new(node_id, &dir, log.high_watermark());
         Ok(Partition {
             log,

@@ -81,6 +81,7 @@ impl World {
             default_replication_factor: 1,
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
+            offsets_topic_replication_factor: 1,
         });
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (controller, internal) =

@@ -22,7 +22,11 @@ impl Shard {
         let leader = topic.leaders.get(p).copied().unwrap_or(node);
         let epoch = topic.leader_epochs.get(p).copied().unwrap_or(0);
         let replicas = topic.replicas.get(p).cloned().unwrap_or_else(|| vec![node]);
-        let isr = topic.isr.get(p).cloned().unwrap_or_else(|| replicas.clone());
+        let isr = topic
+            .isr
+            .get(p)
+            .cloned()
+            .unwrap_or_else(|| replicas.clone());
         let transition = entry.apply_replica_state(leader, epoch, &replicas, &isr);
         let key = (topic.name.clone(), partition);
         let name = entry.log.name();
@@ -31,17 +35,32 @@ impl Shard {
             Transition::BecameLeader => {
                 self.unfollow(&key);
                 if replicas.len() > 1 {
-                    tracing::info!(partition = name, epoch, log_end_offset = entry.log.high_watermark(),
-                        high_watermark = entry.high_watermark(), "leading partition");
+                    tracing::info!(
+                        partition = name,
+                        epoch,
+                        log_end_offset = entry.log.high_watermark(),
+                        high_watermark = entry.high_watermark(),
+                        "leading partition"
+                    );
                 }
             }
             Transition::Leaderless => {
                 self.unfollow(&key);
-                tracing::warn!(partition = name, epoch, "partition has no live in-sync replica to lead it");
+                tracing::warn!(
+                    partition = name,
+                    epoch,
+                    "partition has no live in-sync replica to lead it"
+                );
             }
             Transition::BecameFollower { leader, epoch } => {
                 self.unfollow(&key);
-                tracing::info!(partition = name, leader, epoch, log_end_offset = entry.log.high_watermark(), "following partition leader");
+                tracing::info!(
+                    partition = name,
+                    leader,
+                    epoch,
+                    log_end_offset = entry.log.high_watermark(),
+                    "following partition leader"
+                );
                 let fetcher = self
                     .fetchers
                     .borrow_mut()
@@ -50,6 +69,9 @@ impl Shard {
                     .clone();
                 fetcher.add(key, entry.clone(), epoch);
             }
+        }
+        if topic.name == crate::groups::offsets::OFFSETS_TOPIC {
+            self.coordinate_bucket(partition as u32, entry, transition);
         }
         // The high watermark may have moved (an ISR shrank): wake long polls.
         self.data_arrived.notify();
@@ -76,6 +98,27 @@ impl Shard {
         }
     }
 
+    /// A bucket of `__consumer_offsets` led here loads its groups' offsets;
+    /// one led elsewhere now forgets them (and its groups' members).
+    fn coordinate_bucket(&self, bucket: u32, entry: &Rc<PartitionEntry>, transition: Transition) {
+        let Some(coordinator) = self.coordinator.borrow().clone() else {
+            return;
+        };
+        match transition {
+            Transition::Unchanged => {}
+            Transition::BecameLeader => {
+                let entry = entry.clone();
+                glommio::spawn_local(
+                    async move { coordinator.offsets.attach(bucket, entry).await },
+                )
+                .detach();
+            }
+            Transition::BecameFollower { .. } | Transition::Leaderless => {
+                coordinator.detach(bucket)
+            }
+        }
+    }
+
     pub(crate) fn unfollow(&self, key: &PartitionKey) {
         for fetcher in self.fetchers.borrow().values() {
             fetcher.remove(key);
@@ -83,7 +126,13 @@ impl Shard {
     }
 
     /// Proposes `isr` for a partition this shard leads, in the background.
-    pub(crate) fn propose_isr(&self, topic: &str, partition: i32, entry: &Rc<PartitionEntry>, isr: Vec<i32>) {
+    pub(crate) fn propose_isr(
+        &self,
+        topic: &str,
+        partition: i32,
+        entry: &Rc<PartitionEntry>,
+        isr: Vec<i32>,
+    ) {
         let command = sluice_cluster::Command::AlterIsr {
             topic: topic.to_string(),
             partition,

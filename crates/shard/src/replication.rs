@@ -331,6 +331,34 @@ impl<D: StorageDir + 'static> Partition<D> {
         false
     }
 
+    /// Leader: waits until the high watermark reaches `target` (every
+    /// in-sync replica has the offsets below it). Err(NOT_LEADER_OR_FOLLOWER)
+    /// if leadership moved away from `epoch` first, Err(REQUEST_TIMED_OUT)
+    /// after `timeout`.
+    pub async fn wait_replicated(
+        &self,
+        target: i64,
+        epoch: i32,
+        timeout: std::time::Duration,
+    ) -> Result<(), i16> {
+        let r = &self.replica;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = r.changed.listen();
+            if !r.is_leader() || r.leader_epoch.get() != epoch {
+                return Err(error_code::NOT_LEADER_OR_FOLLOWER);
+            }
+            if self.high_watermark() >= target {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(error_code::REQUEST_TIMED_OUT);
+            }
+            futures_lite::future::or(changed, glommio::timer::sleep(deadline - now)).await;
+        }
+    }
+
     /// The leader epoch check of a request carrying the client's view of it
     /// (-1: none): NONE, FENCED_LEADER_EPOCH (the client's is older) or
     /// UNKNOWN_LEADER_EPOCH (newer than this replica knows yet).
@@ -377,7 +405,10 @@ impl<D: StorageDir + 'static> Partition<D> {
         }
         let log_end = self.log.high_watermark();
         let diverged = if last_fetched_epoch >= 0 {
-            let (epoch, end) = r.epochs.borrow().end_offset_for(last_fetched_epoch, log_end);
+            let (epoch, end) = r
+                .epochs
+                .borrow()
+                .end_offset_for(last_fetched_epoch, log_end);
             (epoch != last_fetched_epoch || end < offset).then_some((epoch, end))
         } else if offset > log_end {
             Some((r.epochs.borrow().latest_epoch(), log_end))
@@ -577,7 +608,9 @@ impl<D: StorageDir + 'static> Partition<D> {
     {
         loop {
             match how(self.log.clone()).await {
-                Err(LogError::Busy) => glommio::timer::sleep(std::time::Duration::from_millis(5)).await,
+                Err(LogError::Busy) => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await
+                }
                 other => {
                     other?;
                     break;
@@ -602,7 +635,11 @@ impl<D: StorageDir + 'static> Partition<D> {
     }
 
     /// OffsetForLeaderEpoch: (error, epoch, end offset) for `requested`.
-    pub fn offset_for_leader_epoch(&self, current_leader_epoch: i32, requested: i32) -> (i16, i32, i64) {
+    pub fn offset_for_leader_epoch(
+        &self,
+        current_leader_epoch: i32,
+        requested: i32,
+    ) -> (i16, i32, i64) {
         if !self.replica.is_leader() {
             return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1);
         }

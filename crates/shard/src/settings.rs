@@ -49,6 +49,8 @@ pub struct BrokerSettings {
     pub min_insync_replicas: i32,
     /// A follower not caught up for this long leaves the ISR (replica.lag.time.max.ms).
     pub replica_lag_time_max_ms: u64,
+    /// Replicas of `__consumer_offsets` (at most the live nodes when it is created).
+    pub offsets_topic_replication_factor: i32,
 }
 
 impl BrokerSettings {
@@ -60,7 +62,15 @@ impl BrokerSettings {
         self.data_dir.join("topics")
     }
 
+    /// The offsets topic's partitions live where the offset buckets of
+    /// older data dirs did (`offsets/bucket-NN`).
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        if topic == crate::groups::offsets::OFFSETS_TOPIC {
+            return self
+                .data_dir
+                .join("offsets")
+                .join(format!("bucket-{partition:02}"));
+        }
         self.topics_dir().join(format!("{topic}-{partition}"))
     }
 }

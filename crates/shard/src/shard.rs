@@ -3,7 +3,7 @@
 //! its core, and reaches other shards only through flume messages.
 
 use crate::groups::coordinator::Coordinator;
-use crate::groups::offsets::{coordinator_shard, OffsetStore};
+use crate::groups::offsets::{bucket_of, coordinator_shard, OffsetStore, OFFSETS_TOPIC};
 use crate::log_limit::LogLimiter;
 use crate::memory::MemoryBudget;
 use crate::mesh::{
@@ -109,7 +109,7 @@ impl Shard {
 
     /// Opens the offset store of the groups this shard coordinates.
     pub async fn open_coordinator(&self) -> Result<(), String> {
-        let offsets = OffsetStore::open(&self.settings, self.id, self.shard_count).await?;
+        let offsets = OffsetStore::new(&self.settings);
         *self.coordinator.borrow_mut() = Some(Rc::new(Coordinator::new(offsets)));
         if self.id == 0 {
             *self.producer_ids.borrow_mut() = Some(ProducerIds::open(&self.settings.data_dir)?);
@@ -192,27 +192,52 @@ impl Shard {
             .unwrap_or_else(|| Err("the coordinator shard did not answer".to_string()))
     }
 
-    /// The node coordinating `group` (id, host, port): the cluster's nodes in
-    /// id order, picked by the group's offset bucket, so every node answers
-    /// FindCoordinator the same. A node that is not registered yet
-    /// coordinates everything itself.
-    pub fn coordinator_node(&self, group: &str) -> (i32, String, i32) {
-        let cluster = self.controller.metadata();
-        let nodes: Vec<&sluice_cluster::NodeInfo> = cluster
-            .nodes
-            .values()
-            .filter(|n| !n.fenced)
-            .map(|n| &n.info)
-            .collect();
-        if nodes.is_empty() {
-            return (
-                self.settings.node_id,
+    /// The node coordinating `group` (id, host, port): the leader of the
+    /// group's bucket, a partition of the replicated `__consumer_offsets`
+    /// topic (as in Kafka). `None` while that topic does not exist or the
+    /// bucket has no leader.
+    pub fn coordinator_node(&self, group: &str) -> Option<(i32, String, i32)> {
+        let snapshot = self.snapshot();
+        let topic = snapshot.topics.get(OFFSETS_TOPIC)?;
+        let leader = topic.leader(bucket_of(group) as i32, self.settings.node_id)?;
+        if leader == self.settings.node_id {
+            return Some((
+                leader,
                 self.settings.advertised_host.clone(),
                 self.settings.advertised_port,
-            );
+            ));
         }
-        let node = nodes[crate::groups::offsets::bucket_of(group) as usize % nodes.len()];
-        (node.id, node.kafka_host.clone(), node.kafka_port)
+        let cluster = self.controller.metadata();
+        let node = &cluster.nodes.get(&leader)?.info;
+        Some((node.id, node.kafka_host.clone(), node.kafka_port))
+    }
+
+    /// Creates `__consumer_offsets` if it does not exist yet (the first
+    /// FindCoordinator of the cluster): one partition per offset bucket,
+    /// compacted, with `offsets_topic_replication_factor` replicas (at most
+    /// the live nodes).
+    pub async fn ensure_offsets_topic(&self) {
+        if self.snapshot().topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let live = self.controller.metadata().live_nodes().len().max(1) as i32;
+        let op = crate::mesh::AdminOp::CreateTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: crate::groups::offsets::OFFSET_BUCKETS as i32,
+            replication_factor: self.settings.offsets_topic_replication_factor.min(live),
+            configs: [
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), (16u64 << 20).to_string()),
+            ]
+            .into(),
+            validate_only: false,
+        };
+        let reply = self.admin(op).await;
+        if reply.error_code != error_code::NONE
+            && reply.error_code != error_code::TOPIC_ALREADY_EXISTS
+        {
+            tracing::warn!(error = ?reply.error_message, "creating the offsets topic failed");
+        }
     }
 
     /// A group's committed offsets, from its coordinator shard.
@@ -331,9 +356,8 @@ impl Shard {
         let path = self.settings.partition_dir(&topic.name, partition);
         let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
-        let entry = Rc::new(
-            Partition::open(dir, config, name.clone(), path, self.settings.node_id).await?,
-        );
+        let entry =
+            Rc::new(Partition::open(dir, config, name.clone(), path, self.settings.node_id).await?);
         let offsets = entry.log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             log_end_offset = offsets.high_watermark, segments = offsets.segment_count, "partition opened");
@@ -448,7 +472,13 @@ impl Shard {
             } if replica >= 0 => {
                 let before = entry.high_watermark();
                 let fetch = entry
-                    .replica_fetch(replica, offset, last_fetched_epoch, current_leader_epoch, max_bytes)
+                    .replica_fetch(
+                        replica,
+                        offset,
+                        last_fetched_epoch,
+                        current_leader_epoch,
+                        max_bytes,
+                    )
                     .await;
                 if let Some(isr) = fetch.expand_isr {
                     self.propose_isr(topic, partition, &entry, isr);
@@ -553,27 +583,25 @@ impl Shard {
             return outcome;
         }
         let target = outcome.base_offset + last_offset_delta + 1;
-        let timeout = Duration::from_millis(if timeout_ms > 0 { timeout_ms as u64 } else { 30_000 });
-        let deadline = Instant::now() + timeout;
-        loop {
-            let changed = entry.replica.changed.listen();
-            if !entry.replica.is_leader() || entry.replica.leader_epoch.get() != epoch {
+        let timeout = Duration::from_millis(if timeout_ms > 0 {
+            timeout_ms as u64
+        } else {
+            30_000
+        });
+        match entry.wait_replicated(target, epoch, timeout).await {
+            Ok(()) => {}
+            Err(error_code::NOT_LEADER_OR_FOLLOWER) => {
                 return refuse(
                     error_code::NOT_LEADER_OR_FOLLOWER,
                     "leadership moved before the in-sync replicas had the batch".into(),
-                );
+                )
             }
-            if entry.high_watermark() >= target {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
+            Err(code) => {
                 return refuse(
-                    error_code::REQUEST_TIMED_OUT,
+                    code,
                     format!("the in-sync replicas did not confirm the batch in {timeout:?}"),
-                );
+                )
             }
-            futures_lite::future::or(changed, glommio::timer::sleep(deadline - now)).await;
         }
         if isr_size() < min_insync {
             return refuse(

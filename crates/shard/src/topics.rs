@@ -73,7 +73,10 @@ impl Shard {
                         format!("topic `{name}` already exists"),
                     );
                 }
-                if partitions < 1 || partitions > self.settings.max_partitions_per_topic {
+                let internal = name == crate::groups::offsets::OFFSETS_TOPIC;
+                if partitions < 1
+                    || (partitions > self.settings.max_partitions_per_topic && !internal)
+                {
                     return error(
                         error_code::INVALID_PARTITIONS,
                         format!(

@@ -317,9 +317,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     pub async fn append_replica(self: &Rc<Self>, batch: &[u8]) -> LogResult<AppendInfo> {
         let header = validate_batch_prefix(batch)?;
         if header.total_bytes() != batch.len() {
-            return Err(LogError::InvalidBatch(record_batch::BatchError::LengthInvalid {
-                batch_length: header.batch_length,
-            }));
+            return Err(LogError::InvalidBatch(
+                record_batch::BatchError::LengthInvalid {
+                    batch_length: header.batch_length,
+                },
+            ));
         }
         let batch_bytes = batch.len() as u64;
         if batch_bytes > self.config().segment_bytes {

@@ -166,12 +166,25 @@ impl Coordinator {
         }
     }
 
+    /// The error is the Kafka code to answer (NOT_COORDINATOR after a
+    /// leadership change of the group's offsets bucket, ...).
     pub async fn commit(
         &self,
         group_id: &str,
         commits: Vec<(String, i32, Committed)>,
-    ) -> Result<(), sluice_storage::LogError> {
+    ) -> Result<(), i16> {
         self.offsets.commit(group_id, commits).await
+    }
+
+    /// This node no longer leads the offsets bucket: its groups (members,
+    /// generations, offsets) are served by the new leader; members parked
+    /// here are woken and will rediscover the coordinator.
+    pub fn detach(&self, bucket: u32) {
+        self.offsets.detach(bucket);
+        self.groups
+            .borrow_mut()
+            .retain(|id, _| super::offsets::bucket_of(id) != bucket);
+        self.changed.notify();
     }
 
     pub fn committed(&self, group_id: &str) -> GroupOffsets {
@@ -296,8 +309,8 @@ impl Coordinator {
             None if !has_offsets => return code::GROUP_ID_NOT_FOUND,
             _ => {}
         }
-        if self.offsets.delete_group(group_id).await.is_err() {
-            return sluice_protocol::api::error_code::KAFKA_STORAGE_ERROR;
+        if let Err(code) = self.offsets.delete_group(group_id).await {
+            return code;
         }
         self.groups
             .borrow_mut()

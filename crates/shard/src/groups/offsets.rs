@@ -1,36 +1,45 @@
-//! The core-local offset store: committed offsets of the groups this shard
-//! coordinates. Commits are appended as record batches to a partition log of
-//! the storage engine (`<data_dir>/offsets/bucket-NN/`), so they share its
-//! group commit, CRCs and crash recovery; a commit is acknowledged once durable.
-//! Groups hash to one of `OFFSET_BUCKETS` buckets, and bucket b lives on shard
-//! `b % shard_count`, so offsets survive a change of core count.
+//! Committed offsets of the groups this shard coordinates, kept in the
+//! replicated internal topic `__consumer_offsets` (as in Kafka): its
+//! partitions are the offset buckets (a group's bucket is a hash of its id),
+//! replicated like any partition, and the coordinator of a group is the
+//! leader of its bucket, on the shard that holds the bucket
+//! (`bucket % shard_count`). A commit is appended to the bucket through the
+//! leader and answered once every in-sync replica has it (as acks=all); when
+//! a node becomes a bucket's leader it loads the bucket's offsets by reading
+//! the partition, and when it stops leading it forgets them. The partitions
+//! are compacted (`cleanup.policy=compact`): every record is keyed by
+//! (group, topic, partition), and deleting a group writes tombstones.
 //!
 //! Record value (big-endian): `kind u8 (1 commit, 2 delete group) | group u16+bytes |
 //! topic u16+bytes | partition i32 | offset i64 | leader_epoch i32 |
 //! metadata i16 len (-1 null) + bytes | commit_ms i64 | crc32 u32` (crc32fast
-//! of everything before it). A delete has empty topic and zeros after it. A
-//! record whose checksum fails is dropped on replay, never a valid one.
+//! of everything before it). A record whose checksum fails is dropped on
+//! replay, never a valid one. Key: `1 | group u16+bytes | topic u16+bytes |
+//! partition i32`.
 //!
-//! Snapshots: every so often (and at close) the map of a bucket is written with
-//! rkyv to `<data_dir>/offsets/bucket-NN.snapshot` (temp file, fsync, rename):
-//! `"SLOFFSN1" | crc32 u32 | length u64 | rkyv bytes`, holding the map and the
-//! log offset it covers. A restart reads the archive in place (no parsing
-//! step), then replays only the log after that offset; log segments wholly
-//! below it are deleted.
+//! Older data dirs kept each bucket as a local log under
+//! `<data_dir>/offsets/bucket-NN/` (unkeyed records) with an rkyv snapshot
+//! `bucket-NN.snapshot`; those directories are the offsets partitions now, and
+//! a snapshot left there is imported once when its bucket is first loaded:
+//! its offsets are written again as keyed records, then it is removed.
 
 use crate::settings::BrokerSettings;
-use crate::storage_dir::open_dir;
-use crate::storage_dir::Log;
-use sluice_protocol::record_batch::{build_batch, record_values, BatchHeader};
-use sluice_storage::{AppendOptions, LogError, PartitionLog};
+use crate::shard::PartitionEntry;
+use sluice_protocol::api::error_code;
+use sluice_protocol::record_batch::{build_keyed_batch, record_keys_values, BatchHeader};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::time::Duration;
 
 pub const OFFSET_BUCKETS: u32 = 16;
-/// Snapshot a bucket once this many records were written since the last one.
-pub const SNAPSHOT_EVERY_RECORDS: u64 = 10_000;
+/// The internal topic whose partitions are the offset buckets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SLOFFSN1";
+/// Keyed records per batch when a legacy snapshot is written back.
+const IMPORT_BATCH_RECORDS: usize = 500;
+/// How long a commit waits for the in-sync replicas.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
 struct SnapshotEntry {
@@ -50,6 +59,7 @@ struct OffsetSnapshot {
     entries: Vec<SnapshotEntry>,
 }
 
+#[cfg(test)]
 fn encode_snapshot(snapshot: &OffsetSnapshot) -> Vec<u8> {
     let archived = rkyv::to_bytes::<rkyv::rancor::Error>(snapshot).expect("snapshot serializes");
     let mut out = Vec::with_capacity(20 + archived.len());
@@ -121,15 +131,13 @@ pub struct Committed {
 pub type GroupOffsets = BTreeMap<(String, i32), Committed>;
 
 pub struct OffsetStore {
-    logs: RefCell<HashMap<u32, Rc<Log>>>,
+    /// The buckets this shard leads, loaded: their groups are served here.
+    buckets: RefCell<HashMap<u32, Rc<PartitionEntry>>>,
+    /// Buckets being loaded (their groups get COORDINATOR_LOAD_IN_PROGRESS).
+    loading: RefCell<HashSet<u32>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
+    /// Where older data dirs kept bucket snapshots.
     snapshot_dir: std::path::PathBuf,
-    /// Per bucket: commits whose append has not returned yet.
-    pending: RefCell<HashMap<u32, usize>>,
-    /// Per bucket: records written since the last snapshot.
-    since_snapshot: RefCell<HashMap<u32, u64>>,
-    /// Buckets whose snapshot must be rewritten right after open.
-    rewrite_snapshot: RefCell<Vec<u32>>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -156,6 +164,24 @@ fn encode(kind: u8, group: &str, topic: &str, partition: i32, c: &Committed) -> 
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// The compaction key of a committed offset.
+fn key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + group.len() + topic.len());
+    out.push(KIND_COMMIT);
+    put_str(&mut out, group);
+    put_str(&mut out, topic);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn decode_key(key: &[u8]) -> Option<(String, String, i32)> {
+    let mut r = Reader(key);
+    if r.u8()? != KIND_COMMIT {
+        return None;
+    }
+    Some((r.str()?, r.str()?, r.i32()?))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -224,101 +250,13 @@ fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
 }
 
 impl OffsetStore {
-    /// Opens (and replays) the buckets this shard owns.
-    pub async fn open(
-        settings: &BrokerSettings,
-        shard: usize,
-        shard_count: usize,
-    ) -> Result<OffsetStore, String> {
-        let snapshot_dir = settings.data_dir.join("offsets");
-        let store = OffsetStore {
-            logs: RefCell::new(HashMap::new()),
+    pub fn new(settings: &BrokerSettings) -> OffsetStore {
+        OffsetStore {
+            buckets: RefCell::new(HashMap::new()),
+            loading: RefCell::new(HashSet::new()),
             offsets: RefCell::new(HashMap::new()),
-            snapshot_dir,
-            pending: RefCell::new(HashMap::new()),
-            since_snapshot: RefCell::new(HashMap::new()),
-            rewrite_snapshot: RefCell::new(Vec::new()),
-        };
-        for bucket in (0..OFFSET_BUCKETS).filter(|b| *b as usize % shard_count == shard) {
-            let path = settings
-                .data_dir
-                .join("offsets")
-                .join(format!("bucket-{bucket:02}"));
-            let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let config = sluice_storage::LogConfig {
-                segment_bytes: 4 << 20,
-                retention_ms: None,
-                retention_bytes: None,
-                preallocate_bytes: 1 << 20,
-                ..settings.log
-            };
-            let log = PartitionLog::open(dir, config, format!("offsets-{bucket:02}"))
-                .await
-                .map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
-            let mut offset = log.log_start_offset();
-            let snapshot_path = store.snapshot_path(bucket);
-            if let Ok(bytes) = std::fs::read(&snapshot_path) {
-                match decode_snapshot(&bytes) {
-                    Some((next_log_offset, entries)) => {
-                        for (group, topic, partition, committed) in entries {
-                            store.apply((KIND_COMMIT, group, topic, partition, committed));
-                        }
-                        if next_log_offset > log.high_watermark() {
-                            // The log lost its tail (a relaxed flush policy and a power
-                            // cut): new commits will reuse those offsets, so the
-                            // snapshot is rewritten at the current end below.
-                            tracing::warn!(
-                                bucket,
-                                next_log_offset,
-                                high_watermark = log.high_watermark(),
-                                "offset snapshot is ahead of the log: rewriting it"
-                            );
-                            store.rewrite_snapshot.borrow_mut().push(bucket);
-                        }
-                        offset = offset.max(next_log_offset).min(log.high_watermark());
-                    }
-                    None => {
-                        tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log")
-                    }
-                }
-            }
-            let mut replayed = 0u64;
-            loop {
-                let read = log
-                    .read(offset, 1 << 20)
-                    .await
-                    .map_err(|e| format!("offset store bucket {bucket}: {e}"))?;
-                if read.records.is_empty() {
-                    break;
-                }
-                let mut at = 0;
-                while at < read.records.len() {
-                    let header =
-                        BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
-                    for value in record_values(&read.records[at..at + header.total_bytes()]) {
-                        match decode(value) {
-                            Some(record) => store.apply(record),
-                            None => {
-                                tracing::warn!(bucket, "offset record with a bad checksum dropped")
-                            }
-                        }
-                        replayed += 1;
-                    }
-                    at += header.total_bytes();
-                }
-                offset = read.next_offset;
-            }
-            store.logs.borrow_mut().insert(bucket, log);
-            store.since_snapshot.borrow_mut().insert(bucket, replayed);
+            snapshot_dir: settings.data_dir.join("offsets"),
         }
-        let rewrite = std::mem::take(&mut *store.rewrite_snapshot.borrow_mut());
-        if !rewrite.is_empty() {
-            for bucket in rewrite {
-                store.since_snapshot.borrow_mut().insert(bucket, 1);
-            }
-            store.snapshot(true).await;
-        }
-        Ok(store)
     }
 
     fn snapshot_path(&self, bucket: u32) -> std::path::PathBuf {
@@ -326,61 +264,147 @@ impl OffsetStore {
             .join(format!("bucket-{bucket:02}.snapshot"))
     }
 
-    /// Writes a snapshot of each bucket that has enough new records (or of
-    /// all, with `force`) and no commit in flight, then drops covered segments.
-    pub async fn snapshot(&self, force: bool) {
-        let buckets: Vec<(u32, Rc<Log>)> = self
-            .logs
-            .borrow()
-            .iter()
-            .map(|(b, l)| (*b, l.clone()))
-            .collect();
-        for (bucket, log) in buckets {
-            let since = self
-                .since_snapshot
-                .borrow()
-                .get(&bucket)
-                .copied()
-                .unwrap_or(0);
-            let busy = self.pending.borrow().get(&bucket).copied().unwrap_or(0) > 0;
-            if busy || since == 0 || (!force && since < SNAPSHOT_EVERY_RECORDS) {
-                continue;
+    /// NONE if this shard serves `group` now, else the code to answer with.
+    pub fn serves(&self, group: &str) -> i16 {
+        let bucket = bucket_of(group);
+        if self.loading.borrow().contains(&bucket) {
+            error_code::COORDINATOR_LOAD_IN_PROGRESS
+        } else if self.buckets.borrow().contains_key(&bucket) {
+            error_code::NONE
+        } else {
+            error_code::NOT_COORDINATOR
+        }
+    }
+
+    /// This node became the leader of `bucket`: loads its offsets from the
+    /// partition (and imports an older data dir's snapshot once).
+    pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
+        self.loading.borrow_mut().insert(bucket);
+        self.forget(bucket);
+        let started = std::time::Instant::now();
+        let result = self.load(bucket, &entry).await;
+        self.loading.borrow_mut().remove(&bucket);
+        match result {
+            Ok(records) => {
+                self.buckets.borrow_mut().insert(bucket, entry);
+                tracing::info!(
+                    bucket,
+                    records,
+                    ms = started.elapsed().as_millis() as u64,
+                    "offsets bucket loaded: coordinating its groups"
+                );
             }
-            // No commit in flight: the map holds exactly the records below the high watermark.
-            let next_log_offset = log.high_watermark();
-            let entries = self
-                .offsets
-                .borrow()
-                .iter()
-                .filter(|(group, _)| bucket_of(group) == bucket)
-                .flat_map(|(group, offsets)| {
-                    offsets
-                        .iter()
-                        .map(move |((topic, partition), c)| SnapshotEntry {
-                            group: group.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset: c.offset,
-                            leader_epoch: c.leader_epoch,
-                            metadata: c.metadata.clone(),
-                            commit_ms: c.commit_ms,
-                        })
-                })
-                .collect();
-            let bytes = encode_snapshot(&OffsetSnapshot {
-                next_log_offset,
-                entries,
-            });
-            let path = self.snapshot_path(bucket);
-            if let Err(e) = write_durably(&path, &bytes) {
-                tracing::error!(path = %path.display(), error = %e, "writing offset snapshot failed");
-                continue;
-            }
-            self.since_snapshot.borrow_mut().insert(bucket, 0);
-            if let Err(e) = log.delete_segments_before(next_log_offset).await {
-                tracing::warn!(bucket, error = %e, "trimming the offset log failed");
+            Err(e) => {
+                self.forget(bucket);
+                tracing::error!(bucket, error = %e, "loading an offsets bucket failed: its groups are not served here");
             }
         }
+    }
+
+    /// This node no longer leads `bucket`: its groups are served elsewhere.
+    pub fn detach(&self, bucket: u32) {
+        if self.buckets.borrow_mut().remove(&bucket).is_some() {
+            tracing::info!(bucket, "offsets bucket led elsewhere now");
+        }
+        self.forget(bucket);
+    }
+
+    fn forget(&self, bucket: u32) {
+        self.offsets
+            .borrow_mut()
+            .retain(|group, _| bucket_of(group) != bucket);
+    }
+
+    async fn load(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<u64, String> {
+        let log = &entry.log;
+        let mut offset = log.log_start_offset();
+        let snapshot_path = self.snapshot_path(bucket);
+        let legacy = std::fs::read(&snapshot_path).ok();
+        if let Some(bytes) = &legacy {
+            match decode_snapshot(bytes) {
+                Some((next_log_offset, entries)) => {
+                    for (group, topic, partition, committed) in entries {
+                        self.apply((KIND_COMMIT, group, topic, partition, committed));
+                    }
+                    offset = offset.max(next_log_offset).min(log.high_watermark());
+                }
+                None => {
+                    tracing::warn!(path = %snapshot_path.display(), "offset snapshot damaged: replaying the whole log")
+                }
+            }
+        }
+        let mut replayed = 0u64;
+        loop {
+            let read = log
+                .read(offset, 1 << 20)
+                .await
+                .map_err(|e| format!("offsets bucket {bucket}: {e}"))?;
+            if read.records.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            while at < read.records.len() {
+                let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
+                let batch = &read.records[at..at + header.total_bytes()];
+                for (key, value) in record_keys_values(batch) {
+                    replayed += 1;
+                    match value {
+                        Some(value) => match decode(value) {
+                            Some(record) => self.apply(record),
+                            None => {
+                                tracing::warn!(bucket, "offset record with a bad checksum dropped")
+                            }
+                        },
+                        None => {
+                            if let Some((group, topic, partition)) = key.and_then(decode_key) {
+                                self.remove(&group, &topic, partition);
+                            }
+                        }
+                    }
+                }
+                at += header.total_bytes();
+            }
+            offset = read.next_offset;
+        }
+        if legacy.is_some() {
+            self.import_legacy(bucket, entry).await?;
+            std::fs::remove_file(&snapshot_path)
+                .map_err(|e| format!("{}: {e}", snapshot_path.display()))?;
+            tracing::info!(
+                bucket,
+                "offset snapshot of an older data dir imported into the offsets partition"
+            );
+        }
+        Ok(replayed)
+    }
+
+    /// Writes the bucket's offsets as keyed records (an older data dir's
+    /// unkeyed records and snapshot are superseded by them).
+    async fn import_legacy(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<(), String> {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = self
+            .offsets
+            .borrow()
+            .iter()
+            .filter(|(group, _)| bucket_of(group) == bucket)
+            .flat_map(|(group, offsets)| {
+                offsets.iter().map(move |((topic, partition), c)| {
+                    (
+                        key(group, topic, *partition),
+                        encode(KIND_COMMIT, group, topic, *partition, c),
+                    )
+                })
+            })
+            .collect();
+        for chunk in records.chunks(IMPORT_BATCH_RECORDS) {
+            let entries: Vec<(&[u8], Option<&[u8]>)> = chunk
+                .iter()
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+                .collect();
+            append(entry, &entries)
+                .await
+                .map_err(|code| format!("writing imported offsets: {}", error_code::name(code)))?;
+        }
+        Ok(())
     }
 
     fn apply(
@@ -402,57 +426,66 @@ impl OffsetStore {
         }
     }
 
-    /// Durably records the commits, then makes them visible.
+    fn remove(&self, group: &str, topic: &str, partition: i32) {
+        let mut offsets = self.offsets.borrow_mut();
+        if let Some(group_offsets) = offsets.get_mut(group) {
+            group_offsets.remove(&(topic.to_string(), partition));
+            if group_offsets.is_empty() {
+                offsets.remove(group);
+            }
+        }
+    }
+
+    /// The bucket partition of `group`, if this shard serves it.
+    fn bucket_entry(&self, group: &str) -> Result<Rc<PartitionEntry>, i16> {
+        match self.serves(group) {
+            error_code::NONE => Ok(self.buckets.borrow()[&bucket_of(group)].clone()),
+            code => Err(code),
+        }
+    }
+
+    /// Records the commits on every in-sync replica of the group's bucket,
+    /// then makes them visible. The error is the Kafka code to answer.
     pub async fn commit(
         &self,
         group: &str,
         commits: Vec<(String, i32, Committed)>,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), i16> {
         if commits.is_empty() {
             return Ok(());
         }
-        let values: Vec<Vec<u8>> = commits
+        let entry = self.bucket_entry(group)?;
+        let records: Vec<(Vec<u8>, Vec<u8>)> = commits
             .iter()
-            .map(|(t, p, c)| encode(KIND_COMMIT, group, t, *p, c))
+            .map(|(t, p, c)| (key(group, t, *p), encode(KIND_COMMIT, group, t, *p, c)))
             .collect();
-        self.append(group, values).await?;
+        let entries: Vec<(&[u8], Option<&[u8]>)> = records
+            .iter()
+            .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+            .collect();
+        append(&entry, &entries).await?;
         for (topic, partition, committed) in commits {
             self.apply((KIND_COMMIT, group.to_string(), topic, partition, committed));
         }
         Ok(())
     }
 
-    pub async fn delete_group(&self, group: &str) -> Result<(), LogError> {
-        let none = Committed {
-            offset: 0,
-            leader_epoch: 0,
-            metadata: None,
-            commit_ms: 0,
-        };
-        self.append(group, vec![encode(KIND_DELETE_GROUP, group, "", 0, &none)])
-            .await?;
+    /// Tombstones for every committed offset of the group.
+    pub async fn delete_group(&self, group: &str) -> Result<(), i16> {
+        let entry = self.bucket_entry(group)?;
+        let keys: Vec<Vec<u8>> = self
+            .offsets
+            .borrow()
+            .get(group)
+            .map(|o| o.keys().map(|(t, p)| key(group, t, *p)).collect())
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let entries: Vec<(&[u8], Option<&[u8]>)> =
+                keys.iter().map(|k| (k.as_slice(), None)).collect();
+            append(&entry, &entries).await?;
+        }
         self.offsets.borrow_mut().remove(group);
         Ok(())
-    }
-
-    async fn append(&self, group: &str, values: Vec<Vec<u8>>) -> Result<(), LogError> {
-        let bucket = bucket_of(group);
-        let log = self
-            .logs
-            .borrow()
-            .get(&bucket)
-            .cloned()
-            .ok_or(LogError::Closed)?;
-        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-        let batch = build_batch(sluice_storage::now_ms() as i64, &refs);
-        *self.pending.borrow_mut().entry(bucket).or_default() += 1;
-        let result = log
-            .append(&batch, AppendOptions::default())
-            .await
-            .map(|_| ());
-        *self.pending.borrow_mut().entry(bucket).or_default() -= 1;
-        *self.since_snapshot.borrow_mut().entry(bucket).or_default() += values.len() as u64;
-        result
     }
 
     pub fn fetch(&self, group: &str) -> GroupOffsets {
@@ -482,34 +515,32 @@ impl OffsetStore {
             .map(|(g, _)| g.clone())
             .collect()
     }
-
-    pub async fn close(&self) {
-        self.snapshot(true).await;
-        let logs: Vec<Rc<Log>> = self.logs.borrow_mut().drain().map(|(_, l)| l).collect();
-        for log in logs {
-            let _ = log.close().await;
-        }
-    }
 }
 
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("snapshot.tmp");
-    {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+/// Appends keyed records to an offsets partition this node leads and waits
+/// until every in-sync replica has them (the error is the Kafka code).
+async fn append(entry: &Rc<PartitionEntry>, records: &[(&[u8], Option<&[u8]>)]) -> Result<(), i16> {
+    let batch = bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
+    let epoch = entry.replica.leader_epoch.get();
+    let outcome = entry.produce(batch).await;
+    if outcome.error_code != error_code::NONE {
+        tracing::warn!(partition = entry.log.name(), error = %error_code::name(outcome.error_code), "offset commit not written");
+        return Err(error_code::COORDINATOR_NOT_AVAILABLE);
     }
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    let target = outcome.base_offset + records.len() as i64;
+    entry
+        .wait_replicated(target, epoch, COMMIT_TIMEOUT)
+        .await
+        .map_err(|code| match code {
+            error_code::NOT_LEADER_OR_FOLLOWER => error_code::NOT_COORDINATOR,
+            _ => error_code::COORDINATOR_NOT_AVAILABLE,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_protocol::record_batch::{build_batch, record_values};
 
     #[test]
     fn snapshots_round_trip_and_damage_is_detected() {
@@ -560,6 +591,19 @@ mod tests {
             decode(&value[..value.len() - 1]).is_none(),
             "a torn record is refused"
         );
+    }
+
+    #[test]
+    fn keys_round_trip_and_tombstones_carry_them() {
+        let k = key("group-a", "orders", 5);
+        assert_eq!(
+            decode_key(&k),
+            Some(("group-a".to_string(), "orders".to_string(), 5))
+        );
+        let batch = build_keyed_batch(1, &[(&k, None), (&k, Some(b"v"))]);
+        let records = record_keys_values(&batch);
+        assert_eq!(records[0], (Some(&k[..]), None));
+        assert_eq!(records[1], (Some(&k[..]), Some(&b"v"[..])));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn route(shard: &Shard, frame: &RequestFrame) -> Result<Route, String> {
     let Some(group) = group_of(frame)? else {
         return Ok(Route::Here);
     };
-    if shard.coordinator_node(&group).0 != shard.settings.node_id {
+    if shard.coordinator_node(&group).map(|c| c.0) != Some(shard.settings.node_id) {
         return Ok(Route::OtherNode);
     }
     let owner = coordinator_shard(&group, shard.shard_count);
@@ -90,13 +90,28 @@ fn group_of(frame: &RequestFrame) -> Result<Option<String>, String> {
     Ok(Some(group))
 }
 
+/// On the coordinator shard: the code to refuse a group request with while
+/// the group's offsets bucket is loading here (COORDINATOR_LOAD_IN_PROGRESS)
+/// or is no longer led here (NOT_COORDINATOR); `None` to serve it.
+pub fn refusal(shard: &Shard, frame: &RequestFrame) -> Result<Option<i16>, String> {
+    let Some(group) = group_of(frame)? else {
+        return Ok(None);
+    };
+    let code = shard.coordinator()?.offsets.serves(&group);
+    Ok((code != error_code::NONE).then_some(code))
+}
+
 /// The answer to a group request that reached a node that does not
 /// coordinate the group (after the cluster's nodes changed): NOT_COORDINATOR,
 /// so the client asks FindCoordinator again.
 pub fn not_coordinator(frame: &RequestFrame) -> HandlerResult {
+    refuse(frame, error_code::NOT_COORDINATOR)
+}
+
+/// A group request answered with `code` only.
+pub fn refuse(frame: &RequestFrame, code: i16) -> HandlerResult {
     let key = ApiKey::try_from(frame.api_key).map_err(|_| "unknown api key".to_string())?;
     let (body, v) = (frame.body.clone(), frame.api_version);
-    let code = error_code::NOT_COORDINATOR;
     match key {
         ApiKey::JoinGroup => respond(frame, &JoinGroupResponse::default().with_error_code(code)),
         ApiKey::SyncGroup => respond(frame, &SyncGroupResponse::default().with_error_code(code)),
@@ -133,6 +148,15 @@ pub fn not_coordinator(frame: &RequestFrame) -> HandlerResult {
 
 pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: FindCoordinatorRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    if request.key_type == 0 {
+        shard.ensure_offsets_topic().await;
+    }
+    // The bucket's leader; none yet (no leader, the topic just created): retriable.
+    let coordinator = |key: &str| {
+        shard
+            .coordinator_node(key)
+            .ok_or(error_code::COORDINATOR_NOT_AVAILABLE)
+    };
     let answer = |key_type: i8| -> (i16, Option<String>) {
         if key_type == 0 {
             (error_code::NONE, None)
@@ -154,8 +178,14 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             .coordinator_keys
             .iter()
             .map(|key| {
-                let (code, message) = answer(request.key_type);
-                let (node, host, port) = shard.coordinator_node(key);
+                let (mut code, message) = answer(request.key_type);
+                let (node, host, port) = match coordinator(key) {
+                    Ok(found) => found,
+                    Err(missing) => {
+                        code = code.max(missing);
+                        (-1, String::new(), -1)
+                    }
+                };
                 CoordinatorEntry::default()
                     .with_key(key.clone())
                     .with_node_id(BrokerId(if code == 0 { node } else { -1 }))
@@ -167,8 +197,14 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
-        let (code, message) = answer(request.key_type);
-        let (node, host, port) = shard.coordinator_node(&request.key);
+        let (mut code, message) = answer(request.key_type);
+        let (node, host, port) = match coordinator(&request.key) {
+            Ok(found) => found,
+            Err(missing) => {
+                code = code.max(missing);
+                (-1, String::new(), -1)
+            }
+        };
         let response = FindCoordinatorResponse::default()
             .with_error_code(code)
             .with_node_id(BrokerId(if code == 0 { node } else { -1 }))
@@ -373,12 +409,12 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         }
         results.push((topic.name.clone(), codes));
     }
-    if let Err(e) = coordinator.commit(&group, commits).await {
-        tracing::error!(%group, error = %e, "offset commit failed");
+    if let Err(failed) = coordinator.commit(&group, commits).await {
+        tracing::warn!(%group, error = %error_code::name(failed), "offset commit failed");
         for (_, codes) in results.iter_mut() {
             for (_, code) in codes.iter_mut() {
                 if *code == code::NONE {
-                    *code = error_code::COORDINATOR_NOT_AVAILABLE; // retriable
+                    *code = failed; // retriable: the client finds the coordinator again
                 }
             }
         }

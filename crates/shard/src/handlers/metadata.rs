@@ -165,6 +165,7 @@ fn topic_metadata(topic: &TopicMeta, node: BrokerId, version: i16) -> MetadataRe
     MetadataResponseTopic::default()
         .with_error_code(error_code::NONE)
         .with_name(Some(TopicName(str_bytes(&topic.name))))
+        .with_is_internal(topic.name == crate::groups::offsets::OFFSETS_TOPIC)
         .with_topic_id(if version >= 10 {
             topic.uuid()
         } else {

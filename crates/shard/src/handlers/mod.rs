@@ -60,6 +60,10 @@ pub async fn handle_here(
 ) -> HandlerResult {
     let key = ApiKey::try_from(frame.api_key)
         .map_err(|_| format!("unsupported API key {}", frame.api_key))?;
+    // The group's offsets bucket may be loading here, or led elsewhere now.
+    if let Some(code) = groups::refusal(shard, &frame)? {
+        return groups::refuse(&frame, code);
+    }
     match key {
         ApiKey::FindCoordinator => groups::find_coordinator(shard, frame).await,
         ApiKey::JoinGroup => groups::join_group(shard, frame).await,
