@@ -53,36 +53,7 @@ impl World {
             .io_memory(1 << 20)
             .make()
             .expect("executor");
-        let settings = Arc::new(BrokerSettings {
-            node_id: 0,
-            cluster_id: "replay".into(),
-            data_dir: data_dir.clone(),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
-            auto_create_topics: true,
-            default_partitions: 1,
-            max_frame_bytes: 1 << 20,
-            max_in_flight_per_connection: 8,
-            max_message_bytes: 1 << 20,
-            log: sluice_storage::LogConfig {
-                segment_bytes: 1 << 20,
-                ..sluice_storage::LogConfig::default()
-            },
-            retention_check_ms: 60_000,
-            offsets_retention_ms: 60_000,
-            max_partitions_per_topic: 4,
-            memory_budget_bytes_per_core: vec![64 << 20],
-            connections_max_idle_ms: 600_000,
-            request_timeout_ms: 30_000,
-            log_cleaner_dedupe_buffer_bytes: 1 << 20,
-            log_cleaner_backoff_ms: 15_000,
-            log_cleaner_io_max_bytes_per_second: None,
-            broker_session_timeout_ms: 9_000,
-            default_replication_factor: 1,
-            min_insync_replicas: 1,
-            replica_lag_time_max_ms: 30_000,
-            offsets_topic_replication_factor: 1,
-        });
+        let settings = Arc::new(BrokerSettings::for_tests(data_dir.clone()));
         let metadata = Arc::new(MetadataStore::load(&data_dir).expect("metadata"));
         let (controller, internal) =
             crate::cluster_link::start_single_node_controller(&settings).expect("controller");

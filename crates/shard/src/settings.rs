@@ -54,6 +54,41 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
+    /// Small settings for one node of its own in `data_dir` (the request
+    /// replay harness and tests).
+    pub fn for_tests(data_dir: PathBuf) -> BrokerSettings {
+        BrokerSettings {
+            node_id: 0,
+            cluster_id: "replay".into(),
+            data_dir,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_frame_bytes: 1 << 20,
+            max_in_flight_per_connection: 8,
+            max_message_bytes: 1 << 20,
+            log: sluice_storage::LogConfig {
+                segment_bytes: 1 << 20,
+                ..sluice_storage::LogConfig::default()
+            },
+            retention_check_ms: 60_000,
+            offsets_retention_ms: 60_000,
+            max_partitions_per_topic: 4,
+            memory_budget_bytes_per_core: vec![64 << 20],
+            connections_max_idle_ms: 600_000,
+            request_timeout_ms: 30_000,
+            log_cleaner_dedupe_buffer_bytes: 1 << 20,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_io_max_bytes_per_second: None,
+            broker_session_timeout_ms: 9_000,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
+            offsets_topic_replication_factor: 1,
+        }
+    }
+
     pub fn memory_budget_bytes(&self, shard: usize) -> usize {
         self.memory_budget_bytes_per_core[shard]
     }

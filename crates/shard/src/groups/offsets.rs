@@ -606,6 +606,103 @@ mod tests {
         assert_eq!(records[1], (Some(&k[..]), Some(&b"v"[..])));
     }
 
+    /// An older data dir's bucket: unkeyed records in the log and an rkyv
+    /// snapshot next to it. Loaded as a partition of __consumer_offsets, the
+    /// snapshot's offsets and the log after it are served, written back as
+    /// keyed records, and the snapshot is removed; loaded again (after a
+    /// restart, or on another leader) the partition alone gives the same.
+    #[test]
+    fn an_older_data_dirs_snapshot_is_imported_once() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let settings = BrokerSettings::for_tests(dir.path().to_path_buf());
+                let bucket = bucket_of("legacy");
+                let path = settings.partition_dir(OFFSETS_TOPIC, bucket as i32);
+                let config = crate::topic_config::effective(&settings, &BTreeMap::new());
+                let open = || async {
+                    let storage = crate::storage_dir::open_dir(&path).unwrap();
+                    Rc::new(
+                        crate::partition::Partition::open(
+                            storage,
+                            config,
+                            "o".into(),
+                            path.clone(),
+                            0,
+                        )
+                        .await
+                        .unwrap(),
+                    )
+                };
+                let committed = |offset: i64| Committed {
+                    offset,
+                    leader_epoch: 0,
+                    metadata: None,
+                    commit_ms: 1,
+                };
+                // The old store: one record below the snapshot, one after it.
+                let entry = open().await;
+                let old = |c: &Committed| encode(KIND_COMMIT, "legacy", "t", 0, c);
+                for c in [committed(5), committed(9)] {
+                    let batch = bytes::Bytes::from(build_batch(1, &[&old(&c)]));
+                    assert_eq!(entry.produce(batch).await.error_code, error_code::NONE);
+                }
+                let snapshot = OffsetSnapshot {
+                    next_log_offset: 1,
+                    entries: vec![
+                        SnapshotEntry {
+                            group: "legacy".into(),
+                            topic: "t".into(),
+                            partition: 0,
+                            offset: 5,
+                            leader_epoch: 0,
+                            metadata: None,
+                            commit_ms: 1,
+                        },
+                        SnapshotEntry {
+                            group: "legacy".into(),
+                            topic: "t".into(),
+                            partition: 1,
+                            offset: 7,
+                            leader_epoch: 0,
+                            metadata: None,
+                            commit_ms: 1,
+                        },
+                    ],
+                };
+                let store = OffsetStore::new(&settings);
+                let snapshot_path = store.snapshot_path(bucket);
+                std::fs::write(&snapshot_path, encode_snapshot(&snapshot)).unwrap();
+                let expected: GroupOffsets = [
+                    (("t".to_string(), 0), committed(9)),
+                    (("t".to_string(), 1), committed(7)),
+                ]
+                .into();
+                store.attach(bucket, entry.clone()).await;
+                assert_eq!(store.serves("legacy"), error_code::NONE);
+                assert_eq!(store.fetch("legacy"), expected);
+                assert!(!snapshot_path.exists(), "imported once");
+                // Reloaded from the partition alone.
+                entry.log.close().await.unwrap();
+                let again = OffsetStore::new(&settings);
+                let entry = open().await;
+                again.attach(bucket, entry.clone()).await;
+                assert_eq!(again.fetch("legacy"), expected);
+                // A deleted group stays deleted (tombstones).
+                again.delete_group("legacy").await.unwrap();
+                assert!(again.fetch("legacy").is_empty());
+                again.detach(bucket);
+                assert_eq!(again.serves("legacy"), error_code::NOT_COORDINATOR);
+                entry.log.close().await.unwrap();
+                let third = OffsetStore::new(&settings);
+                third.attach(bucket, open().await).await;
+                assert!(third.fetch("legacy").is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn groups_spread_over_buckets_and_shards() {
         let buckets: std::collections::BTreeSet<u32> =
