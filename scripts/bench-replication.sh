@@ -3,8 +3,9 @@
 # replication_factor=1 and =3 on one local 3-node cluster (scripts/cluster.sh),
 # in one run, alternating (rf1, rf3, rf1, rf3) so disk drift hits both alike.
 # Workloads: max-rate durable produce (acks=all) and a fixed-rate latency run
-# (acks=all, publish p50/p99). Prints one line per run and writes the result
-# JSON files under target/bench-replication/.
+# (acks=all, publish p50/p99). Each run gets a fresh cluster (a max-rate run
+# at RF=3 writes tens of GB: this disk is shared with /tmp). Prints one line
+# per run and writes the result JSON files under target/bench-replication/.
 #
 #   scripts/bench-replication.sh [DURATION_S]   (default 20; warm-up 5 s)
 set -euo pipefail
@@ -16,16 +17,20 @@ cargo build --release -p sluice-broker -p sluice-bench >/dev/null 2>&1 \
 rm -rf "$work"; mkdir -p "$work"
 export SLUICE_CLUSTER_DIR=$work/cluster
 trap 'scripts/cluster.sh stop >/dev/null 2>&1 || true; rm -rf "$work/cluster"' EXIT
-scripts/cluster.sh start >/dev/null
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ); machine: $(nproc) cores, $(uname -r); 3 nodes on this host, one core each where there are enough"
 
 run() { # name rf workload [extra flags...]
     local name=$1 rf=$2 workload=$3; shift 3
+    scripts/cluster.sh stop >/dev/null 2>&1 || true
+    rm -rf "$work/cluster"
+    scripts/cluster.sh start >/dev/null
     ./target/release/sluice-bench run --workload "benches/workloads/$workload" \
         --bootstrap 127.0.0.1:19092 --replication-factor "$rf" --topic-prefix "$name" \
         --warmup-s 5 --duration-s "$duration" --threads 1 --status-every-s 1000 \
         --broker-info "3-node cluster (scripts/cluster.sh), replication_factor=$rf" \
         --json "$work/$name.json" "$@" >"$work/$name.log" 2>&1
+    scripts/cluster.sh stop >/dev/null 2>&1 || true
+    rm -rf "$work/cluster"
     python3 - "$work/$name.json" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
