@@ -658,9 +658,12 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i32, i64)>> {
     (out.len() == header.records_count.max(0) as usize).then_some(out)
 }
 
+/// A record's key and value (`None`: null).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// For an uncompressed batch, each record's key and value. Empty for
 /// compressed batches; stops at the first malformed record.
-pub fn record_keys_values(batch: &[u8]) -> Vec<(Option<&[u8]>, Option<&[u8]>)> {
+pub fn record_keys_values(batch: &[u8]) -> Vec<KeyValue<'_>> {
     match uncompressed_section(batch) {
         Some((header, section)) => records(section, header.records_count)
             .map(|r| (r.key, r.value))
