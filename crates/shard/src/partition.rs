@@ -163,6 +163,8 @@ impl<D: StorageDir + 'static> Partition<D> {
             partition_leader_epoch: self.replica.leader_epoch.get().max(0),
         };
         let result = log.append(&records, options).await;
+        // An ISR of the leader alone moves the high watermark with its own appends.
+        self.update_high_watermark();
         match result {
             Ok(info) => ProduceOutcome {
                 error_code: error_code::NONE,

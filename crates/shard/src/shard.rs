@@ -43,7 +43,8 @@ pub struct Shard {
     /// topic deletion: no snapshot lands in a deleted (or recreated) directory.
     pub(crate) snapshot_lock: glommio::sync::Semaphore,
     /// Notified after every successful append on this shard (long-poll fetches).
-    pub data_arrived: Event,
+    /// Shared with the offset store, which appends to its buckets directly.
+    pub data_arrived: Rc<Event>,
     pub stopping: Cell<bool>,
     /// Requests being handled on this shard's connections.
     pub requests_in_flight: Cell<usize>,
@@ -87,7 +88,7 @@ impl Shard {
             open_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             snapshot_lock: glommio::sync::Semaphore::new(1),
-            data_arrived: Event::default(),
+            data_arrived: Rc::new(Event::default()),
             stopping: Cell::new(false),
             requests_in_flight: Cell::new(0),
             requests_idle: Event::default(),
@@ -109,7 +110,7 @@ impl Shard {
 
     /// Opens the offset store of the groups this shard coordinates.
     pub async fn open_coordinator(&self) -> Result<(), String> {
-        let offsets = OffsetStore::new(&self.settings);
+        let offsets = OffsetStore::new(&self.settings, self.data_arrived.clone());
         *self.coordinator.borrow_mut() = Some(Rc::new(Coordinator::new(offsets)));
         if self.id == 0 {
             *self.producer_ids.borrow_mut() = Some(ProducerIds::open(&self.settings.data_dir)?);
@@ -352,7 +353,11 @@ impl Shard {
         if let Some(entry) = self.partitions.borrow().get(&key) {
             return Ok(entry.clone());
         }
-        let config = effective(&self.settings, &topic.configs);
+        let mut config = effective(&self.settings, &topic.configs);
+        if topic.name == OFFSETS_TOPIC {
+            // Small records, 16 buckets: don't reserve the default's 16 MiB each.
+            config.log.preallocate_bytes = config.log.preallocate_bytes.min(1 << 20);
+        }
         let path = self.settings.partition_dir(&topic.name, partition);
         let dir = open_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}-{partition}", topic.name);
@@ -577,7 +582,6 @@ impl Shard {
         if outcome.error_code != error_code::NONE {
             return outcome;
         }
-        entry.update_high_watermark();
         self.data_arrived.notify();
         if acks != -1 {
             return outcome;

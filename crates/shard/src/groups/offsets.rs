@@ -138,6 +138,8 @@ pub struct OffsetStore {
     offsets: RefCell<HashMap<String, GroupOffsets>>,
     /// Where older data dirs kept bucket snapshots.
     snapshot_dir: std::path::PathBuf,
+    /// The shard's long-poll wake-up: followers fetching a bucket wait on it.
+    data_arrived: Rc<sluice_storage::event::Event>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -250,12 +252,16 @@ fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
 }
 
 impl OffsetStore {
-    pub fn new(settings: &BrokerSettings) -> OffsetStore {
+    pub fn new(
+        settings: &BrokerSettings,
+        data_arrived: Rc<sluice_storage::event::Event>,
+    ) -> OffsetStore {
         OffsetStore {
             buckets: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashSet::new()),
             offsets: RefCell::new(HashMap::new()),
             snapshot_dir: settings.data_dir.join("offsets"),
+            data_arrived,
         }
     }
 
@@ -400,7 +406,7 @@ impl OffsetStore {
                 .iter()
                 .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
                 .collect();
-            append(entry, &entries)
+            self.append(entry, &entries)
                 .await
                 .map_err(|code| format!("writing imported offsets: {}", error_code::name(code)))?;
         }
@@ -463,7 +469,7 @@ impl OffsetStore {
             .iter()
             .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
             .collect();
-        append(&entry, &entries).await?;
+        self.append(&entry, &entries).await?;
         for (topic, partition, committed) in commits {
             self.apply((KIND_COMMIT, group.to_string(), topic, partition, committed));
         }
@@ -482,7 +488,7 @@ impl OffsetStore {
         if !keys.is_empty() {
             let entries: Vec<(&[u8], Option<&[u8]>)> =
                 keys.iter().map(|k| (k.as_slice(), None)).collect();
-            append(&entry, &entries).await?;
+            self.append(&entry, &entries).await?;
         }
         self.offsets.borrow_mut().remove(group);
         Ok(())
@@ -500,6 +506,32 @@ impl OffsetStore {
         self.offsets.borrow().keys().cloned().collect()
     }
 
+    /// Appends keyed records to an offsets partition this node leads and waits
+    /// until every in-sync replica has them (the error is the Kafka code).
+    async fn append(
+        &self,
+        entry: &Rc<PartitionEntry>,
+        records: &[(&[u8], Option<&[u8]>)],
+    ) -> Result<(), i16> {
+        let batch = bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
+        let epoch = entry.replica.leader_epoch.get();
+        let outcome = entry.produce(batch).await;
+        if outcome.error_code != error_code::NONE {
+            tracing::warn!(partition = entry.log.name(), error = %error_code::name(outcome.error_code), "offset commit not written");
+            return Err(error_code::COORDINATOR_NOT_AVAILABLE);
+        }
+        // Followers long-polling this bucket fetch it now.
+        self.data_arrived.notify();
+        let target = outcome.base_offset + records.len() as i64;
+        entry
+            .wait_replicated(target, epoch, COMMIT_TIMEOUT)
+            .await
+            .map_err(|code| match code {
+                error_code::NOT_LEADER_OR_FOLLOWER => error_code::NOT_COORDINATOR,
+                _ => error_code::COORDINATOR_NOT_AVAILABLE,
+            })
+    }
+
     /// Groups whose newest commit is older than `retention_ms` (for expiry of empty groups).
     pub fn stale_groups(&self, now_ms: i64, retention_ms: i64) -> Vec<String> {
         self.offsets
@@ -515,26 +547,6 @@ impl OffsetStore {
             .map(|(g, _)| g.clone())
             .collect()
     }
-}
-
-/// Appends keyed records to an offsets partition this node leads and waits
-/// until every in-sync replica has them (the error is the Kafka code).
-async fn append(entry: &Rc<PartitionEntry>, records: &[(&[u8], Option<&[u8]>)]) -> Result<(), i16> {
-    let batch = bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
-    let epoch = entry.replica.leader_epoch.get();
-    let outcome = entry.produce(batch).await;
-    if outcome.error_code != error_code::NONE {
-        tracing::warn!(partition = entry.log.name(), error = %error_code::name(outcome.error_code), "offset commit not written");
-        return Err(error_code::COORDINATOR_NOT_AVAILABLE);
-    }
-    let target = outcome.base_offset + records.len() as i64;
-    entry
-        .wait_replicated(target, epoch, COMMIT_TIMEOUT)
-        .await
-        .map_err(|code| match code {
-            error_code::NOT_LEADER_OR_FOLLOWER => error_code::NOT_COORDINATOR,
-            _ => error_code::COORDINATOR_NOT_AVAILABLE,
-        })
 }
 
 #[cfg(test)]
@@ -670,7 +682,7 @@ mod tests {
                         },
                     ],
                 };
-                let store = OffsetStore::new(&settings);
+                let store = OffsetStore::new(&settings, Rc::default());
                 let snapshot_path = store.snapshot_path(bucket);
                 std::fs::write(&snapshot_path, encode_snapshot(&snapshot)).unwrap();
                 let expected: GroupOffsets = [
@@ -684,7 +696,7 @@ mod tests {
                 assert!(!snapshot_path.exists(), "imported once");
                 // Reloaded from the partition alone.
                 entry.log.close().await.unwrap();
-                let again = OffsetStore::new(&settings);
+                let again = OffsetStore::new(&settings, Rc::default());
                 let entry = open().await;
                 again.attach(bucket, entry.clone()).await;
                 assert_eq!(again.fetch("legacy"), expected);
@@ -694,7 +706,7 @@ mod tests {
                 again.detach(bucket);
                 assert_eq!(again.serves("legacy"), error_code::NOT_COORDINATOR);
                 entry.log.close().await.unwrap();
-                let third = OffsetStore::new(&settings);
+                let third = OffsetStore::new(&settings, Rc::default());
                 third.attach(bucket, open().await).await;
                 assert!(third.fetch("legacy").is_empty());
             })
