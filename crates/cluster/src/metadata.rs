@@ -32,6 +32,11 @@ pub struct PartitionState {
     /// Raised at every leader change: fences requests of an old leader.
     pub leader_epoch: i32,
     pub isr: Vec<NodeId>,
+    /// Raised at every change of the leader or the ISR: an ISR change is
+    /// applied only to the state it was proposed against (Kafka's
+    /// partition epoch), so a late or repeated proposal changes nothing.
+    #[serde(default)]
+    pub partition_epoch: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +94,8 @@ pub enum Command {
         partition: i32,
         leader: NodeId,
         leader_epoch: i32,
+        /// The partition epoch the leader saw when it proposed this.
+        partition_epoch: i32,
         isr: Vec<NodeId>,
     },
 }
@@ -161,6 +168,10 @@ impl ClusterMetadata {
                         if partition.isr.len() > 1 {
                             partition.isr.retain(|r| r != id);
                         }
+                        // Proposals made before (e.g. adding this node) no longer apply.
+                        if partition.replicas.contains(id) {
+                            partition.partition_epoch += 1;
+                        }
                     }
                 }
                 self.elect_leaders();
@@ -217,6 +228,7 @@ impl ClusterMetadata {
                 partition,
                 leader,
                 leader_epoch,
+                partition_epoch,
                 isr,
             } => {
                 let live = self.live_nodes();
@@ -231,6 +243,12 @@ impl ClusterMetadata {
                         state.leader, state.leader_epoch
                     ));
                 }
+                if state.partition_epoch != *partition_epoch {
+                    return Err(format!(
+                        "{topic}-{partition}: proposed against partition epoch {partition_epoch}, now {}",
+                        state.partition_epoch
+                    ));
+                }
                 if !isr.contains(leader) {
                     return Err(format!("{topic}-{partition}: the ISR must hold its leader"));
                 }
@@ -243,6 +261,7 @@ impl ClusterMetadata {
                     ));
                 }
                 state.isr = isr.clone();
+                state.partition_epoch += 1;
                 self.elect_leaders();
                 Ok(())
             }
@@ -296,6 +315,7 @@ impl ClusterMetadata {
                 .copied()
                 .filter(|r| self.is_live(*r))
                 .collect(),
+            partition_epoch: 0,
         }
     }
 
@@ -343,11 +363,13 @@ impl ClusterMetadata {
                     {
                         leader = any;
                         partition.isr = vec![any];
+                        partition.partition_epoch += 1;
                     }
                 }
                 if leader != partition.leader {
                     partition.leader = leader;
                     partition.leader_epoch += 1;
+                    partition.partition_epoch += 1;
                 }
             }
         }
@@ -462,20 +484,27 @@ mod tests {
             (1, vec![1, 2, 3])
         );
         // Node 3 falls behind: the leader drops it.
-        let alter = |leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
-            topic: "t".into(),
-            partition: 0,
-            leader,
-            leader_epoch,
-            isr,
-        };
-        m.apply(5, &alter(1, 0, vec![1, 2])).unwrap();
+        let alter =
+            |m: &ClusterMetadata, leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch,
+                partition_epoch: m.topics["t"].partitions[0].partition_epoch,
+                isr,
+            };
+        m.apply(5, &alter(&m.clone(), 1, 0, vec![1, 2])).unwrap();
         // The leader dies: node 2 (in sync) leads at a new epoch, never node 3.
         m.apply(6, &Command::FenceNode { id: 1 }).unwrap();
         assert_eq!((state(&m).leader, state(&m).leader_epoch), (2, 1));
         assert_eq!(state(&m).isr, vec![2]);
         // The deposed leader's late proposal changes nothing.
-        assert!(m.apply(7, &alter(1, 0, vec![1, 2, 3])).is_err());
+        assert!(m.apply(7, &alter(&m.clone(), 1, 0, vec![1, 2, 3])).is_err());
+        // A proposal against an older partition epoch changes nothing either.
+        let stale = alter(&m.clone(), 2, 1, vec![2, 3]);
+        m.apply(7, &Command::FenceNode { id: 3 }).unwrap();
+        m.apply(7, &Command::RegisterNode(node(3))).unwrap();
+        assert!(m.apply(7, &stale).unwrap_err().contains("partition epoch"));
         // Node 2 dies too: node 3 is out of sync, so no leader...
         m.apply(8, &Command::FenceNode { id: 2 }).unwrap();
         assert_eq!((state(&m).leader, state(&m).isr.clone()), (-1, vec![2]));
@@ -485,16 +514,18 @@ mod tests {
         // Node 1 returns and catches up: the preferred leader takes over.
         m.apply(10, &Command::RegisterNode(node(1))).unwrap();
         assert_eq!(state(&m).leader, 2);
-        m.apply(11, &alter(2, 3, vec![2, 1])).unwrap();
+        m.apply(11, &alter(&m.clone(), 2, 3, vec![2, 1])).unwrap();
         assert_eq!((state(&m).leader, state(&m).leader_epoch), (1, 4));
         // A fenced node may not join an ISR.
         m.apply(12, &Command::FenceNode { id: 3 }).unwrap();
-        assert!(m.apply(13, &alter(1, 4, vec![1, 2, 3])).is_err());
+        assert!(m
+            .apply(13, &alter(&m.clone(), 1, 4, vec![1, 2, 3]))
+            .is_err());
 
         // Unclean election: an out-of-sync replica may lead when allowed.
         let mut m = cluster(&[1, 2, 3]);
         m.apply(4, &create(true)).unwrap();
-        m.apply(5, &alter(1, 0, vec![1])).unwrap();
+        m.apply(5, &alter(&m.clone(), 1, 0, vec![1])).unwrap();
         m.apply(6, &Command::FenceNode { id: 1 }).unwrap();
         assert_eq!((state(&m).leader, state(&m).isr.clone()), (2, vec![2]));
     }

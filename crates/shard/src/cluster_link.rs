@@ -97,6 +97,7 @@ pub fn snapshot_of(cluster: &ClusterMetadata, shard_count: usize, node_id: i32) 
                     .map(|p| p.replicas.clone())
                     .collect(),
                 isr: topic.partitions.iter().map(|p| p.isr.clone()).collect(),
+                partition_epochs: topic.partitions.iter().map(|p| p.partition_epoch).collect(),
             };
             (name.clone(), Arc::new(meta))
         })
@@ -226,14 +227,17 @@ pub async fn follow(
                         if old.configs != topic.configs {
                             changed.push(topic.clone());
                         }
-                        if (&old.leaders, &old.leader_epochs, &old.isr, &old.replicas)
-                            != (
-                                &topic.leaders,
-                                &topic.leader_epochs,
-                                &topic.isr,
-                                &topic.replicas,
-                            )
-                        {
+                        if (
+                            &old.leaders,
+                            &old.leader_epochs,
+                            &old.partition_epochs,
+                            &old.isr,
+                        ) != (
+                            &topic.leaders,
+                            &topic.leader_epochs,
+                            &topic.partition_epochs,
+                            &topic.isr,
+                        ) {
                             moved.push(topic.clone());
                         }
                     }

@@ -230,7 +230,7 @@ impl Fetcher {
                     continue;
                 }
                 let point = entry.divergence_point(answer.leader_epoch, answer.end_offset);
-                match entry.truncate(point).await {
+                match entry.truncate(point, *epoch).await {
                     Ok(()) => self.update(&key, *epoch, |f| f.truncated = true),
                     Err(e) => {
                         tracing::error!(partition = entry.log.name(), error = %e, "truncating a follower failed");
@@ -330,7 +330,7 @@ impl Fetcher {
                     truncate_to = point,
                     "follower log diverged from the leader's"
                 );
-                if let Err(e) = entry.truncate(point).await {
+                if let Err(e) = entry.truncate(point, epoch).await {
                     tracing::error!(partition = entry.log.name(), error = %e, "truncating a follower failed");
                     self.pause(&key, epoch);
                 }
@@ -361,7 +361,7 @@ impl Fetcher {
                     leader_log_start = data.log_start_offset,
                     "follower is behind its leader's log start: restarting its log there"
                 );
-                if let Err(e) = entry.restart_at(data.log_start_offset).await {
+                if let Err(e) = entry.restart_at(data.log_start_offset, epoch).await {
                     tracing::error!(partition = entry.log.name(), error = %e, "restarting a follower's log failed");
                     self.pause(&key, epoch);
                 }

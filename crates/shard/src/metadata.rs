@@ -34,6 +34,9 @@ pub struct TopicMeta {
     /// Per partition: its in-sync replicas.
     #[serde(default)]
     pub isr: Vec<Vec<i32>>,
+    /// Per partition: its partition epoch (ISR changes are proposed against it).
+    #[serde(default)]
+    pub partition_epochs: Vec<i32>,
 }
 
 /// `partition_shards` value of a partition this node holds no replica of.
@@ -224,6 +227,7 @@ mod tests {
             leader_epochs: vec![],
             replicas: vec![],
             isr: vec![],
+            partition_epochs: vec![],
         };
         next.topics.insert("orders".into(), Arc::new(topic.clone()));
         store.replace(next).unwrap();

@@ -153,6 +153,14 @@ impl<D: StorageDir + 'static> Partition<D> {
     async fn append_unchecked(&self, records: bytes::Bytes) -> ProduceOutcome {
         let log = &self.log;
         let fail = |code: i16, message: String| self.refused(code, message);
+        // Checked here, in the step that stages the batch: a produce that
+        // waited (a retried duplicate) may find this replica deposed.
+        if !self.replica.is_leader() {
+            return fail(
+                error_code::NOT_LEADER_OR_FOLLOWER,
+                "this replica no longer leads the partition".into(),
+            );
+        }
         let log_append_time_ms = self
             .config
             .get()
@@ -219,8 +227,19 @@ impl<D: StorageDir + 'static> Partition<D> {
         }
     }
 
-    /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
+    /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by
+    /// timestamp; only records below the high watermark count.
     pub async fn list_offsets(&self, timestamp: i64) -> ListOffsetsOutcome {
+        let mut outcome = self.list_log_offsets(timestamp).await;
+        let by_time = timestamp == -3 || timestamp >= 0;
+        if by_time && outcome.offset >= self.high_watermark() {
+            outcome.offset = -1;
+            outcome.timestamp = -1;
+        }
+        outcome
+    }
+
+    async fn list_log_offsets(&self, timestamp: i64) -> ListOffsetsOutcome {
         let log = &self.log;
         let found = |offset: i64, timestamp: i64| ListOffsetsOutcome {
             error_code: error_code::NONE,
@@ -264,6 +283,10 @@ impl<D: StorageDir + 'static> Partition<D> {
         } else {
             before
         };
+        // As Kafka: not past what every in-sync replica has.
+        if before > self.high_watermark() {
+            return (error_code::OFFSET_OUT_OF_RANGE, -1);
+        }
         match self.log.delete_records_before(before).await {
             Ok(low_watermark) => (error_code::NONE, low_watermark),
             Err(e) => (log_error_code(&e), -1),

@@ -27,7 +27,8 @@ impl Shard {
             .get(p)
             .cloned()
             .unwrap_or_else(|| replicas.clone());
-        let transition = entry.apply_replica_state(leader, epoch, &replicas, &isr);
+        let partition_epoch = topic.partition_epochs.get(p).copied().unwrap_or(0);
+        let transition = entry.apply_replica_state(leader, epoch, partition_epoch, &replicas, &isr);
         let key = (topic.name.clone(), partition);
         let name = entry.log.name();
         match transition {
@@ -138,19 +139,28 @@ impl Shard {
             partition,
             leader: self.settings.node_id,
             leader_epoch: entry.replica.leader_epoch.get(),
+            partition_epoch: entry.replica.partition_epoch.get(),
             isr: isr.clone(),
         };
         tracing::info!(partition = entry.log.name(), from = ?entry.replica.isr.borrow(), to = ?isr, "proposing an ISR change");
         let controller = self.controller.clone();
         let entry = entry.clone();
         glommio::spawn_local(async move {
-            let refused = match controller.propose(command).await {
-                Ok(result) => result.error,
-                Err(e) => Some(e),
-            };
-            if let Some(reason) = refused {
-                tracing::info!(partition = entry.log.name(), %reason, "ISR change not applied");
-                entry.isr_proposal_failed(&isr);
+            match controller.propose(command).await {
+                // Applied: the metadata follower brings it here.
+                Ok(result) if result.error.is_none() => {}
+                Ok(result) => {
+                    let reason = result.error.unwrap_or_default();
+                    tracing::info!(partition = entry.log.name(), %reason, "ISR change refused");
+                    entry.isr_proposal_refused(&isr);
+                }
+                // Maybe applied, maybe not: it stays pending (its members
+                // keep counting) and is sent again; the partition epoch it
+                // names lets it apply at most once.
+                Err(e) => {
+                    tracing::warn!(partition = entry.log.name(), error = %e, "ISR change unanswered; sending it again");
+                    entry.replica.resend_isr.set(true);
+                }
             }
         })
         .detach();
@@ -168,7 +178,10 @@ impl Shard {
             .collect();
         let mut checkpoints = Vec::new();
         for ((topic, partition), entry) in &entries {
-            if let Some(isr) = entry.isr_without_laggards(lag_max) {
+            if let Some(isr) = entry
+                .isr_to_resend()
+                .or_else(|| entry.isr_without_laggards(lag_max))
+            {
                 self.propose_isr(topic, *partition, entry, isr);
             }
             checkpoints.extend(entry.prepare_high_watermark_checkpoint());

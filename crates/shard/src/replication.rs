@@ -163,6 +163,11 @@ pub struct ReplicaState {
     pub node_id: i32,
     pub leader: Cell<i32>,
     pub leader_epoch: Cell<i32>,
+    /// The partition epoch of the metadata last applied (ISR proposals name it).
+    pub partition_epoch: Cell<i32>,
+    /// The pending ISR proposal's outcome is unknown (the controller did not
+    /// answer): it is sent again, still against the same partition epoch.
+    pub resend_isr: Cell<bool>,
     pub replicas: RefCell<Vec<i32>>,
     /// As committed in the metadata log.
     pub isr: RefCell<Vec<i32>>,
@@ -187,6 +192,8 @@ impl ReplicaState {
             node_id,
             leader: Cell::new(node_id),
             leader_epoch: Cell::new(-1),
+            partition_epoch: Cell::new(-1),
+            resend_isr: Cell::new(false),
             replicas: RefCell::new(vec![node_id]),
             isr: RefCell::new(vec![node_id]),
             proposed_isr: RefCell::new(None),
@@ -246,6 +253,7 @@ impl<D: StorageDir + 'static> Partition<D> {
         &self,
         leader: i32,
         epoch: i32,
+        partition_epoch: i32,
         replicas: &[i32],
         isr: &[i32],
     ) -> Transition {
@@ -255,15 +263,20 @@ impl<D: StorageDir + 'static> Partition<D> {
         *r.replicas.borrow_mut() = replicas.to_vec();
         let isr_changed = *r.isr.borrow() != isr;
         *r.isr.borrow_mut() = isr.to_vec();
+        if epoch_changed || partition_epoch != r.partition_epoch.get() {
+            // A pending proposal was applied, or can no longer apply (it
+            // named the older partition epoch): either way it is decided.
+            *r.proposed_isr.borrow_mut() = None;
+            r.resend_isr.set(false);
+        }
+        r.partition_epoch.set(partition_epoch);
         if epoch_changed {
             r.leader.set(leader);
             r.leader_epoch.set(epoch);
-            *r.proposed_isr.borrow_mut() = None;
-        } else if isr_changed {
-            // Our proposal was applied, or another change won: either way it is decided.
-            *r.proposed_isr.borrow_mut() = None;
         }
-        let log_end = self.log.high_watermark();
+        // Batches still being appended (a follower's last fetch) count: the
+        // new epoch starts after them.
+        let log_end = self.log.log_end_offset();
         let transition = if !epoch_changed {
             Transition::Unchanged
         } else if leader == r.node_id {
@@ -508,12 +521,22 @@ impl<D: StorageDir + 'static> Partition<D> {
         Some(kept)
     }
 
-    /// An ISR proposal was refused or lost: it is no longer pending.
-    pub fn isr_proposal_failed(&self, proposed: &[i32]) {
+    /// An ISR proposal was refused: it is no longer pending.
+    pub fn isr_proposal_refused(&self, proposed: &[i32]) {
         let mut pending = self.replica.proposed_isr.borrow_mut();
         if pending.as_deref() == Some(proposed) {
             *pending = None;
+            self.replica.resend_isr.set(false);
         }
+    }
+
+    /// The pending ISR proposal to send again (its outcome was unknown).
+    pub fn isr_to_resend(&self) -> Option<Vec<i32>> {
+        let r = &self.replica;
+        if !r.is_leader() || !r.resend_isr.replace(false) {
+            return None;
+        }
+        r.proposed_isr.borrow().clone()
     }
 
     /// Follower: appends batches fetched from the leader (as the leader
@@ -584,29 +607,43 @@ impl<D: StorageDir + 'static> Partition<D> {
         end.min(our_end).min(log_end)
     }
 
-    /// Follower: cuts the log at `offset` (a batch boundary at or below it),
-    /// with the epoch cache, the high watermark and the producer state.
-    pub async fn truncate(&self, offset: i64) -> Result<(), LogError> {
+    /// True while this replica follows at leader epoch `epoch`: a
+    /// follower's step decided before an await must not run once it leads.
+    pub fn follows_at(&self, epoch: i32) -> bool {
+        !self.replica.is_leader() && self.replica.leader_epoch.get() == epoch
+    }
+
+    /// Follower at `epoch`: cuts the log at `offset` (a batch boundary at or
+    /// below it), with the epoch cache, the high watermark and the producer
+    /// state. Does nothing once the replica no longer follows at `epoch`.
+    pub async fn truncate(&self, offset: i64, epoch: i32) -> Result<(), LogError> {
         if offset >= self.log.high_watermark() {
             return Ok(());
         }
-        self.cut(|log| async move { log.truncate_to(offset).await })
+        self.cut(
+            epoch,
+            false,
+            |log| async move { log.truncate_to(offset).await },
+        )
+        .await
+    }
+
+    /// Follower at `epoch`: starts the log over at the leader's log start
+    /// (it lies past this log's end), with an empty epoch cache.
+    pub async fn restart_at(&self, offset: i64, epoch: i32) -> Result<(), LogError> {
+        self.cut(epoch, true, |log| async move { log.reset_to(offset).await })
             .await
     }
 
-    /// Follower: starts the log over at the leader's log start (it lies
-    /// past this log's end).
-    pub async fn restart_at(&self, offset: i64) -> Result<(), LogError> {
-        self.cut(|log| async move { log.reset_to(offset).await })
-            .await
-    }
-
-    async fn cut<F, Fut>(&self, how: F) -> Result<(), LogError>
+    async fn cut<F, Fut>(&self, epoch: i32, restart: bool, how: F) -> Result<(), LogError>
     where
         F: Fn(std::rc::Rc<sluice_storage::PartitionLog<D>>) -> Fut,
         Fut: std::future::Future<Output = Result<(), LogError>>,
     {
         loop {
+            if !self.follows_at(epoch) {
+                return Ok(());
+            }
             match how(self.log.clone()).await {
                 Err(LogError::Busy) => {
                     glommio::timer::sleep(std::time::Duration::from_millis(5)).await
@@ -618,7 +655,12 @@ impl<D: StorageDir + 'static> Partition<D> {
             }
         }
         let end = self.log.high_watermark();
-        self.replica.epochs.borrow_mut().truncate_from_end(end);
+        // A log started over keeps no epoch from before its new start.
+        let kept_below = if restart { i64::MIN } else { end };
+        self.replica
+            .epochs
+            .borrow_mut()
+            .truncate_from_end(kept_below);
         let r = &self.replica;
         if r.high_watermark.get() > end {
             r.high_watermark.set(end);

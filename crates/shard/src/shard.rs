@@ -221,7 +221,18 @@ impl Shard {
         if self.snapshot().topics.contains_key(OFFSETS_TOPIC) {
             return;
         }
-        let live = self.controller.metadata().live_nodes().len().max(1) as i32;
+        let cluster = self.controller.metadata();
+        let live = cluster.live_nodes().len().max(1) as i32;
+        // As Kafka: not with fewer replicas than asked while known nodes are
+        // down (FindCoordinator answers COORDINATOR_NOT_AVAILABLE meanwhile);
+        // a cluster smaller than the setting gets one replica per node.
+        let wanted = self
+            .settings
+            .offsets_topic_replication_factor
+            .min(cluster.nodes.len().max(1) as i32);
+        if live < wanted {
+            return;
+        }
         let op = crate::mesh::AdminOp::CreateTopic {
             name: OFFSETS_TOPIC.to_string(),
             partitions: crate::groups::offsets::OFFSET_BUCKETS as i32,

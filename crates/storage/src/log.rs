@@ -1126,6 +1126,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
     }
 
+    /// One past the last offset appended, pending appends included.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().next_offset
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.state.borrow().log_start_offset
     }

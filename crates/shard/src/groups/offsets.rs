@@ -283,28 +283,41 @@ impl OffsetStore {
     }
 
     /// This node became the leader of `bucket`: loads its offsets from the
-    /// partition (and imports an older data dir's snapshot once).
+    /// partition (and imports an older data dir's snapshot once). Retried
+    /// while it still leads at the same epoch; served only if it still does.
     pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
+        let epoch = entry.replica.leader_epoch.get();
+        let leads = || entry.replica.is_leader() && entry.replica.leader_epoch.get() == epoch;
         self.loading.borrow_mut().insert(bucket);
-        self.forget(bucket);
         let started = std::time::Instant::now();
-        let result = self.load(bucket, &entry).await;
-        self.loading.borrow_mut().remove(&bucket);
-        match result {
-            Ok(records) => {
-                self.buckets.borrow_mut().insert(bucket, entry);
-                tracing::info!(
-                    bucket,
-                    records,
-                    ms = started.elapsed().as_millis() as u64,
-                    "offsets bucket loaded: coordinating its groups"
-                );
+        loop {
+            self.forget(bucket);
+            let result = self.load(bucket, &entry).await;
+            if !leads() {
+                // Led elsewhere meanwhile (unless a later attach has it now).
+                if !self.buckets.borrow().contains_key(&bucket) {
+                    self.forget(bucket);
+                }
+                break;
             }
-            Err(e) => {
-                self.forget(bucket);
-                tracing::error!(bucket, error = %e, "loading an offsets bucket failed: its groups are not served here");
+            match result {
+                Ok(records) => {
+                    self.buckets.borrow_mut().insert(bucket, entry.clone());
+                    tracing::info!(
+                        bucket,
+                        records,
+                        ms = started.elapsed().as_millis() as u64,
+                        "offsets bucket loaded: coordinating its groups"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(bucket, error = %e, "loading an offsets bucket failed: retrying");
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
+        self.loading.borrow_mut().remove(&bucket);
     }
 
     /// This node no longer leads `bucket`: its groups are served elsewhere.

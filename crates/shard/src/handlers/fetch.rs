@@ -66,7 +66,10 @@ pub async fn handle(
         held = Some(grant);
         outcomes = read_all(shard, &request, allowed, replica).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
-        let errored = outcomes.iter().any(|o| o.error_code != error_code::NONE);
+        // A follower told where it diverged is answered at once.
+        let errored = outcomes
+            .iter()
+            .any(|o| o.error_code != error_code::NONE || o.diverging.is_some());
         if ready >= min_bytes.max(1)
             || errored
             || allowed == 0
