@@ -102,3 +102,30 @@ def fetch_v4(topic: str, partition: int, offset: int, max_bytes: int, correlatio
             + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
             + struct.pack(">iqi", partition, offset, max_bytes))
     return request(1, 4, correlation_id, body=body)
+
+
+def offset_for_leader_epoch_v2(sock: socket.socket, topic: str, partition: int,
+                               current_leader_epoch: int, leader_epoch: int, correlation_id: int = 1):
+    """OffsetForLeaderEpoch v2 for one partition; returns (error_code, leader_epoch, end_offset)."""
+    name = topic.encode()
+    body = (struct.pack(">i", 1) + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
+            + struct.pack(">iii", partition, current_leader_epoch, leader_epoch))
+    sock.sendall(request(23, 2, correlation_id, body=body))
+    response = read_response(sock)
+    at = 4 + 4 + 4 + 2 + len(name) + 4  # correlation id, throttle, topics[1], name, partitions[1]
+    error_code, _, epoch, end_offset = struct.unpack(">hiiq", response[at:at + 18])
+    return error_code, epoch, end_offset
+
+
+def fetch_v9_error(sock: socket.socket, topic: str, partition: int, offset: int,
+                   current_leader_epoch: int, correlation_id: int = 1) -> int:
+    """Fetch v9 (carries the client's leader epoch) for one partition; returns its error code."""
+    name = topic.encode()
+    body = (struct.pack(">iiiibii", -1, 0, 1, 1 << 20, 0, 0, -1) + struct.pack(">i", 1)
+            + struct.pack(">h", len(name)) + name + struct.pack(">i", 1)
+            + struct.pack(">iiqqi", partition, current_leader_epoch, offset, -1, 1 << 20)
+            + struct.pack(">i", 0))
+    sock.sendall(request(1, 9, correlation_id, body=body))
+    response = read_response(sock)
+    at = 4 + 4 + 2 + 4 + 4 + 2 + len(name) + 4 + 4  # ..., responses[1], name, partitions[1], index
+    return struct.unpack(">h", response[at:at + 2])[0]

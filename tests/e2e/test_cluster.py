@@ -17,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from conftest import Broker, free_port
-from kafka_wire import read_response, request
+from kafka_wire import fetch_v9_error, offset_for_leader_epoch_v2, read_response, request
 
 SESSION_TIMEOUT_MS = 2000
 
@@ -314,6 +314,68 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     resumed.close()
     assert sorted(seen) == sorted((p, o) for p, o, _ in acked if o >= starts[p])
     nodes[victim].start()
+
+
+def partition_state(node, topic, partition=0):
+    """(leader, isr) of a partition as `node` describes it."""
+    p = admin(node).list_topics(topic, timeout=10).topics[topic].partitions[partition]
+    return p.leader, sorted(p.isrs)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            found = condition()
+            if found:
+                return found
+        except KafkaException:
+            pass
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
+def test_leader_epochs_fence_old_requests_and_offset_for_leader_epoch_follows_kip_101(cluster):
+    """Leader epochs on the wire, as Kafka defines them: OffsetForLeaderEpoch
+    answers where each epoch of the log ends, a request naming an older epoch
+    than the leader's gets FENCED_LEADER_EPOCH and a newer one
+    UNKNOWN_LEADER_EPOCH, and the epochs survive a failover and the old
+    leader's return."""
+    nodes = cluster
+    create_topic(nodes[1], "epochs", 1, replication_factor=3)
+    produce(nodes[1], "epochs", 10)
+    first, _ = partition_state(nodes[1], "epochs")
+
+    def ask(node, current, epoch):
+        with socket.create_connection(("127.0.0.1", nodes[node].port), timeout=10) as s:
+            return offset_for_leader_epoch_v2(s, "epochs", 0, current, epoch)
+
+    def fetch_error(node, current):
+        with socket.create_connection(("127.0.0.1", nodes[node].port), timeout=10) as s:
+            return fetch_v9_error(s, "epochs", 0, 0, current)
+
+    assert ask(first, 0, 0) == (0, 0, 10)
+    assert ask(first, 7, 0)[0] == 75  # UNKNOWN_LEADER_EPOCH
+    assert fetch_error(first, 0) == 0
+    # The leader dies: an in-sync follower leads at epoch 1, where epoch 0 ended at 10.
+    nodes[first].stop(signal.SIGKILL)
+    survivor = next(n for n in (1, 2, 3) if n != first)
+    second = wait_for(lambda: next((l for l, _ in [partition_state(nodes[survivor], "epochs")]
+                                    if l not in (first, -1)), None), 15, "a new leader")
+    assert ask(second, 1, 0) == (0, 0, 10)
+    assert fetch_error(second, 0) == 74  # FENCED_LEADER_EPOCH: the client's epoch is older
+    assert fetch_error(second, 1) == 0
+    produce(nodes[second], "epochs", 5, start=10)
+    assert ask(second, 1, 1) == (0, 1, 15)
+    # Epochs this log never had: the largest below, ending where the next starts.
+    assert ask(second, 1, 5) == (0, -1, -1)
+    # The old leader returns, catches up and (preferred) leads again at epoch 2.
+    nodes[first].start()
+    wait_for(lambda: partition_state(nodes[survivor], "epochs") == (first, [1, 2, 3]), 30,
+             "the old leader back in sync and leading")
+    assert ask(first, 2, 1) == (0, 1, 15)
+    assert ask(first, 2, 2) == (0, 2, 15)
+    assert fetch_error(first, 1) == 74
 
 
 def test_producer_ids_are_unique_across_the_nodes(cluster):

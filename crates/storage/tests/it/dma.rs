@@ -238,3 +238,70 @@ fn retention_by_time_deletes_old_sealed_segments() {
         log.close().await.unwrap();
     });
 }
+
+/// A follower's log: batches copied from the leader keep their offsets and
+/// leader epochs byte for byte (across a roll), one below the end is
+/// refused, a cut and a re-append come back identical, and a log started
+/// over past its end (`reset_to`, a follower behind the leader's log start)
+/// begins there.
+#[test]
+fn replicated_appends_keep_the_leaders_bytes_and_a_follower_can_start_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (leader_path, follower_path) = (tmp.path().join("l-0"), tmp.path().join("f-0"));
+    run(move || async move {
+        let leader = open(&leader_path, small_config()).await;
+        let follower = open(&follower_path, small_config()).await;
+        for i in 0..30 {
+            let options = AppendOptions {
+                log_append_time_ms: None,
+                partition_leader_epoch: (i / 10) as i32,
+            };
+            leader
+                .append(
+                    &batch(i, 1 + (i as usize % 3), 300, 1000 + i as i64),
+                    options,
+                )
+                .await
+                .unwrap();
+        }
+        let copied = leader.read(0, 1 << 22).await.unwrap().records;
+        let batches = split_batches(&copied);
+        for (_, bytes) in &batches {
+            follower.append_replica(bytes).await.unwrap();
+        }
+        assert!(follower.segment_base_offsets().len() > 1, "segments rolled");
+        assert_eq!(follower.read(0, 1 << 22).await.unwrap().records, copied);
+        assert_eq!(follower.high_watermark(), leader.high_watermark());
+        assert_eq!(batches[20].0.partition_leader_epoch, 2);
+        // Already here: refused, nothing written.
+        let again = follower.append_replica(&batches[3].1).await;
+        assert!(
+            matches!(again, Err(LogError::OffsetOutOfRange { .. })),
+            "{again:?}"
+        );
+        // Cut to a batch boundary, then the same batches again: identical.
+        let cut_at = batches[12].0.base_offset;
+        follower.truncate_to(cut_at).await.unwrap();
+        assert_eq!(follower.high_watermark(), cut_at);
+        for (_, bytes) in &batches[12..] {
+            follower.append_replica(bytes).await.unwrap();
+        }
+        assert_eq!(follower.read(0, 1 << 22).await.unwrap().records, copied);
+        // Started over past its end, at the leader's (later) log start.
+        let end = follower.high_watermark();
+        follower.reset_to(end + 100).await.unwrap();
+        assert_eq!(
+            (follower.log_start_offset(), follower.high_watermark()),
+            (end + 100, end + 100)
+        );
+        let mut next = stored_form(&batch(99, 2, 100, 5000), end + 100);
+        next[12..16].copy_from_slice(&7i32.to_be_bytes()); // the leader's epoch (not in the CRC)
+        follower.append_replica(&next).await.unwrap();
+        assert_eq!(
+            follower.read(end + 100, 1 << 20).await.unwrap().records,
+            next
+        );
+        leader.close().await.unwrap();
+        follower.close().await.unwrap();
+    });
+}
