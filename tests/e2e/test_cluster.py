@@ -71,6 +71,18 @@ def controller_leader(nodes):
     return latest[1]
 
 
+def poll_records(consumer, count):
+    """The next `count` records (partition, offset) a subscribed consumer
+    polls, each within 10 s."""
+    seen = []
+    while len(seen) < count:
+        msg = consumer.poll(10)
+        assert msg is not None, f"nothing more after {len(seen)} records"
+        if not msg.error():
+            seen.append((msg.partition(), msg.offset()))
+    return seen
+
+
 def read_to_end(node, topic, starts, group="reader"):
     """Every record from `starts` (partition → offset) to the end, through `node`."""
     consumer = Consumer({"bootstrap.servers": node.bootstrap, "group.id": group,
@@ -178,12 +190,7 @@ def test_three_nodes_share_metadata_partitions_and_groups(cluster):
         c = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": group,
                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
         c.subscribe(["spread"])
-        read = 0
-        while read < 100:
-            msg = c.poll(10)
-            assert msg is not None
-            if not msg.error():
-                read += 1
+        poll_records(c, 100)
         c.commit(asynchronous=False)
         committed = c.committed([TopicPartition("spread", p) for p in range(12)], timeout=10)
         assert sum(max(tp.offset, 0) for tp in committed) >= 100
@@ -273,12 +280,7 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     first = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": group,
                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
     first.subscribe(["orders"])
-    read = 0
-    while read < 150:
-        msg = first.poll(10)
-        assert msg is not None, f"read {read}"
-        if not msg.error():
-            read += 1
+    poll_records(first, 150)
     first.commit(asynchronous=False)
     partitions = [TopicPartition("orders", p) for p in range(3)]
     committed = [tp.offset for tp in first.committed(partitions, timeout=10)]
@@ -305,12 +307,7 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     # A member of the group resumes from the committed offsets, not from the start.
     resumed.subscribe(["orders"])
     starts = [max(o, 0) for o in committed]  # a partition never committed: from the start
-    seen = []
-    while len(seen) < len(acked) - sum(starts):
-        msg = resumed.poll(10)
-        assert msg is not None, f"resumed after {len(seen)} records"
-        if not msg.error():
-            seen.append((msg.partition(), msg.offset()))
+    seen = poll_records(resumed, len(acked) - sum(starts))
     resumed.close()
     assert sorted(seen) == sorted((p, o) for p, o, _ in acked if o >= starts[p])
     nodes[victim].start()

@@ -202,16 +202,11 @@ impl Fetcher {
         }
         let request = OffsetForLeaderEpochRequest::default()
             .with_replica_id(BrokerId(self.node_id))
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        OffsetForLeaderTopic::default()
-                            .with_topic(TopicName(StrBytes::from_string(name)))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
+            .with_topics(named(topics, |name, partitions| {
+                OffsetForLeaderTopic::default()
+                    .with_topic(name)
+                    .with_partitions(partitions)
+            }));
         let response: OffsetForLeaderEpochResponse = conn
             .call(
                 ApiKey::OffsetForLeaderEpoch,
@@ -269,16 +264,11 @@ impl Fetcher {
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_session_epoch(-1)
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        FetchTopic::default()
-                            .with_topic(TopicName(StrBytes::from_string(name)))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
+            .with_topics(named(topics, |name, partitions| {
+                FetchTopic::default()
+                    .with_topic(name)
+                    .with_partitions(partitions)
+            }));
         let response: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &request).await?;
         if response.error_code != error_code::NONE {
             return Err(format!(
@@ -372,6 +362,14 @@ impl Fetcher {
             _ => self.pause(&key, epoch),
         }
     }
+}
+
+/// A request's topics, from the partitions gathered by topic name.
+fn named<P, T>(topics: BTreeMap<String, Vec<P>>, topic: impl Fn(TopicName, Vec<P>) -> T) -> Vec<T> {
+    topics
+        .into_iter()
+        .map(|(name, partitions)| topic(TopicName(StrBytes::from_string(name)), partitions))
+        .collect()
 }
 
 /// One connection to a leader's Kafka listener; one request at a time.

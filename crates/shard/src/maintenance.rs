@@ -2,7 +2,7 @@
 //! snapshots, offset expiry, interval flushes, compaction, and closing
 //! everything at shutdown.
 
-use crate::shard::{PartitionEntry, PartitionKey, Shard};
+use crate::shard::{PartitionEntry, Shard};
 use crate::storage_dir::Log;
 use std::rc::Rc;
 use std::time::Duration;
@@ -56,12 +56,7 @@ impl Shard {
         // partitions' snapshots took the shard away for up to a second). Each
         // chunk is prepared and written under the lock, from partitions still
         // open: none is being deleted meanwhile, and deletion waits one chunk.
-        let listed: Vec<(PartitionKey, Rc<PartitionEntry>)> = self
-            .partitions
-            .borrow()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
+        let listed = self.open_partitions();
         for chunk in listed.chunks(SNAPSHOTS_PER_BLOCKING_CALL) {
             let _permit = self.snapshot_lock.acquire_permit(1).await;
             let pending: Vec<(std::path::PathBuf, Vec<u8>)> = chunk

@@ -51,6 +51,25 @@ pub struct WaitFor {
     pub replica: bool,
 }
 
+impl PartitionOp {
+    /// The leader epoch a client's request names, checked before it runs
+    /// (a follower's fetch is checked by the leader's replica fetch).
+    pub fn client_leader_epoch(&self) -> Option<i32> {
+        match self {
+            PartitionOp::Fetch {
+                replica,
+                current_leader_epoch,
+                ..
+            } if *replica < 0 => Some(*current_leader_epoch),
+            PartitionOp::ListOffsets {
+                current_leader_epoch,
+                ..
+            } => Some(*current_leader_epoch),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ProduceOutcome {
     pub error_code: i16,

@@ -198,9 +198,15 @@ impl<D: StorageDir + 'static> Partition<D> {
             // Past what every in-sync replica has: nothing to read yet.
             Ok(bytes::Bytes::new())
         } else {
-            log.read(offset, max_bytes.max(1))
-                .await
-                .map(|read| below(read.records, high_watermark))
+            log.read(offset, max_bytes.max(1)).await.map(|read| {
+                // Reads stop at the durable end: only a replicated partition
+                // whose followers lag has batches to hold back.
+                if read.next_offset <= high_watermark {
+                    read.records
+                } else {
+                    below(read.records, high_watermark)
+                }
+            })
         };
         match result {
             Ok(records) => {
@@ -394,16 +400,7 @@ pub(crate) async fn rebuild_producers<D: StorageDir + 'static>(
 /// Blocking; a failure is logged (recovery then reads the log instead).
 pub fn write_producer_snapshot_file(dir: &std::path::Path, bytes: &[u8]) {
     let path = dir.join(crate::producers::SNAPSHOT_FILE);
-    let temp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
+    if let Err(e) = crate::storage_dir::write_durably(&path, bytes) {
         tracing::warn!(path = %path.display(), error = %e, "writing producer snapshot failed");
     }
 }

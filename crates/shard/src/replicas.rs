@@ -170,12 +170,7 @@ impl Shard {
     /// `replica_lag_time_max_ms`; high watermarks are checkpointed.
     pub async fn check_replicas(&self) {
         let lag_max = std::time::Duration::from_millis(self.settings.replica_lag_time_max_ms);
-        let entries: Vec<(PartitionKey, Rc<PartitionEntry>)> = self
-            .partitions
-            .borrow()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
+        let entries = self.open_partitions();
         let mut checkpoints = Vec::new();
         for ((topic, partition), entry) in &entries {
             if let Some(isr) = entry
@@ -194,7 +189,7 @@ impl Shard {
             .spawn_blocking(move || {
                 for (path, hw) in checkpoints {
                     if path.parent().is_some_and(|d| d.exists()) {
-                        if let Err(e) = crate::replication::write_durably(&path, hw.to_string().as_bytes()) {
+                        if let Err(e) = crate::storage_dir::write_durably(&path, hw.to_string().as_bytes()) {
                             tracing::warn!(path = %path.display(), error = %e, "high watermark checkpoint failed");
                         }
                     }

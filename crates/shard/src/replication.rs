@@ -117,24 +117,10 @@ impl EpochCache {
             .iter()
             .map(|(epoch, start)| format!("{epoch} {start}\n"))
             .collect();
-        if let Err(e) = write_durably(&self.path, text.as_bytes()) {
+        if let Err(e) = crate::storage_dir::write_durably(&self.path, text.as_bytes()) {
             tracing::error!(path = %self.path.display(), error = %e, "writing the leader epoch cache failed");
         }
     }
-}
-
-/// Temp file, fsync, rename, directory fsync.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// The last high watermark checkpointed in `dir` (0 without one).

@@ -412,6 +412,15 @@ impl Shard {
         }
     }
 
+    /// The partitions open on this shard, listed (to visit them across awaits).
+    pub(crate) fn open_partitions(&self) -> Vec<(PartitionKey, Rc<PartitionEntry>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
     /// Runs `op` on the shard that owns the partition: here, or by message.
     /// Without an `.await` before the hand-off, so ops issued in order by one
     /// task reach each partition in that order.
@@ -472,6 +481,13 @@ impl Shard {
         if !entry.replica.is_leader() {
             return partition_error_reply(&op, error_code::NOT_LEADER_OR_FOLLOWER);
         }
+        // A client's view of the leader epoch (a follower's is checked with its fetch).
+        if let Some(current) = op.client_leader_epoch() {
+            let code = entry.check_leader_epoch(current);
+            if code != error_code::NONE {
+                return partition_error_reply(&op, code);
+            }
+        }
         match op {
             PartitionOp::Produce {
                 records,
@@ -511,33 +527,9 @@ impl Shard {
                 offset,
                 max_bytes,
                 strict_max_bytes,
-                current_leader_epoch,
                 ..
-            } => {
-                let code = entry.check_leader_epoch(current_leader_epoch);
-                if code != error_code::NONE {
-                    return PartitionReply::Fetch(FetchOutcome {
-                        error_code: code,
-                        high_watermark: -1,
-                        log_start_offset: -1,
-                        ..Default::default()
-                    });
-                }
-                PartitionReply::Fetch(entry.fetch(offset, max_bytes, strict_max_bytes).await)
-            }
-            PartitionOp::ListOffsets {
-                timestamp,
-                current_leader_epoch,
-            } => {
-                let code = entry.check_leader_epoch(current_leader_epoch);
-                if code != error_code::NONE {
-                    return PartitionReply::ListOffsets(ListOffsetsOutcome {
-                        error_code: code,
-                        offset: -1,
-                        timestamp: -1,
-                        leader_epoch: -1,
-                    });
-                }
+            } => PartitionReply::Fetch(entry.fetch(offset, max_bytes, strict_max_bytes).await),
+            PartitionOp::ListOffsets { timestamp, .. } => {
                 let mut outcome = entry.list_offsets(timestamp).await;
                 if outcome.error_code == error_code::NONE {
                     outcome.leader_epoch = entry.replica.leader_epoch.get().max(0);

@@ -28,3 +28,19 @@ pub fn open_dir(path: &Path) -> std::io::Result<Dir> {
         Ok(Dir::new())
     }
 }
+
+/// Replaces a small file atomically and durably: temp file, fsync, rename,
+/// directory fsync (producer snapshots, epoch caches, high-watermark
+/// checkpoints). Blocking.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

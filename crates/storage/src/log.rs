@@ -139,6 +139,15 @@ impl<F: StorageFile> LogState<F> {
         Ok(())
     }
 
+    /// Usable, and not refusing appends after a failed sync or truncation.
+    pub(crate) fn writable(&self) -> LogResult<()> {
+        self.usable()?;
+        match &self.poisoned {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn active(&mut self) -> &mut Segment<F> {
         self.segments
             .values_mut()
@@ -265,19 +274,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         options: AppendOptions,
     ) -> LogResult<AppendInfo> {
         let mut header = validate_batch(batch)?;
-        let batch_bytes = batch.len() as u64;
-        if batch_bytes > self.config().segment_bytes {
-            return Err(LogError::BatchTooLarge {
-                batch_bytes,
-                segment_bytes: self.config().segment_bytes,
-            });
-        }
+        let batch_bytes = self.fits_segment(batch)?;
         let (info, target, epoch) = {
             let mut state = self.state.borrow_mut();
-            state.usable()?;
-            if let Some(error) = &state.poisoned {
-                return Err(error.clone());
-            }
+            state.writable()?;
             let base_offset = state.next_offset;
             self.maybe_roll(&mut state, &header, batch_bytes);
             let copy;
@@ -323,19 +323,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 },
             ));
         }
-        let batch_bytes = batch.len() as u64;
-        if batch_bytes > self.config().segment_bytes {
-            return Err(LogError::BatchTooLarge {
-                batch_bytes,
-                segment_bytes: self.config().segment_bytes,
-            });
-        }
+        let batch_bytes = self.fits_segment(batch)?;
         let (info, target, epoch) = {
             let mut state = self.state.borrow_mut();
-            state.usable()?;
-            if let Some(error) = &state.poisoned {
-                return Err(error.clone());
-            }
+            state.writable()?;
             if header.base_offset < state.next_offset {
                 return Err(LogError::OffsetOutOfRange {
                     offset: header.base_offset,
@@ -390,6 +381,19 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             base_sequence: header.base_sequence,
             records_count: header.records_count,
         }
+    }
+
+    /// The batch's size, if a segment can hold it.
+    fn fits_segment(&self, batch: &[u8]) -> LogResult<u64> {
+        let batch_bytes = batch.len() as u64;
+        let segment_bytes = self.config().segment_bytes;
+        if batch_bytes > segment_bytes {
+            return Err(LogError::BatchTooLarge {
+                batch_bytes,
+                segment_bytes,
+            });
+        }
+        Ok(batch_bytes)
     }
 
     /// Seals the active segment and starts a new one when the batch does not

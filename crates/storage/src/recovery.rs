@@ -466,10 +466,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         self.flush().await?;
         let (doomed, containing) = {
             let mut state = self.state.borrow_mut();
-            state.usable()?;
-            if let Some(error) = &state.poisoned {
-                return Err(error.clone());
-            }
+            state.writable()?;
             if state.next_offset != state.high_watermark || state.compacting {
                 // An append came in after the flush, or a compaction is
                 // rewriting segments: let it finish first.
