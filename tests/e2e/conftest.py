@@ -15,10 +15,33 @@ ROOT = Path(__file__).resolve().parents[2]
 SLUICE = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
 
 
+_next_port = None
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and that no client socket will take meanwhile.
+
+    Asking the kernel for port 0 hands out one of the ephemeral range, and between
+    this check and the broker's bind any outgoing connection (a client, another
+    broker) may be given the same port: CI once failed with EADDRINUSE that way.
+    So ports come from below the ephemeral range, in sequence from a point set by
+    the process id, and each is checked by a bind before it is handed out."""
+    global _next_port
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    floor = 10000
+    span = max(low - floor, 1000)
+    if _next_port is None:
+        _next_port = floor + (os.getpid() * 97) % span
+    for _ in range(span):
+        port = _next_port
+        _next_port = floor + (_next_port - floor + 1) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Broker:
