@@ -82,6 +82,8 @@ pub struct CoreOverride {
     pub io_depth: Option<usize>,
     /// Request and response bytes this shard may hold (see `memory_budget_bytes`).
     pub memory_budget_bytes: Option<usize>,
+    /// Recently written batches this shard keeps in memory for fetches.
+    pub tail_cache_bytes: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, plus storage and per-core ones.
@@ -114,6 +116,7 @@ pub struct FileConfig {
     pub io_memory_bytes: Option<usize>,
     pub io_depth: Option<usize>,
     pub memory_budget_bytes: Option<usize>,
+    pub tail_cache_bytes: Option<usize>,
     pub connections_max_idle_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
@@ -161,6 +164,9 @@ pub struct Config {
     pub io_depth: usize,
     /// Per shard: request bytes being read plus response bytes waiting to be written.
     pub memory_budget_bytes: usize,
+    /// Per shard: the most recently written batches, kept in memory so that
+    /// fetches at the head of a log (consumers, followers) read no disk.
+    pub tail_cache_bytes: usize,
     pub connections_max_idle_ms: u64,
     pub request_timeout_ms: u64,
     /// Per shard: memory of a compaction run's key → offset map.
@@ -185,6 +191,9 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 pub const IO_DEPTH_DEFAULT: usize = 128;
+/// Per shard: at 200 MB/s into one core, about a third of a second of
+/// writes (see benches/RESULTS.md, fetch).
+pub const TAIL_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 /// Kafka's connections.max.idle.ms default (10 minutes).
 pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// Per shard (Kafka's 128 MiB is shared by its cleaner threads): about
@@ -421,6 +430,7 @@ impl Config {
             memory_budget_bytes: file
                 .memory_budget_bytes
                 .unwrap_or_else(|| memory_budget_default(cpus_len, max_frame_bytes)),
+            tail_cache_bytes: file.tail_cache_bytes.unwrap_or(TAIL_CACHE_BYTES_DEFAULT),
             connections_max_idle_ms: file
                 .connections_max_idle_ms
                 .unwrap_or(CONNECTIONS_MAX_IDLE_MS_DEFAULT),
@@ -600,6 +610,12 @@ impl Config {
         self.core_override(shard)
             .memory_budget_bytes
             .unwrap_or(self.memory_budget_bytes)
+    }
+
+    pub fn tail_cache_bytes(&self, shard: usize) -> usize {
+        self.core_override(shard)
+            .tail_cache_bytes
+            .unwrap_or(self.tail_cache_bytes)
     }
 
     pub fn core_override(&self, shard: usize) -> CoreOverride {

@@ -145,6 +145,9 @@ fn run(config: Config) -> Result<(), String> {
         memory_budget_bytes_per_core: (0..config.cpus.len())
             .map(|shard| config.memory_budget_bytes(shard))
             .collect(),
+        tail_cache_bytes_per_core: (0..config.cpus.len())
+            .map(|shard| config.tail_cache_bytes(shard))
+            .collect(),
         connections_max_idle_ms: config.connections_max_idle_ms,
         request_timeout_ms: config.request_timeout_ms,
         log_cleaner_dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,

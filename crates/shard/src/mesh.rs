@@ -84,7 +84,7 @@ pub struct FetchOutcome {
     pub error_code: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: sluice_storage::Records,
     /// A strict read found a first batch over the limit and returned nothing.
     pub oversized: bool,
     /// To a follower: (epoch, end offset) where its log leaves the leader's.

@@ -12,7 +12,7 @@ use crate::topic_config::EffectiveTopicConfig;
 use sluice_protocol::api::error_code;
 use sluice_protocol::record_batch::{BatchError, BatchHeader};
 use sluice_storage::io::StorageDir;
-use sluice_storage::{AppendOptions, LogError, PartitionLog};
+use sluice_storage::{AppendOptions, LogError, PartitionLog, Records};
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -196,7 +196,7 @@ impl<D: StorageDir + 'static> Partition<D> {
         let high_watermark = self.high_watermark();
         let result = if offset >= high_watermark && offset <= log.high_watermark() {
             // Past what every in-sync replica has: nothing to read yet.
-            Ok(bytes::Bytes::new())
+            Ok(Records::new())
         } else {
             log.read(offset, max_bytes.max(1)).await.map(|read| {
                 // Reads stop at the durable end: only a replicated partition
@@ -204,7 +204,8 @@ impl<D: StorageDir + 'static> Partition<D> {
                 if read.next_offset <= high_watermark {
                     read.records
                 } else {
-                    below(read.records, high_watermark)
+                    read.records
+                        .prefix_while(|header, _| header.last_offset() < high_watermark)
                 }
             })
         };
@@ -215,11 +216,7 @@ impl<D: StorageDir + 'static> Partition<D> {
                     error_code: error_code::NONE,
                     high_watermark,
                     log_start_offset: log.log_start_offset(),
-                    records: if oversized {
-                        bytes::Bytes::new()
-                    } else {
-                        records
-                    },
+                    records: if oversized { Records::new() } else { records },
                     oversized,
                     diverging: None,
                 }
@@ -323,21 +320,6 @@ impl<D: StorageDir + 'static> Partition<D> {
 }
 
 /// The whole batches of `records` that end below `high_watermark`.
-fn below(records: bytes::Bytes, high_watermark: i64) -> bytes::Bytes {
-    let mut end = 0;
-    while end < records.len() {
-        match BatchHeader::parse(&records[end..]) {
-            Ok(header) if header.last_offset() < high_watermark => end += header.total_bytes(),
-            _ => break,
-        }
-    }
-    if end >= records.len() {
-        records
-    } else {
-        records.slice(..end)
-    }
-}
-
 /// Kafka error code for a storage error; disk trouble is logged by storage.
 pub fn log_error_code(error: &LogError) -> i16 {
     match error {
@@ -384,13 +366,10 @@ pub(crate) async fn rebuild_producers<D: StorageDir + 'static>(
         if read.records.is_empty() {
             return Ok(());
         }
-        let mut at = 0;
-        while at < read.records.len() {
-            let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
+        for header in read.records.headers() {
             if header.last_offset() >= offset {
                 producers.observe_stored(&header);
             }
-            at += header.total_bytes();
         }
         offset = read.next_offset;
     }

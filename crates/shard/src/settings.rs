@@ -29,6 +29,8 @@ pub struct BrokerSettings {
     /// Each shard's budget for request bytes being read and response bytes
     /// waiting to be written (index = shard id).
     pub memory_budget_bytes_per_core: Vec<usize>,
+    /// Each shard's tail cache bound (index = shard id).
+    pub tail_cache_bytes_per_core: Vec<usize>,
     /// A connection with nothing in flight and no traffic this long is closed
     /// (Kafka's connections.max.idle.ms); also how long a response may make no progress.
     pub connections_max_idle_ms: u64,
@@ -76,6 +78,7 @@ impl BrokerSettings {
             offsets_retention_ms: 60_000,
             max_partitions_per_topic: 4,
             memory_budget_bytes_per_core: vec![64 << 20],
+            tail_cache_bytes_per_core: vec![16 << 20],
             connections_max_idle_ms: 600_000,
             request_timeout_ms: 30_000,
             log_cleaner_dedupe_buffer_bytes: 1 << 20,
@@ -91,6 +94,13 @@ impl BrokerSettings {
 
     pub fn memory_budget_bytes(&self, shard: usize) -> usize {
         self.memory_budget_bytes_per_core[shard]
+    }
+
+    pub fn tail_cache_bytes(&self, shard: usize) -> usize {
+        self.tail_cache_bytes_per_core
+            .get(shard)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn topics_dir(&self) -> PathBuf {

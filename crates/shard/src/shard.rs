@@ -67,6 +67,8 @@ pub struct Shard {
     pub controller: sluice_cluster::ControllerHandle,
     /// Replica fetchers of this shard, by the leader node they fetch from.
     pub(crate) fetchers: RefCell<HashMap<i32, Rc<crate::fetcher::Fetcher>>>,
+    /// The batches this core's logs wrote last, for fetches at their heads.
+    pub tail_cache: Rc<sluice_storage::TailCache>,
 }
 
 impl Shard {
@@ -78,6 +80,7 @@ impl Shard {
         controller: sluice_cluster::ControllerHandle,
     ) -> Shard {
         let memory = MemoryBudget::new(settings.memory_budget_bytes(id));
+        let settings_tail_cache = settings.tail_cache_bytes(id);
         Shard {
             id,
             shard_count: peers.len(),
@@ -101,6 +104,7 @@ impl Shard {
             memory,
             controller,
             fetchers: RefCell::new(HashMap::new()),
+            tail_cache: sluice_storage::TailCache::new(settings_tail_cache),
         }
     }
 
@@ -374,6 +378,7 @@ impl Shard {
         let name = format!("{}-{partition}", topic.name);
         let entry =
             Rc::new(Partition::open(dir, config, name.clone(), path, self.settings.node_id).await?);
+        entry.log.set_cache(self.tail_cache.register());
         let offsets = entry.log.offsets();
         tracing::info!(shard = self.id, partition = %name, log_start_offset = offsets.log_start_offset,
             log_end_offset = offsets.high_watermark, segments = offsets.segment_count, "partition opened");

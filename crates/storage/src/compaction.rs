@@ -595,6 +595,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         self.dir.sync().await.map_err(LogError::io)?;
         {
             let mut state = self.state.borrow_mut();
+            // Cached batches of this segment may be gone from its file now.
+            let segment_end = state.segments.range(base + 1..).next().map(|(b, _)| *b);
+            self.with_cache(|cache| match segment_end {
+                Some(end) => cache.drop_below(end),
+                None => cache.clear(),
+            });
             if let Some(current) = state.segments.get_mut(&base) {
                 current.file = Some(Rc::new(file));
                 current.indexes = indexes;

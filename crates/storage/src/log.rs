@@ -4,10 +4,12 @@
 //! an `.await`. Every mutation happens in a synchronous step; I/O happens
 //! between steps, driven by one flusher task per log.
 
+use crate::cache::CacheSlot;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, LogResult};
 use crate::event::Event;
 use crate::io::{StorageDir, StorageFile};
+use crate::records::Records;
 use crate::segment::{
     align_up, segment_file_name, ChunkWrite, Segment, SegmentIndexes, TailWriter, INDEX_SUFFIX,
     LOG_SUFFIX, TIME_INDEX_SUFFIX,
@@ -46,8 +48,8 @@ pub struct AppendInfo {
 /// Whole batches read from the log.
 #[derive(Debug, Clone)]
 pub struct ReadBatches {
-    /// Concatenated batches, byte for byte as stored. Empty at the end of the log.
-    pub records: Bytes,
+    /// Whole batches, byte for byte as stored. Empty at the end of the log.
+    pub records: Records,
     /// One past the last offset in `records` (the offset to read next).
     pub next_offset: i64,
     pub high_watermark: i64,
@@ -68,6 +70,8 @@ struct PendingBatch {
     segment_base: i64,
     position: u64,
     header: BatchHeader,
+    /// The batch as stored, for the tail cache once it is durable.
+    stored: Option<Bytes>,
 }
 
 struct Failure {
@@ -171,6 +175,8 @@ pub struct PartitionLog<D: StorageDir> {
     pub(crate) state: RefCell<LogState<D::File>>,
     /// Notified after every flush round (durable data may have grown).
     pub(crate) flushed: Event,
+    /// This log's share of its core's tail cache.
+    pub(crate) cache: RefCell<Option<CacheSlot>>,
 }
 
 /// Everything a flush round does to one segment.
@@ -227,6 +233,29 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
     pub fn config(&self) -> LogConfig {
         self.config.get()
+    }
+
+    /// Serves reads of recently written batches from the core's tail cache
+    /// from now on (batches made durable from here on enter it).
+    pub fn set_cache(&self, slot: CacheSlot) {
+        *self.cache.borrow_mut() = Some(slot);
+    }
+
+    /// Stops serving reads from the cache (its batches stay until the slot
+    /// is dropped or given back with `set_cache`).
+    pub fn take_cache(&self) -> Option<CacheSlot> {
+        self.cache.borrow_mut().take()
+    }
+
+    /// Runs `f` on the cache slot, if the log has one.
+    pub(crate) fn with_cache(&self, f: impl FnOnce(&CacheSlot)) {
+        if let Some(slot) = self.cache.borrow().as_ref() {
+            f(slot)
+        }
+    }
+
+    fn caching(&self) -> bool {
+        self.cache.borrow().as_ref().is_some_and(|s| s.enabled())
     }
 
     /// Applies changed topic settings (retention, segment size and age, index
@@ -353,6 +382,14 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         header: BatchHeader,
         patch: bool,
     ) -> AppendInfo {
+        let stored = self.caching().then(|| {
+            let mut bytes = bytes::BytesMut::from(batch);
+            if patch {
+                bytes[0..8].copy_from_slice(&header.base_offset.to_be_bytes());
+                bytes[12..16].copy_from_slice(&header.partition_leader_epoch.to_be_bytes());
+            }
+            bytes.freeze()
+        });
         let active = state.active();
         let position = active.tail.append(&self.dir, batch);
         if patch {
@@ -368,6 +405,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             segment_base,
             position,
             header,
+            stored,
         });
         state.next_offset = header.last_offset() + 1;
         AppendInfo {
@@ -754,8 +792,19 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     &batch.header,
                     self.config().index_interval_bytes,
                 );
+                let log_end_before = state.high_watermark;
                 segment.next_offset = batch.header.last_offset() + 1;
                 state.high_watermark = segment.next_offset;
+                if let Some(stored) = batch.stored {
+                    self.with_cache(|cache| {
+                        cache.insert(
+                            log_end_before,
+                            batch.header.base_offset,
+                            batch.header.last_offset(),
+                            stored,
+                        )
+                    });
+                }
                 promoted += 1;
             }
             let error = match result.outcome {
@@ -869,8 +918,24 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// `max_bytes` (at least one batch). Every batch is CRC-checked before it is
     /// returned. `offset == high_watermark` gives an empty read.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> LogResult<ReadBatches> {
-        let mut records = Vec::new();
-        let mut records_bytes: Option<Bytes> = None;
+        {
+            let state = self.state.borrow();
+            state.usable()?;
+            // Only within the range a disk read would serve (DeleteRecords may
+            // have moved the start past cached batches).
+            let cached = (offset >= state.log_start_offset && offset < state.high_watermark)
+                .then(|| self.cache.borrow().as_ref()?.read(offset, max_bytes))
+                .flatten();
+            if let Some((records, next_offset)) = cached {
+                return Ok(ReadBatches {
+                    records,
+                    next_offset,
+                    high_watermark: state.high_watermark,
+                    log_start_offset: state.log_start_offset,
+                });
+            }
+        }
+        let mut records = Records::new();
         let mut next = offset;
         loop {
             let located = {
@@ -903,9 +968,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let Some((base, file, position, end)) = located else {
                 break;
             };
-            let budget = max_bytes
-                .saturating_sub(records.len() + records_bytes.as_ref().map_or(0, |b| b.len()));
-            let first = records.is_empty() && records_bytes.is_none();
+            let budget = max_bytes.saturating_sub(records.len());
+            let first = records.is_empty();
             let chunk = self
                 .read_batches_from(&file, base, position, end, next, budget, first)
                 .await?;
@@ -925,7 +989,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     )
                 };
                 match gap_end {
-                    Some(after) if records.is_empty() && records_bytes.is_none() && budget_left => {
+                    Some(after) if records.is_empty() && budget_left => {
                         if self.state.borrow().cleaner_offset.is_some() {
                             // Compaction removed the segment's last batches.
                             tracing::debug!(log = %self.name, from = next, to = after, "compacted away: skipped");
@@ -939,22 +1003,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 }
             }
             next = chunk.next_offset;
-            match records_bytes.take() {
-                None if records.is_empty() => records_bytes = Some(chunk.records),
-                None => records.extend_from_slice(&chunk.records),
-                Some(previous) => {
-                    records.extend_from_slice(&previous);
-                    records.extend_from_slice(&chunk.records);
-                }
-            }
+            records.push(chunk.records);
             // Continue into the next segment only if this one was used up.
             if next < chunk.segment_next_offset_hint || chunk.budget_exhausted {
                 break;
             }
         }
+        if !records.is_empty() {
+            self.with_cache(|cache| cache.count_miss(records.len()));
+        }
         let state = self.state.borrow();
         Ok(ReadBatches {
-            records: records_bytes.unwrap_or_else(|| Bytes::from(records)),
+            records,
             next_offset: next,
             high_watermark: state.high_watermark,
             log_start_offset: state.log_start_offset,
@@ -1184,10 +1244,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 if read.records.is_empty() {
                     break;
                 }
+                let records = read.records.to_bytes();
                 let mut at = 0;
-                while at < read.records.len() {
-                    let header = BatchHeader::parse(&read.records[at..]).expect("checked on read");
-                    let batch = &read.records[at..at + header.total_bytes()];
+                while at < records.len() {
+                    let header = BatchHeader::parse(&records[at..]).expect("checked on read");
+                    let batch = &records[at..at + header.total_bytes()];
                     at += header.total_bytes();
                     if header.max_timestamp < timestamp || header.last_offset() < offset {
                         continue;

@@ -240,6 +240,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             name,
             state: RefCell::new(state),
             flushed: Event::default(),
+            cache: RefCell::new(None),
         }))
     }
 
@@ -250,6 +251,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let (files, active) = {
             let mut state = self.state.borrow_mut();
             state.closed = true;
+            self.cache.borrow_mut().take();
             let files: Vec<Rc<D::File>> = state
                 .segments
                 .values()
@@ -335,6 +337,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 state.log_start_offset = state
                     .log_start_offset
                     .max(*state.segments.keys().next().unwrap());
+                self.with_cache(|cache| cache.drop_below(state.log_start_offset));
                 tracing::info!(log = %self.name, segments = doomed.len(), log_start_offset = state.log_start_offset, "retention deleted segments");
             }
             doomed
@@ -370,6 +373,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 state.log_start_offset = state
                     .log_start_offset
                     .max(*state.segments.keys().next().unwrap());
+                self.with_cache(|cache| cache.drop_below(state.log_start_offset));
             }
             doomed
         };
@@ -404,6 +408,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut state = self.state.borrow_mut();
             if state.log_start_offset <= target {
                 state.log_start_offset = target;
+                self.with_cache(|cache| cache.drop_below(target));
                 tracing::info!(log = %self.name, log_start_offset = target, "log start offset moved (records deleted)");
                 break;
             }
@@ -479,6 +484,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             // retention get Busy instead of a half-truncated log.
             state.truncating = true;
             let full = restart || offset <= state.log_start_offset;
+            self.with_cache(|cache| {
+                if full {
+                    cache.clear()
+                } else {
+                    cache.drop_from(offset)
+                }
+            });
             let cut_from = if full { i64::MIN } else { offset };
             let doomed_bases: Vec<i64> = state
                 .segments

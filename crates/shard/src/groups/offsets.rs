@@ -361,10 +361,11 @@ impl OffsetStore {
             if read.records.is_empty() {
                 break;
             }
+            let records = read.records.to_bytes();
             let mut at = 0;
-            while at < read.records.len() {
-                let header = BatchHeader::parse(&read.records[at..]).map_err(|e| e.to_string())?;
-                let batch = &read.records[at..at + header.total_bytes()];
+            while at < records.len() {
+                let header = BatchHeader::parse(&records[at..]).map_err(|e| e.to_string())?;
+                let batch = &records[at..at + header.total_bytes()];
                 for (key, value) in record_keys_values(batch) {
                     replayed += 1;
                     match value {

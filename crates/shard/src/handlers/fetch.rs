@@ -8,7 +8,6 @@ use super::{respond, str_bytes, HandlerResult};
 use crate::memory::{Charge, ConnectionMemory};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply, WaitFor};
 use crate::shard::Shard;
-use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
@@ -16,8 +15,8 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use sluice_protocol::api::error_code;
 use sluice_protocol::frame::{decode_body, RequestFrame};
 use sluice_protocol::kafka_protocol;
-use sluice_protocol::record_batch::BatchHeader;
 use sluice_storage::event::join_all;
+use sluice_storage::Records;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +139,7 @@ pub async fn handle(
                             None => EpochEndOffset::default(),
                         })
                         .with_aborted_transactions(Some(Vec::new()))
-                        .with_records(Some(outcome.records))
+                        .with_records(Some(outcome.records.to_bytes()))
                 })
                 .collect();
             FetchableTopicResponse::default()
@@ -307,7 +306,7 @@ impl Budget {
         }
     }
 
-    fn take(&mut self, records: Bytes, partition_max: usize) -> Bytes {
+    fn take(&mut self, records: Records, partition_max: usize) -> Records {
         if records.is_empty() {
             return records;
         }
@@ -315,11 +314,12 @@ impl Budget {
         let kept = if records.len() <= limit {
             records
         } else {
-            let end = match whole_batches_within(&records, limit) {
-                0 if !self.any_data => first_batch_len(&records).min(records.len()),
-                end => end,
-            };
-            records.slice(..end)
+            let within = records.clone().prefix_while(|_, end| end <= limit);
+            if within.is_empty() && !self.any_data {
+                records.first_batch()
+            } else {
+                within
+            }
         };
         if !kept.is_empty() {
             self.any_data = true;
@@ -329,31 +329,10 @@ impl Budget {
     }
 }
 
-/// The length of the longest prefix of whole batches in `records` that is at
-/// most `limit` bytes.
-fn whole_batches_within(records: &[u8], limit: usize) -> usize {
-    let mut end = 0;
-    while end < records.len() {
-        let Ok(header) = BatchHeader::parse(&records[end..]) else {
-            break;
-        };
-        let next = end + header.total_bytes();
-        if next > limit || next > records.len() {
-            break;
-        }
-        end = next;
-    }
-    end
-}
-
-/// The length of the first batch (the whole of `records` if it can't be parsed).
-fn first_batch_len(records: &[u8]) -> usize {
-    BatchHeader::parse(records).map_or(records.len(), |h| h.total_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// A fake stored batch: only the header fields the walk reads matter.
     fn batch(total: usize) -> Vec<u8> {
@@ -363,26 +342,39 @@ mod tests {
         b
     }
 
-    fn batches(sizes: &[usize]) -> Bytes {
-        Bytes::from(sizes.iter().flat_map(|&s| batch(s)).collect::<Vec<u8>>())
+    fn batches(sizes: &[usize]) -> Records {
+        Records::from(Bytes::from(
+            sizes.iter().flat_map(|&s| batch(s)).collect::<Vec<u8>>(),
+        ))
+    }
+
+    /// The same batches in one part per batch (as the tail cache serves them).
+    fn parts(sizes: &[usize]) -> Records {
+        let mut records = Records::new();
+        for &size in sizes {
+            records.push(Bytes::from(batch(size)));
+        }
+        records
     }
 
     #[test]
     fn whole_batches_stop_at_the_limit() {
-        let records = batches(&[100, 200, 300]);
-        assert_eq!(whole_batches_within(&records, 0), 0);
-        assert_eq!(whole_batches_within(&records, 99), 0);
-        assert_eq!(whole_batches_within(&records, 100), 100);
-        assert_eq!(whole_batches_within(&records, 299), 100);
-        assert_eq!(whole_batches_within(&records, 300), 300);
-        assert_eq!(whole_batches_within(&records, 10_000), 600);
+        for records in [batches(&[100, 200, 300]), parts(&[100, 200, 300])] {
+            let within = |limit| records.clone().prefix_while(|_, end| end <= limit).len();
+            assert_eq!(within(0), 0);
+            assert_eq!(within(99), 0);
+            assert_eq!(within(100), 100);
+            assert_eq!(within(299), 100);
+            assert_eq!(within(300), 300);
+            assert_eq!(within(10_000), 600);
+        }
     }
 
     #[test]
     fn budget_is_spent_in_request_order() {
         let mut budget = Budget::new(500);
         // Nothing in the first partition: the second is the first with data.
-        assert_eq!(budget.take(Bytes::new(), 1000).len(), 0);
+        assert_eq!(budget.take(Records::new(), 1000).len(), 0);
         assert_eq!(budget.take(batches(&[100, 200]), 1000).len(), 300);
         // 200 left: of 150 + 150 only the first fits.
         assert_eq!(budget.take(batches(&[150, 150]), 1000).len(), 150);

@@ -44,9 +44,10 @@ async fn read_all(log: &Rc<PartitionLog<MemDir>>) -> Vec<(i64, Key, Value)> {
             break;
         }
         let mut at = 0;
-        while at < read.records.len() {
-            let header = BatchHeader::parse(&read.records[at..]).unwrap();
-            let batch = &read.records[at..at + header.total_bytes()];
+        let stored = read.records.to_bytes();
+        while at < stored.len() {
+            let header = BatchHeader::parse(&stored[at..]).unwrap();
+            let batch = &stored[at..at + header.total_bytes()];
             at += header.total_bytes();
             let mut scratch = Vec::new();
             let section = match Codec::from_id(header.compression()).unwrap() {

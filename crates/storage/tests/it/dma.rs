@@ -44,7 +44,7 @@ fn append_read_roll_reopen_on_o_direct_files() {
         let all: Vec<Vec<u8>> = expected.iter().map(|(b, _)| b.clone()).collect();
         let read = log.read(0, 1 << 22).await.unwrap();
         assert_eq!(
-            split_batches(&read.records)
+            split_batches(&read.records.to_bytes())
                 .into_iter()
                 .map(|(_, b)| b)
                 .collect::<Vec<_>>(),
@@ -54,7 +54,7 @@ fn append_read_roll_reopen_on_o_direct_files() {
         // Lookups.
         let (offset, ts) = log.offset_for_timestamp(1030).await.unwrap().unwrap();
         assert_eq!(ts, 1030);
-        let got = split_batches(&log.read(offset, 1).await.unwrap().records);
+        let got = split_batches(&log.read(offset, 1).await.unwrap().records.to_bytes());
         assert_eq!(got[0].0.base_offset, offset);
         assert_eq!(got[0].0.max_timestamp, 1030);
         assert_eq!(log.offset_for_timestamp(5000).await.unwrap(), None);
@@ -79,7 +79,7 @@ fn append_read_roll_reopen_on_o_direct_files() {
         let log = open(&path, small_config()).await;
         let read = log.read(0, 1 << 22).await.unwrap();
         assert_eq!(
-            split_batches(&read.records)
+            split_batches(&read.records.to_bytes())
                 .into_iter()
                 .map(|(_, b)| b)
                 .collect::<Vec<_>>(),
@@ -104,7 +104,7 @@ fn append_read_roll_reopen_on_o_direct_files() {
             .unwrap();
         assert_eq!(info.base_offset, hw);
         let read = log.read(0, 1 << 22).await.unwrap();
-        let got = split_batches(&read.records);
+        let got = split_batches(&read.records.to_bytes());
         assert_eq!(got.last().unwrap().0.base_offset, hw);
         log.close().await.unwrap();
     });
@@ -133,7 +133,7 @@ fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
             let log = open(&path, small_config()).await;
             let read = log.read(0, 1 << 22).await.unwrap();
             assert_eq!(
-                split_batches(&read.records)
+                split_batches(&read.records.to_bytes())
                     .into_iter()
                     .map(|(_, b)| b)
                     .collect::<Vec<_>>(),
@@ -158,7 +158,7 @@ fn reopen_without_close_and_a_torn_tail_keep_every_acknowledged_batch() {
         let log = open(&path, small_config()).await;
         let read = log.read(0, 1 << 22).await.unwrap();
         assert_eq!(
-            split_batches(&read.records)
+            split_batches(&read.records.to_bytes())
                 .into_iter()
                 .map(|(_, b)| b)
                 .collect::<Vec<_>>(),
@@ -264,13 +264,16 @@ fn replicated_appends_keep_the_leaders_bytes_and_a_follower_can_start_over() {
                 .await
                 .unwrap();
         }
-        let copied = leader.read(0, 1 << 22).await.unwrap().records;
+        let copied = leader.read(0, 1 << 22).await.unwrap().records.to_bytes();
         let batches = split_batches(&copied);
         for (_, bytes) in &batches {
             follower.append_replica(bytes).await.unwrap();
         }
         assert!(follower.segment_base_offsets().len() > 1, "segments rolled");
-        assert_eq!(follower.read(0, 1 << 22).await.unwrap().records, copied);
+        assert_eq!(
+            follower.read(0, 1 << 22).await.unwrap().records.to_bytes(),
+            copied
+        );
         assert_eq!(follower.high_watermark(), leader.high_watermark());
         assert_eq!(batches[20].0.partition_leader_epoch, 2);
         // Already here: refused, nothing written.
@@ -286,7 +289,10 @@ fn replicated_appends_keep_the_leaders_bytes_and_a_follower_can_start_over() {
         for (_, bytes) in &batches[12..] {
             follower.append_replica(bytes).await.unwrap();
         }
-        assert_eq!(follower.read(0, 1 << 22).await.unwrap().records, copied);
+        assert_eq!(
+            follower.read(0, 1 << 22).await.unwrap().records.to_bytes(),
+            copied
+        );
         // Started over past its end, at the leader's (later) log start.
         let end = follower.high_watermark();
         follower.reset_to(end + 100).await.unwrap();
@@ -298,7 +304,12 @@ fn replicated_appends_keep_the_leaders_bytes_and_a_follower_can_start_over() {
         next[12..16].copy_from_slice(&7i32.to_be_bytes()); // the leader's epoch (not in the CRC)
         follower.append_replica(&next).await.unwrap();
         assert_eq!(
-            follower.read(end + 100, 1 << 20).await.unwrap().records,
+            follower
+                .read(end + 100, 1 << 20)
+                .await
+                .unwrap()
+                .records
+                .to_bytes(),
             next
         );
         leader.close().await.unwrap();

@@ -45,7 +45,7 @@ fn torn_tail_is_cut_and_every_whole_batch_survives() {
             });
             let log = open(&dir, config).await;
             let read = log.read(0, 1 << 20).await.unwrap();
-            let got = split_batches(&read.records);
+            let got = split_batches(&read.records.to_bytes());
             // Whatever survived is a prefix of what was written, byte for byte.
             assert!(got.len() <= raws.len());
             let mut offset = 0;
@@ -80,10 +80,11 @@ fn acknowledged_appends_survive_a_crash_that_drops_unsynced_data() {
         drop(log);
         dir.crash(CrashMode::DropUnsynced);
         let log = open(&dir, small_config()).await;
-        let got: Vec<Vec<u8>> = split_batches(&log.read(0, 1 << 20).await.unwrap().records)
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> =
+            split_batches(&log.read(0, 1 << 20).await.unwrap().records.to_bytes())
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect();
         assert_eq!(got, expected);
     });
 }
@@ -105,7 +106,7 @@ fn failed_fdatasync_fails_the_append_and_refuses_more_until_reopened() {
         assert!(matches!(err, LogError::SyncFailed(_)), "{err}");
         // Durable data stays readable.
         assert_eq!(
-            split_batches(&log.read(0, 4096).await.unwrap().records).len(),
+            split_batches(&log.read(0, 4096).await.unwrap().records.to_bytes()).len(),
             1
         );
         let _ = log.close().await;
@@ -143,7 +144,7 @@ fn disk_full_fails_cleanly_and_the_log_recovers_when_space_returns() {
         let err = append(&log, &big).await.unwrap_err();
         assert!(err.is_disk_full(), "{err}");
         // Readable and consistent: exactly the first batch.
-        let got = split_batches(&log.read(0, 1 << 20).await.unwrap().records);
+        let got = split_batches(&log.read(0, 1 << 20).await.unwrap().records.to_bytes());
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, stored_form(&first, 0));
         assert_eq!(log.high_watermark(), 2);
@@ -202,7 +203,7 @@ fn corrupt_bytes_in_a_sealed_segment_are_detected_not_served() {
         for offset in bases[0]..bases[1] {
             match log.read(offset, 1).await {
                 Ok(read) => {
-                    for (_, b) in split_batches(&read.records) {
+                    for (_, b) in split_batches(&read.records.to_bytes()) {
                         sluice_protocol::record_batch::validate_batch(&b)
                             .expect("served batch is valid");
                     }
@@ -244,7 +245,7 @@ fn a_damaged_index_is_rebuilt_from_the_data() {
         let log = open(&dir, config).await;
         for offset in 0..log.high_watermark() {
             let read = log.read(offset, 1).await.unwrap();
-            let got = split_batches(&read.records);
+            let got = split_batches(&read.records.to_bytes());
             assert!(got[0].0.base_offset <= offset && got[0].0.last_offset() >= offset);
         }
         assert_eq!(
@@ -363,7 +364,7 @@ fn log_append_time_is_stamped_and_checksummed() {
             .await
             .unwrap();
         assert_eq!(info.max_timestamp, 777);
-        let got = split_batches(&log.read(0, 4096).await.unwrap().records);
+        let got = split_batches(&log.read(0, 4096).await.unwrap().records.to_bytes());
         assert!(got[0].0.is_log_append_time());
         assert_eq!(got[0].0.max_timestamp, 777);
         assert_eq!(log.offset_for_timestamp(700).await.unwrap(), Some((0, 777)));
@@ -465,7 +466,7 @@ fn reads_and_appends_during_truncation_get_busy_not_a_broken_log() {
         assert_eq!(log.high_watermark(), 0);
         assert_eq!(append(&log, &batch(51, 1, 10, 1)).await.unwrap(), 0);
         assert_eq!(
-            split_batches(&log.read(0, 1 << 20).await.unwrap().records).len(),
+            split_batches(&log.read(0, 1 << 20).await.unwrap().records.to_bytes()).len(),
             1
         );
     });

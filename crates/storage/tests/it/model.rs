@@ -5,7 +5,7 @@
 use crate::{batch, run, small_config, split_batches, stored_form};
 use proptest::prelude::*;
 use sluice_storage::io::memory::{CrashMode, Faults, MemDir};
-use sluice_storage::{AppendOptions, LogError, PartitionLog};
+use sluice_storage::{AppendOptions, LogError, PartitionLog, TailCache};
 use std::rc::Rc;
 
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ async fn check(log: &Rc<PartitionLog<MemDir>>, model: &Model) {
         .read(model.log_start_offset, usize::MAX / 2)
         .await
         .unwrap();
-    let got = split_batches(&read.records);
+    let got = split_batches(&read.records.to_bytes());
     assert_eq!(got.len(), model.batches.len(), "batch count");
     for ((header, bytes), (base, _, expected, _)) in got.iter().zip(&model.batches) {
         assert_eq!(header.base_offset, *base);
@@ -112,10 +112,14 @@ fn model_config() -> sluice_storage::LogConfig {
     }
 }
 
-async fn reopen(dir: &MemDir) -> Rc<PartitionLog<MemDir>> {
-    PartitionLog::open(dir.clone(), model_config(), "model-0")
+/// Each (re)opened log reads through a tail cache small enough to evict
+/// often, so every check below also holds for reads served from memory.
+async fn reopen(dir: &MemDir, cache: &Rc<TailCache>) -> Rc<PartitionLog<MemDir>> {
+    let log = PartitionLog::open(dir.clone(), model_config(), "model-0")
         .await
-        .expect("log reopens")
+        .expect("log reopens");
+    log.set_cache(cache.register());
+    log
 }
 
 /// After a reopen, an in-doubt batch may have survived (whole) or not.
@@ -134,7 +138,8 @@ fn settle_in_doubt(log: &Rc<PartitionLog<MemDir>>, model: &mut Model) {
 
 async fn run_ops(ops: Vec<Op>) {
     let dir = MemDir::new();
-    let mut log = reopen(&dir).await;
+    let cache = TailCache::new(8 << 10);
+    let mut log = reopen(&dir, &cache).await;
     let mut model = Model::default();
     let trace = std::env::var_os("SLUICE_MODEL_TRACE").is_some();
     if trace {
@@ -214,7 +219,22 @@ async fn run_ops(ops: Vec<Op>) {
                 let span = (model.next_offset() - model.log_start_offset + 1).max(1);
                 let offset = model.log_start_offset + (at as i64 % span);
                 let read = log.read(offset, max_bytes as usize).await.unwrap();
-                let got = split_batches(&read.records);
+                // The same read from the files alone: byte for byte the same.
+                let slot = log.take_cache();
+                let from_disk = log.read(offset, max_bytes as usize).await.unwrap();
+                if let Some(slot) = slot {
+                    log.set_cache(slot);
+                }
+                assert_eq!(
+                    read.records.to_bytes(),
+                    from_disk.records.to_bytes(),
+                    "cached read"
+                );
+                assert_eq!(
+                    read.next_offset, from_disk.next_offset,
+                    "cached read's next offset"
+                );
+                let got = split_batches(&read.records.to_bytes());
                 if offset == model.next_offset() {
                     assert!(got.is_empty());
                 } else {
@@ -236,7 +256,7 @@ async fn run_ops(ops: Vec<Op>) {
                 let _ = log.close().await;
                 drop(log);
                 dir.set_faults(Faults::default());
-                log = reopen(&dir).await;
+                log = reopen(&dir, &cache).await;
                 settle_in_doubt(&log, &mut model);
             }
             Op::Crash {
@@ -254,7 +274,7 @@ async fn run_ops(ops: Vec<Op>) {
                     CrashMode::DropUnsynced
                 };
                 dir.crash(mode);
-                log = reopen(&dir).await;
+                log = reopen(&dir, &cache).await;
                 settle_in_doubt(&log, &mut model);
             }
             Op::Retention { keep_bytes } => {
@@ -340,4 +360,88 @@ proptest! {
     fn log_matches_model_through_crashes_and_faults(ops in proptest::collection::vec(op(), 1..60)) {
         run(move || run_ops(ops));
     }
+}
+
+/// A read through the cache and the same read from the files alone must be
+/// byte for byte the same; returns the cached one.
+async fn read_both(
+    log: &Rc<PartitionLog<MemDir>>,
+    offset: i64,
+    max_bytes: usize,
+) -> sluice_storage::ReadBatches {
+    let cached = log.read(offset, max_bytes).await.unwrap();
+    let slot = log.take_cache().expect("a cache");
+    let from_disk = log.read(offset, max_bytes).await.unwrap();
+    log.set_cache(slot);
+    assert_eq!(
+        cached.records.to_bytes(),
+        from_disk.records.to_bytes(),
+        "read at {offset}"
+    );
+    assert_eq!(cached.next_offset, from_disk.next_offset);
+    cached
+}
+
+#[test]
+fn the_tail_cache_serves_the_head_and_never_a_stale_byte() {
+    const N: usize = 60;
+    run(|| async {
+        let dir = MemDir::new();
+        let cache = TailCache::new(6 << 10);
+        let config = sluice_storage::LogConfig {
+            retention_bytes: Some(8 << 10),
+            ..crate::small_config()
+        };
+        let log = PartitionLog::open(dir.clone(), config, "cache-0")
+            .await
+            .unwrap();
+        log.set_cache(cache.register());
+        let mut stored = Vec::new();
+        for i in 0..N as u64 {
+            let raw = batch(i, 2, 300, i as i64);
+            let info = log.append(&raw, AppendOptions::default()).await.unwrap();
+            stored.push(stored_form(&raw, info.base_offset));
+        }
+        assert!(log.segment_base_offsets().len() > 1, "segments rolled");
+        let end = log.high_watermark();
+        // The head is in memory: a hit, no miss, the stored bytes.
+        let before = cache.stats();
+        let read = read_both(&log, end - 4, 1 << 20).await;
+        assert_eq!(read.records.to_bytes(), stored[N - 2..].concat());
+        let after = cache.stats();
+        assert_eq!(after.hits, before.hits + 1);
+        assert_eq!(
+            after.misses, before.misses,
+            "no disk read through the cache"
+        );
+        assert!(
+            after.used_bytes <= 6 << 10 && after.evicted_bytes > 0,
+            "bounded: {after:?}"
+        );
+        // The oldest were evicted: the start of the log comes from disk, the same bytes.
+        let misses = cache.stats().misses;
+        let read = read_both(&log, 0, 1 << 20).await.records.to_bytes();
+        assert!(stored.concat().starts_with(&read) && !read.is_empty());
+        assert_eq!(cache.stats().misses, misses + 1);
+        // Retention moves the start: every offset still reads the same both ways.
+        log.enforce_retention(sluice_storage::now_ms())
+            .await
+            .unwrap();
+        let start = log.log_start_offset();
+        assert!(start > 0, "retention deleted segments");
+        for offset in (start..end).step_by(3) {
+            read_both(&log, offset, 2000).await;
+        }
+        // Truncated offsets are written again with other bytes: the cache
+        // never serves the old ones.
+        log.truncate_to(end - 4).await.unwrap();
+        for i in 0..4u64 {
+            let raw = batch(1000 + i, 2, 300, 0);
+            let info = log.append(&raw, AppendOptions::default()).await.unwrap();
+            stored[N - 4 + i as usize] = stored_form(&raw, info.base_offset);
+        }
+        let read = read_both(&log, end - 4, 1 << 20).await;
+        assert_eq!(read.records.to_bytes(), stored[N - 4..].concat());
+        log.close().await.unwrap();
+    });
 }
