@@ -129,3 +129,46 @@ def fetch_v9_error(sock: socket.socket, topic: str, partition: int, offset: int,
     response = read_response(sock)
     at = 4 + 4 + 2 + 4 + 4 + 2 + len(name) + 4 + 4  # ..., responses[1], name, partitions[1], index
     return struct.unpack(">h", response[at:at + 2])[0]
+
+
+def fetch_v7(sock: socket.socket, session_id: int, epoch: int, partitions, forgotten=(),
+             correlation_id: int = 1, max_wait_ms: int = 0):
+    """One Fetch v7 (the first with sessions): `partitions` are (topic, partition, offset),
+    `forgotten` (topic, partition). Returns (error_code, session_id, {(topic, partition):
+    (error_code, high_watermark, records_bytes)})."""
+    def grouped(items):
+        topics = {}
+        for topic, *rest in items:
+            topics.setdefault(topic, []).append(rest)
+        return topics
+    body = struct.pack(">iiiibii", -1, max_wait_ms, 1, 1 << 20, 0, session_id, epoch)
+    topics = grouped(partitions)
+    body += struct.pack(">i", len(topics))
+    for topic, parts in topics.items():
+        name = topic.encode()
+        body += struct.pack(">h", len(name)) + name + struct.pack(">i", len(parts))
+        for partition, offset in parts:
+            body += struct.pack(">iqqi", partition, offset, -1, 1 << 20)
+    gone = grouped(forgotten)
+    body += struct.pack(">i", len(gone))
+    for topic, parts in gone.items():
+        name = topic.encode()
+        body += struct.pack(">h", len(name)) + name + struct.pack(">i", len(parts))
+        body += b"".join(struct.pack(">i", p) for (p,) in parts)
+    sock.sendall(request(1, 7, correlation_id, body=body))
+    response = read_response(sock)
+    _, _, error_code, answered_id, topic_count = struct.unpack(">iihii", response[:18])
+    at, answered = 18, {}
+    for _ in range(topic_count):
+        (length,) = struct.unpack(">h", response[at:at + 2])
+        topic = response[at + 2:at + 2 + length].decode()
+        at += 2 + length
+        (count,) = struct.unpack(">i", response[at:at + 4])
+        at += 4
+        for _ in range(count):
+            partition, perror, hw, _, _, aborted = struct.unpack(">ihqqqi", response[at:at + 34])
+            at += 34 + 16 * max(aborted, 0)
+            (size,) = struct.unpack(">i", response[at:at + 4])
+            at += 4 + max(size, 0)
+            answered[(topic, partition)] = (perror, hw, max(size, 0))
+    return error_code, answered_id, answered

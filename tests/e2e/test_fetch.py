@@ -177,3 +177,53 @@ def test_list_offsets_v8_on_the_wire(broker):
     assert list_offsets(-4) == (0, -1)
     assert list_offsets(-1) == (5, -1)
     assert list_offsets(-3) == (3, 1_700_000_000_007)
+
+
+def test_fetch_sessions_on_the_wire(broker):
+    """KIP-227 as Kafka answers it: a full fetch at epoch 0 opens a session; incremental
+    fetches name only what changed and get only partitions with news; a wrong epoch is
+    INVALID_FETCH_SESSION_EPOCH, an unknown or closed session FETCH_SESSION_ID_NOT_FOUND."""
+    from kafka_wire import fetch_v7
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("sessions", 3, 1)])["sessions"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for p in range(3):
+        producer.produce("sessions", value=b"v%d" % p, partition=p)
+    assert producer.flush(30) == 0
+    with socket.create_connection((broker.host, broker.port)) as sock:
+        sock.settimeout(10)
+        everything = [("sessions", p, 0) for p in range(3)]
+        # Epoch 0: a full fetch, answered for every partition, opens a session.
+        error, session, answered = fetch_v7(sock, 0, 0, everything)
+        assert error == 0 and session != 0, (error, session)
+        assert {k: v[:2] for k, v in answered.items()} == {("sessions", p): (0, 1) for p in range(3)}
+        assert all(size > 0 for _, _, size in answered.values())
+        # Epoch 1: the consumer moved on in all three; nothing new: an empty answer.
+        error, same, answered = fetch_v7(sock, session, 1, [("sessions", p, 1) for p in range(3)],
+                                         max_wait_ms=50)
+        assert (error, same, answered) == (0, session, {})
+        # Records for partition 1 only: the next fetch names nothing and gets partition 1.
+        producer.produce("sessions", value=b"more", partition=1)
+        assert producer.flush(30) == 0
+        error, _, answered = fetch_v7(sock, session, 2, [], max_wait_ms=2000)
+        assert error == 0 and list(answered) == [("sessions", 1)], answered
+        assert answered[("sessions", 1)][:2] == (0, 2) and answered[("sessions", 1)][2] > 0
+        # Forgotten partitions leave the session: news there is not answered.
+        error, _, answered = fetch_v7(sock, session, 3, [("sessions", 1, 2)],
+                                      forgotten=[("sessions", 0)], max_wait_ms=50)
+        assert (error, answered) == (0, {})
+        producer.produce("sessions", value=b"unseen", partition=0)
+        assert producer.flush(30) == 0
+        error, _, answered = fetch_v7(sock, session, 4, [], max_wait_ms=200)
+        assert (error, answered) == (0, {})
+        # A stale or skipped epoch, then an unknown id.
+        for wrong in (4, 6):
+            error, answered_id, answered = fetch_v7(sock, session, wrong, [])
+            assert (error, answered_id, answered) == (71, 0, {}), wrong  # INVALID_FETCH_SESSION_EPOCH
+        error, answered_id, _ = fetch_v7(sock, session + 1, 1, [])
+        assert (error, answered_id) == (70, 0)  # FETCH_SESSION_ID_NOT_FOUND
+        # The final epoch closes the session and fetches without one.
+        error, answered_id, answered = fetch_v7(sock, session, -1, [("sessions", 0, 1)])
+        assert (error, answered_id) == (0, 0) and answered[("sessions", 0)][:2] == (0, 2)
+        error, _, _ = fetch_v7(sock, session, 5, [])
+        assert error == 70

@@ -8,11 +8,14 @@ scripts/setup-test-deps.sh installs the JDK and the jars and compiles it into
 
 import hashlib
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from conftest import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / ".venv" / "java"
@@ -229,3 +232,34 @@ def test_admin_offsets_of_several_groups_delete_records_and_alter_configs(broker
     assert (deleted["result"], deleted["earliest"]) == (30, 30)
     altered = one(lines, step="altered")
     assert (altered["cleanup.policy"], altered["source"]) == ("compact", "DYNAMIC_TOPIC_CONFIG")
+
+
+def test_a_consumer_of_many_partitions_fetches_incrementally_and_reads_everything_once(
+        tmp_path, java_client, monkeypatch):
+    """KIP-227 with the Java client (incremental fetch sessions are its default): it opens
+    a session holding all 48 partitions, then fetches incrementally, and the responses
+    carry only the partitions with news, while every record arrives once, in order."""
+    monkeypatch.setenv("RUST_LOG", "info,sluice_shard::handlers::fetch=debug")
+    broker = Broker(tmp_path / "data").start()
+    try:
+        lines = java_client.run("sessions", broker, "sessions", 48, 960)
+    finally:
+        broker.stop()
+    done = one(lines, event="done")
+    assert done["seen"] == done["produced"] == 960 + 6 * 20, done
+    records = [line for line in lines if "p" in line]
+    values = sorted(int(r["v"]) for r in records)
+    assert values == list(range(done["produced"])), "every record once"
+    offsets = {}
+    for r in records:
+        offsets.setdefault(r["p"], []).append(r["o"])
+    for partition, seen in offsets.items():
+        assert seen == list(range(len(seen))), f"partition {partition} in offset order"
+    log = re.sub(r"\x1b\[[0-9;]*m", "", broker.log_path.read_text(errors="replace"))
+    opened = [int(n) for n in re.findall(r"fetch session opened.*?partitions=(\d+)", log)]
+    assert 48 in opened, f"a session of the 48 partitions was opened: {opened}"
+    incremental = [(int(p), int(a)) for p, a in
+                   re.findall(r"incremental fetch.*?partitions=(\d+) answered=(\d+)", log)]
+    assert len(incremental) >= 6, f"incremental fetches: {incremental[:20]}"
+    assert all(p == 48 for p, _ in incremental), "the session keeps all 48"
+    assert any(0 < a < 48 for _, a in incremental), "responses carry only partitions with news"

@@ -84,6 +84,8 @@ pub struct CoreOverride {
     pub memory_budget_bytes: Option<usize>,
     /// Recently written batches this shard keeps in memory for fetches.
     pub tail_cache_bytes: Option<usize>,
+    /// Response buffers at least this large go out with io_uring SEND_ZC (0: never).
+    pub send_zc_threshold_bytes: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, plus storage and per-core ones.
@@ -117,6 +119,8 @@ pub struct FileConfig {
     pub io_depth: Option<usize>,
     pub memory_budget_bytes: Option<usize>,
     pub tail_cache_bytes: Option<usize>,
+    pub fetch_session_cache_slots: Option<usize>,
+    pub send_zc_threshold_bytes: Option<usize>,
     pub connections_max_idle_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
@@ -167,6 +171,13 @@ pub struct Config {
     /// Per shard: the most recently written batches, kept in memory so that
     /// fetches at the head of a log (consumers, followers) read no disk.
     pub tail_cache_bytes: usize,
+    /// Per shard: incremental fetch sessions kept (KIP-227; Kafka's
+    /// max.incremental.fetch.session.cache.slots); 0 turns sessions off.
+    pub fetch_session_cache_slots: usize,
+    /// Per shard: response buffers (stored batches of a fetch) at least this
+    /// large are sent with io_uring SEND_ZC, smaller ones with sendmsg; 0
+    /// sends everything with sendmsg (see benches/RESULTS.md, fetch).
+    pub send_zc_threshold_bytes: usize,
     pub connections_max_idle_ms: u64,
     pub request_timeout_ms: u64,
     /// Per shard: memory of a compaction run's key → offset map.
@@ -194,6 +205,9 @@ pub const IO_DEPTH_DEFAULT: usize = 128;
 /// Per shard: at 200 MB/s into one core, about a third of a second of
 /// writes (see benches/RESULTS.md, fetch).
 pub const TAIL_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+/// Off: on this machine's local paths SEND_ZC cost more CPU per byte than
+/// sendmsg (benches/RESULTS.md, fetch).
+pub const SEND_ZC_THRESHOLD_BYTES_DEFAULT: usize = 0;
 /// Kafka's connections.max.idle.ms default (10 minutes).
 pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// Per shard (Kafka's 128 MiB is shared by its cleaner threads): about
@@ -431,6 +445,10 @@ impl Config {
                 .memory_budget_bytes
                 .unwrap_or_else(|| memory_budget_default(cpus_len, max_frame_bytes)),
             tail_cache_bytes: file.tail_cache_bytes.unwrap_or(TAIL_CACHE_BYTES_DEFAULT),
+            fetch_session_cache_slots: file.fetch_session_cache_slots.unwrap_or(1000),
+            send_zc_threshold_bytes: file
+                .send_zc_threshold_bytes
+                .unwrap_or(SEND_ZC_THRESHOLD_BYTES_DEFAULT),
             connections_max_idle_ms: file
                 .connections_max_idle_ms
                 .unwrap_or(CONNECTIONS_MAX_IDLE_MS_DEFAULT),
@@ -610,6 +628,12 @@ impl Config {
         self.core_override(shard)
             .memory_budget_bytes
             .unwrap_or(self.memory_budget_bytes)
+    }
+
+    pub fn send_zc_threshold_bytes(&self, shard: usize) -> usize {
+        self.core_override(shard)
+            .send_zc_threshold_bytes
+            .unwrap_or(self.send_zc_threshold_bytes)
     }
 
     pub fn tail_cache_bytes(&self, shard: usize) -> usize {

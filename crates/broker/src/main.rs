@@ -148,6 +148,10 @@ fn run(config: Config) -> Result<(), String> {
         tail_cache_bytes_per_core: (0..config.cpus.len())
             .map(|shard| config.tail_cache_bytes(shard))
             .collect(),
+        fetch_session_cache_slots: config.fetch_session_cache_slots,
+        send_zc_threshold_bytes_per_core: (0..config.cpus.len())
+            .map(|shard| config.send_zc_threshold_bytes(shard))
+            .collect(),
         connections_max_idle_ms: config.connections_max_idle_ms,
         request_timeout_ms: config.request_timeout_ms,
         log_cleaner_dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_bytes,

@@ -90,6 +90,8 @@ pub mod error_code {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_COORDINATOR: i16 = 16;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+    pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
     /// The Kafka name of a code, for log lines ("MESSAGE_TOO_LARGE"), from
     /// kafka-protocol's table of every code (not a hand-kept list).

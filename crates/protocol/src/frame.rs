@@ -107,6 +107,38 @@ pub fn encode_response<T: Encodable>(
     Ok(buf.freeze())
 }
 
+/// A response frame (size, header, body) as buffers to write in order: one
+/// for most responses; for a fetch, the stored batches' own buffers between
+/// small ones (see `fetch_response`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseFrame {
+    pub parts: Vec<Bytes>,
+}
+
+impl ResponseFrame {
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole frame in one buffer (a copy unless it is one part already).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+}
+
+impl From<Bytes> for ResponseFrame {
+    fn from(frame: Bytes) -> ResponseFrame {
+        ResponseFrame { parts: vec![frame] }
+    }
+}
+
 /// Decodes a request body of a known type and version. Bytes after the body
 /// are ignored, as Kafka brokers do (librdkafka 2.x sends a few after some
 /// flexible requests).

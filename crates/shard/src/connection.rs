@@ -14,16 +14,17 @@
 //! arriving mid-frame for `request_timeout_ms`, and one whose responses make
 //! no progress for `connections_max_idle_ms`.
 
+use crate::egress;
 use crate::handlers;
 use crate::log_limit::LogLimiter;
 use crate::memory::{Charge, ConnectionMemory, FrameStep};
 use crate::shard::Shard;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::Task;
-use sluice_protocol::frame::{parse_request, FRAME_SIZE_BYTES};
+use sluice_protocol::frame::{parse_request, ResponseFrame, FRAME_SIZE_BYTES};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -104,7 +105,7 @@ impl Drop for InFlight {
 }
 
 /// A response and the budget it holds until written.
-type Response = Task<Result<Option<(Bytes, Charge)>, String>>;
+type Response = Task<Result<Option<(ResponseFrame, Charge)>, String>>;
 
 /// Why a connection is closed, for the log.
 enum Close {
@@ -117,6 +118,8 @@ enum Close {
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    // Valid while the writer half lives: responses go out through it.
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&stream);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (queue, responses) =
         local_channel::new_bounded::<Response>(shard.settings.max_in_flight_per_connection.max(1));
@@ -130,8 +133,18 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _alive = writer_alive;
         while let Some(task) = responses.recv().await {
             match task.await {
-                Ok(Some((bytes, charge))) => {
-                    if let Err(close) = write_timed(&mut writer, &bytes, idle).await {
+                Ok(Some((frame, charge))) => {
+                    let zero_copy = writer_shard
+                        .zero_copy
+                        .as_ref()
+                        .map(|(zc, min)| (&**zc, *min));
+                    if let Err(e) =
+                        egress::write_frame(fd, &mut writer, &frame, idle, zero_copy).await
+                    {
+                        let close = match e.kind() {
+                            std::io::ErrorKind::TimedOut => Close::Idle(idle),
+                            _ => Close::Quietly,
+                        };
                         log_close(&writer_shard, peer, close);
                         break;
                     }
@@ -181,30 +194,6 @@ fn log_close(shard: &Shard, peer: Option<SocketAddr>, close: Close) {
             }
         }
     }
-}
-
-/// Writes all of `bytes`; a write that makes no progress for `idle` closes
-/// the connection (a client that stopped reading its responses).
-async fn write_timed(
-    writer: &mut (impl futures_lite::AsyncWrite + Unpin),
-    bytes: &[u8],
-    idle: Duration,
-) -> Result<(), Close> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let written =
-            futures_lite::future::or(async { Some(writer.write(&bytes[at..]).await) }, async {
-                glommio::timer::sleep(idle).await;
-                None
-            })
-            .await;
-        match written {
-            None => return Err(Close::Idle(idle)),
-            Some(Ok(0)) | Some(Err(_)) => return Err(Close::Quietly),
-            Some(Ok(n)) => at += n,
-        }
-    }
-    Ok(())
 }
 
 /// Reads into `buf` until it is full. `deadline` bounds the whole read;

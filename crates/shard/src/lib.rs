@@ -6,6 +6,8 @@
 
 pub mod cluster_link;
 pub mod connection;
+pub mod egress;
+pub mod fetch_sessions;
 pub mod fetcher;
 pub mod groups;
 pub mod handlers;
@@ -25,3 +27,4 @@ pub mod shard;
 pub mod storage_dir;
 pub mod topic_config;
 pub mod topics;
+pub mod zero_copy;

@@ -184,7 +184,7 @@ pub enum ShardMsg {
     /// A whole request for a group coordinated by the receiving shard.
     Forward {
         frame: sluice_protocol::frame::RequestFrame,
-        reply: flume::Sender<Result<Option<Bytes>, String>>,
+        reply: flume::Sender<Result<Option<sluice_protocol::frame::ResponseFrame>, String>>,
     },
     /// A group's committed offsets (OffsetFetch v8+ asks several coordinators).
     CommittedOffsets {

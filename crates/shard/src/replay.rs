@@ -129,7 +129,7 @@ impl World {
                 })
                 .await;
                 if let Some(Ok(Some(response))) = done {
-                    check_response(&response, correlation_id);
+                    check_response(&response.to_bytes(), correlation_id);
                     answered += 1;
                 }
             }

@@ -31,6 +31,11 @@ pub struct BrokerSettings {
     pub memory_budget_bytes_per_core: Vec<usize>,
     /// Each shard's tail cache bound (index = shard id).
     pub tail_cache_bytes_per_core: Vec<usize>,
+    /// Each shard's smallest response buffer sent with SEND_ZC (0: none).
+    pub send_zc_threshold_bytes_per_core: Vec<usize>,
+    /// Incremental fetch sessions each shard keeps (Kafka's
+    /// max.incremental.fetch.session.cache.slots, per broker there).
+    pub fetch_session_cache_slots: usize,
     /// A connection with nothing in flight and no traffic this long is closed
     /// (Kafka's connections.max.idle.ms); also how long a response may make no progress.
     pub connections_max_idle_ms: u64,
@@ -79,6 +84,8 @@ impl BrokerSettings {
             max_partitions_per_topic: 4,
             memory_budget_bytes_per_core: vec![64 << 20],
             tail_cache_bytes_per_core: vec![16 << 20],
+            fetch_session_cache_slots: 1000,
+            send_zc_threshold_bytes_per_core: vec![0],
             connections_max_idle_ms: 600_000,
             request_timeout_ms: 30_000,
             log_cleaner_dedupe_buffer_bytes: 1 << 20,
@@ -94,6 +101,13 @@ impl BrokerSettings {
 
     pub fn memory_budget_bytes(&self, shard: usize) -> usize {
         self.memory_budget_bytes_per_core[shard]
+    }
+
+    pub fn send_zc_threshold_bytes(&self, shard: usize) -> usize {
+        self.send_zc_threshold_bytes_per_core
+            .get(shard)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn tail_cache_bytes(&self, shard: usize) -> usize {

@@ -69,6 +69,10 @@ pub struct Shard {
     pub(crate) fetchers: RefCell<HashMap<i32, Rc<crate::fetcher::Fetcher>>>,
     /// The batches this core's logs wrote last, for fetches at their heads.
     pub tail_cache: Rc<sluice_storage::TailCache>,
+    /// Incremental fetch sessions of the connections on this core.
+    pub fetch_sessions: RefCell<crate::fetch_sessions::FetchSessions>,
+    /// SEND_ZC for large response buffers, with its threshold (None: off).
+    pub zero_copy: Option<(Rc<crate::zero_copy::ZeroCopy>, usize)>,
 }
 
 impl Shard {
@@ -81,6 +85,9 @@ impl Shard {
     ) -> Shard {
         let memory = MemoryBudget::new(settings.memory_budget_bytes(id));
         let settings_tail_cache = settings.tail_cache_bytes(id);
+        let fetch_session_slots = settings.fetch_session_cache_slots;
+        let settings_zc_threshold = settings.send_zc_threshold_bytes(id);
+        let shard_count = peers.len();
         Shard {
             id,
             shard_count: peers.len(),
@@ -105,6 +112,15 @@ impl Shard {
             controller,
             fetchers: RefCell::new(HashMap::new()),
             tail_cache: sluice_storage::TailCache::new(settings_tail_cache),
+            fetch_sessions: RefCell::new(crate::fetch_sessions::FetchSessions::new(
+                fetch_session_slots,
+                id,
+                shard_count,
+            )),
+            zero_copy: match settings_zc_threshold {
+                0 => None,
+                min => crate::zero_copy::ZeroCopy::start(id).map(|zc| (zc, min)),
+            },
         }
     }
 
@@ -191,7 +207,7 @@ impl Shard {
         &self,
         owner: usize,
         frame: sluice_protocol::frame::RequestFrame,
-    ) -> Result<Option<bytes::Bytes>, String> {
+    ) -> crate::handlers::HandlerResult {
         self.ask(owner, |reply| ShardMsg::Forward { frame, reply })
             .await
             .unwrap_or_else(|| Err("the coordinator shard did not answer".to_string()))

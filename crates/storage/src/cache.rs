@@ -34,6 +34,10 @@ pub struct CacheStats {
     /// Bytes held now, and the bound.
     pub used_bytes: u64,
     pub capacity_bytes: u64,
+    /// Bytes of disk reads served from a window read ahead of the consumer.
+    pub read_ahead_bytes: u64,
+    /// Read-ahead windows held now (at most half the capacity).
+    pub read_ahead_held_bytes: u64,
 }
 
 struct Entry {
@@ -52,6 +56,7 @@ struct Inner {
     /// Insertion order: (seq, log, base offset). Entries dropped out of
     /// order stay here until reached (their seq no longer matches).
     order: VecDeque<(u64, u64, i64)>,
+    read_ahead_held: usize,
     stats: CacheStats,
 }
 
@@ -85,6 +90,7 @@ impl TailCache {
         CacheStats {
             used_bytes: inner.used as u64,
             capacity_bytes: inner.capacity as u64,
+            read_ahead_held_bytes: inner.read_ahead_held as u64,
             ..inner.stats
         }
     }
@@ -202,6 +208,34 @@ impl CacheSlot {
         Some((records, next))
     }
 
+    /// Whether a read at `offset` would be a hit.
+    pub fn covers(&self, offset: i64) -> bool {
+        let inner = self.cache.inner.borrow();
+        inner.logs.get(&self.log).is_some_and(|entries| {
+            entries
+                .first_key_value()
+                .is_some_and(|(first, _)| offset >= *first)
+        })
+    }
+
+    /// Room for a read-ahead window of `len` bytes: the core's windows
+    /// together stay within half the cache's capacity.
+    pub fn read_ahead_permit(&self, len: usize) -> Option<ReadAheadPermit> {
+        let mut inner = self.cache.inner.borrow_mut();
+        if inner.read_ahead_held + len > inner.capacity / 2 {
+            return None;
+        }
+        inner.read_ahead_held += len;
+        Some(ReadAheadPermit {
+            cache: self.cache.clone(),
+            len,
+        })
+    }
+
+    pub fn count_read_ahead(&self, bytes: usize) {
+        self.cache.inner.borrow_mut().stats.read_ahead_bytes += bytes as u64;
+    }
+
     /// Counts a read the cache could not answer.
     pub fn count_miss(&self, bytes: usize) {
         let mut inner = self.cache.inner.borrow_mut();
@@ -240,6 +274,18 @@ impl CacheSlot {
             kept
         });
         inner.used -= dropped;
+    }
+}
+
+/// A read-ahead window's share of the core's allowance.
+pub struct ReadAheadPermit {
+    cache: Rc<TailCache>,
+    len: usize,
+}
+
+impl Drop for ReadAheadPermit {
+    fn drop(&mut self) {
+        self.cache.inner.borrow_mut().read_ahead_held -= self.len;
     }
 }
 

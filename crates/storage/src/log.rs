@@ -177,6 +177,21 @@ pub struct PartitionLog<D: StorageDir> {
     pub(crate) flushed: Event,
     /// This log's share of its core's tail cache.
     pub(crate) cache: RefCell<Option<CacheSlot>>,
+    /// The next window of a segment, read ahead of a consumer catching up.
+    pub(crate) read_ahead: RefCell<Option<ReadAhead<D::File>>>,
+}
+
+/// A read issued ahead of a catch-up consumer: the window that starts where
+/// its last read from disk ended. Dropping it cancels the read.
+pub(crate) struct ReadAhead<F: StorageFile> {
+    file: Rc<F>,
+    segment_base: i64,
+    position: u64,
+    /// The offset the next read starts at (the batch at `position`).
+    offset: i64,
+    task: glommio::Task<std::io::Result<Bytes>>,
+    /// Counts against the core's read-ahead allowance until dropped.
+    _permit: crate::cache::ReadAheadPermit,
 }
 
 /// Everything a flush round does to one segment.
@@ -937,6 +952,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         let mut records = Records::new();
         let mut next = offset;
+        let mut from_disk = None;
         loop {
             let located = {
                 let state = self.state.borrow();
@@ -965,14 +981,25 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     Some((*base, file, entry.position as u64, segment.durable_bytes()))
                 }
             };
-            let Some((base, file, position, end)) = located else {
+            let Some((base, file, mut position, end)) = located else {
                 break;
             };
+            // A window read ahead from exactly here starts at this batch
+            // (the index would point at an earlier one).
+            if let Some(ahead) = self.read_ahead.borrow().as_ref() {
+                if ahead.segment_base == base
+                    && ahead.offset == next
+                    && Rc::ptr_eq(&ahead.file, &file)
+                {
+                    position = ahead.position;
+                }
+            }
             let budget = max_bytes.saturating_sub(records.len());
             let first = records.is_empty();
             let chunk = self
                 .read_batches_from(&file, base, position, end, next, budget, first)
                 .await?;
+            from_disk = Some((base, file.clone(), chunk.end_position, end));
             if chunk.records.is_empty() {
                 // Nothing at `next` in this segment although it is below the high
                 // watermark: a gap between segments (a lost tail of a sealed
@@ -1011,6 +1038,11 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         if !records.is_empty() {
             self.with_cache(|cache| cache.count_miss(records.len()));
+            if let Some((base, file, end_position, end)) = from_disk {
+                if end_position < end {
+                    self.start_read_ahead(base, file, end_position, end, max_bytes, next);
+                }
+            }
         }
         let state = self.state.borrow();
         Ok(ReadBatches {
@@ -1035,9 +1067,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         let window = (budget.max(HEADER_BYTES) as u64)
             .saturating_add(self.config().index_interval_bytes + HEADER_BYTES as u64)
             .min(end - position);
-        let mut chunk = self
-            .read_checked(file, base, position, (end - position).min(window))
-            .await?;
+        let mut chunk = match self.take_read_ahead(file, base, position, end).await {
+            Some(bytes) => bytes,
+            None => {
+                self.read_checked(file, base, position, (end - position).min(window))
+                    .await?
+            }
+        };
         let mut at = 0usize;
         // Skip batches that end before `offset`.
         loop {
@@ -1096,6 +1132,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                         .await?;
                     self.check_batch(&batch, base, position + at as u64)?;
                     return Ok(SegmentRead {
+                        end_position: position + (at + total) as u64,
                         segment_next_offset_hint: header.last_offset() + 1,
                         next_offset: header.last_offset() + 1,
                         records: batch,
@@ -1130,6 +1167,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
         let consumed_segment = position + at as u64 >= end;
         Ok(SegmentRead {
+            end_position: position + at as u64,
             records: chunk.slice(start..at),
             next_offset,
             segment_next_offset_hint: if consumed_segment {
@@ -1139,6 +1177,72 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             },
             budget_exhausted,
         })
+    }
+
+    /// Reads the window after a catch-up consumer's last disk read while the
+    /// consumer handles this one, so its next fetch finds it in memory. Not
+    /// for a consumer about to reach the cached tail, and only within the
+    /// core's read-ahead allowance.
+    fn start_read_ahead(
+        &self,
+        base: i64,
+        file: Rc<D::File>,
+        from: u64,
+        end: u64,
+        max_bytes: usize,
+        next_offset: i64,
+    ) {
+        let permit = {
+            let cache = self.cache.borrow();
+            let Some(cache) = cache.as_ref() else { return };
+            if cache.covers(next_offset) {
+                self.read_ahead.borrow_mut().take();
+                return;
+            }
+            let len = (max_bytes.max(HEADER_BYTES) as u64)
+                .saturating_add(self.config().index_interval_bytes + HEADER_BYTES as u64)
+                .min(end - from) as usize;
+            match cache.read_ahead_permit(len) {
+                Some(permit) => (permit, len),
+                None => return,
+            }
+        };
+        let (permit, len) = permit;
+        let reader = file.clone();
+        let task = glommio::spawn_local(async move { reader.read_at(from, len).await });
+        *self.read_ahead.borrow_mut() = Some(ReadAhead {
+            file,
+            segment_base: base,
+            position: from,
+            offset: next_offset,
+            task,
+            _permit: permit,
+        });
+    }
+
+    /// The read-ahead window at `position` of this segment file, if one was
+    /// issued there (any other is dropped), cut to the durable `end`.
+    async fn take_read_ahead(
+        &self,
+        file: &D::File,
+        base: i64,
+        position: u64,
+        end: u64,
+    ) -> Option<Bytes> {
+        let ahead = self.read_ahead.borrow_mut().take()?;
+        if ahead.segment_base != base
+            || ahead.position != position
+            || !std::ptr::eq(Rc::as_ptr(&ahead.file), file)
+        {
+            return None;
+        }
+        let bytes = ahead.task.await.ok()?;
+        let usable = (end - position).min(bytes.len() as u64) as usize;
+        if usable < HEADER_BYTES.min((end - position) as usize) {
+            return None;
+        }
+        self.with_cache(|cache| cache.count_read_ahead(usable));
+        Some(bytes.slice(..usable))
     }
 
     async fn read_checked(
@@ -1278,6 +1382,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
 
 struct SegmentRead {
     records: Bytes,
+    /// The file position just past the last batch in `records`.
+    end_position: u64,
     next_offset: i64,
     /// `next_offset` if the read reached the segment's end, else i64::MAX.
     segment_next_offset_hint: i64,
@@ -1288,6 +1394,7 @@ impl SegmentRead {
     fn empty(offset: i64) -> SegmentRead {
         SegmentRead {
             records: Bytes::new(),
+            end_position: 0,
             next_offset: offset,
             segment_next_offset_hint: offset,
             budget_exhausted: false,

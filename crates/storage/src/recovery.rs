@@ -241,6 +241,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             state: RefCell::new(state),
             flushed: Event::default(),
             cache: RefCell::new(None),
+            read_ahead: RefCell::new(None),
         }))
     }
 
@@ -252,6 +253,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut state = self.state.borrow_mut();
             state.closed = true;
             self.cache.borrow_mut().take();
+            self.read_ahead.borrow_mut().take();
             let files: Vec<Rc<D::File>> = state
                 .segments
                 .values()
@@ -491,6 +493,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     cache.drop_from(offset)
                 }
             });
+            self.read_ahead.borrow_mut().take();
             let cut_from = if full { i64::MIN } else { offset };
             let doomed_bases: Vec<i64> = state
                 .segments

@@ -70,7 +70,7 @@ public final class SluiceClientCheck {
 
     public static void main(String[] args) {
         if (args.length < 2) {
-            System.err.println("usage: SluiceClientCheck admin|idempotent|group|offsets|timestamps BOOTSTRAP [ARGS...]");
+            System.err.println("usage: SluiceClientCheck admin|idempotent|group|offsets|timestamps|sessions BOOTSTRAP [ARGS...]");
             System.exit(2);
         }
         String bootstrap = args[1];
@@ -90,6 +90,9 @@ public final class SluiceClientCheck {
                     break;
                 case "timestamps":  // TOPIC COUNT COMPRESSION DELTA,DELTA,...
                     timestamps(bootstrap, args[2], Integer.parseInt(args[3]), args[4], args[5]);
+                    break;
+                case "sessions":  // TOPIC PARTITIONS COUNT
+                    sessions(bootstrap, args[2], Integer.parseInt(args[3]), Integer.parseInt(args[4]));
                     break;
                 default:
                     throw new IllegalArgumentException("unknown scenario " + args[0]);
@@ -493,6 +496,56 @@ public final class SluiceClientCheck {
             props.put(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG, 300);
         }
         return props;
+    }
+
+    /**
+     * One consumer of many partitions, fetching over an incremental fetch session (the Java
+     * client's default): it reads everything once, then rounds of records that go to one
+     * partition at a time, so most fetches change one partition of many. Emits each record
+     * as (partition, offset, value).
+     */
+    static void sessions(String bootstrap, String topic, int partitions, int count) throws Exception {
+        createTopic(bootstrap, topic, partitions);
+        Properties consumerProps = consumerProps(bootstrap, null);
+        consumerProps.put(ConsumerConfig.FETCH_MAX_WAIT_MS_CONFIG, 100);
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(producerProps(bootstrap));
+             KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(consumerProps)) {
+            produceNumbered(producer, topic, partitions, 0, count);
+            List<TopicPartition> all = new ArrayList<>();
+            for (int p = 0; p < partitions; p++) {
+                all.add(new TopicPartition(topic, p));
+            }
+            consumer.assign(all);
+            consumer.seekToBeginning(all);
+            int seen = drain(consumer, count);
+            int next = count;
+            for (int round = 0; round < 6; round++) {
+                int partition = round % 3;
+                List<java.util.concurrent.Future<?>> acks = new ArrayList<>();
+                for (int i = 0; i < 20; i++, next++) {
+                    acks.add(producer.send(new ProducerRecord<>(topic, partition, null, bytes(Integer.toString(next)))));
+                }
+                producer.flush();
+                for (java.util.concurrent.Future<?> ack : acks) {
+                    ack.get();
+                }
+                seen += drain(consumer, 20);
+            }
+            emit("event", "done", "seen", seen, "produced", next);
+        }
+    }
+
+    /** Polls until `want` records arrived (or the timeout); emits each; returns how many. */
+    static int drain(KafkaConsumer<byte[], byte[]> consumer, int want) {
+        int got = 0;
+        long deadline = deadline();
+        while (got < want && System.nanoTime() < deadline) {
+            for (ConsumerRecord<byte[], byte[]> r : consumer.poll(Duration.ofMillis(100))) {
+                emit("p", r.partition(), "o", r.offset(), "v", new String(r.value(), StandardCharsets.UTF_8));
+                got++;
+            }
+        }
+        return got;
     }
 
     static void createTopic(String bootstrap, String topic, int partitions) throws Exception {

@@ -25,11 +25,11 @@ pub fn handle(frame: RequestFrame) -> HandlerResult {
         let body = ApiVersionsResponse::default()
             .with_error_code(error_code::UNSUPPORTED_VERSION)
             .with_api_keys(api_keys);
-        return encode_response(frame.correlation_id, 0, &body, 0).map(Some);
+        return encode_response(frame.correlation_id, 0, &body, 0).map(|f| Some(f.into()));
     }
     let _request: ApiVersionsRequest = decode_body(frame.body.clone(), frame.api_version)?;
     let body = ApiVersionsResponse::default()
         .with_error_code(error_code::NONE)
         .with_api_keys(api_keys);
-    encode_response(frame.correlation_id, 0, &body, frame.api_version).map(Some)
+    encode_response(frame.correlation_id, 0, &body, frame.api_version).map(|f| Some(f.into()))
 }

@@ -2,18 +2,19 @@
 //! response and `partition_max_bytes` per partition, except that the first
 //! partition with data always gets at least one whole batch. If fewer than
 //! `min_bytes` are ready, the fetch waits, woken by appends on the owning
-//! shards, until `max_wait_ms`. Fetch sessions are declined (session id 0).
+//! shards, until `max_wait_ms`. Incremental fetch sessions (KIP-227) are
+//! kept per core (`fetch_sessions.rs`). The response is encoded as a list of
+//! buffers holding the read batches as they are (`fetch_response`).
 
-use super::{respond, str_bytes, HandlerResult};
+use super::HandlerResult;
+use crate::fetch_sessions::{Context, Sent, Wanted};
 use crate::memory::{Charge, ConnectionMemory};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply, WaitFor};
 use crate::shard::Shard;
-use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, PartitionData,
-};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{FetchRequest, TopicName};
 use sluice_protocol::api::error_code;
-use sluice_protocol::frame::{decode_body, RequestFrame};
+use sluice_protocol::fetch_response::{self, PartitionOut, TopicOut};
+use sluice_protocol::frame::{decode_body, RequestFrame, ResponseFrame};
 use sluice_protocol::kafka_protocol;
 use sluice_storage::event::join_all;
 use sluice_storage::Records;
@@ -28,18 +29,66 @@ pub async fn handle(
     connection: &Rc<ConnectionMemory>,
     frame: RequestFrame,
 ) -> HandlerResult {
-    let mut request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
-    // From v13 topics are named by id: resolve them to names once, here.
-    let mut unknown_ids = Vec::new();
-    if frame.api_version >= 13 {
-        let snapshot = shard.snapshot();
-        for (index, topic) in request.topics.iter_mut().enumerate() {
-            match snapshot.topic_by_id(topic.topic_id) {
-                Some(meta) => topic.topic = TopicName(str_bytes(&meta.name)),
-                None => unknown_ids.push(index),
-            }
+    let request: FetchRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let version = frame.api_version;
+    // From v13 topics are named by id: resolve them to names once, here (an
+    // unknown id leaves the name empty: UNKNOWN_TOPIC_ID).
+    let snapshot = shard.snapshot();
+    let name_of = |name: &TopicName, id: &uuid::Uuid| -> String {
+        if version >= 13 {
+            snapshot
+                .topic_by_id(*id)
+                .map(|meta| meta.name.clone())
+                .unwrap_or_default()
+        } else {
+            name.0.to_string()
         }
-    }
+    };
+    let listed: Vec<Wanted> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            let name = name_of(&topic.topic, &topic.topic_id);
+            let id = *topic.topic_id.as_bytes();
+            topic.partitions.iter().map(move |p| Wanted {
+                topic: name.clone(),
+                topic_id: id,
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
+            })
+        })
+        .collect();
+    let context = if version >= 7 {
+        let forgotten: Vec<_> = request
+            .forgotten_topics_data
+            .iter()
+            .flat_map(|topic| {
+                let name = name_of(&topic.topic, &topic.topic_id);
+                let id = *topic.topic_id.as_bytes();
+                topic.partitions.iter().map(move |p| (id, name.clone(), *p))
+            })
+            .collect();
+        shard.fetch_sessions.borrow_mut().begin(
+            request.session_id,
+            request.session_epoch,
+            &listed,
+            &forgotten,
+            Instant::now(),
+        )
+    } else {
+        Context::Sessionless
+    };
+    let wanted = match context {
+        Context::Refused(code) => {
+            let parts = fetch_response::encode(version, frame.correlation_id, code, 0, &[]);
+            return Ok(Some(ResponseFrame { parts }));
+        }
+        Context::Incremental(_, ref wanted) => wanted.clone(),
+        Context::Sessionless | Context::Opening(_) => listed,
+    };
     let deadline = Instant::now()
         + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
     let max_bytes = if request.max_bytes <= 0 {
@@ -49,7 +98,7 @@ pub async fn handle(
     };
     let min_bytes = request.min_bytes.max(0) as usize;
     // A follower's fetch (Kafka: replica id ≥ 0; v15+ in the replica state).
-    let replica = if frame.api_version >= 15 {
+    let replica = if version >= 15 {
         request.replica_state.replica_id.0
     } else {
         request.replica_id.0
@@ -63,7 +112,7 @@ pub async fn handle(
         let grant = budget_grant(shard, connection, max_bytes, deadline).await;
         let allowed = records_allowed(&grant);
         held = Some(grant);
-        outcomes = read_all(shard, &request, allowed, replica).await;
+        outcomes = read_all(shard, &wanted, allowed, replica).await;
         let ready: usize = outcomes.iter().map(|o| o.records.len()).sum();
         // A follower told where it diverged is answered at once.
         let errored = outcomes
@@ -80,92 +129,117 @@ pub async fn handle(
         drop(held.take()); // not held across the long poll
                            // Wait for the high watermark to pass what this read saw, so a fetch
                            // whose min_bytes is not met yet sleeps instead of re-reading in a loop.
-        let mut waiting = Vec::new();
-        let mut seen = outcomes.iter();
-        for topic in &request.topics {
-            for partition in &topic.partitions {
-                let observed = seen.next().map_or(-1, |o| o.high_watermark);
-                waiting.push(WaitFor {
-                    topic: topic.topic.0.to_string(),
-                    partition: partition.partition,
-                    // A follower waits for the log to grow past its offset.
-                    offset: if replica >= 0 {
-                        partition.fetch_offset
-                    } else {
-                        observed.max(partition.fetch_offset)
-                    },
-                    replica: replica >= 0,
-                });
-            }
-        }
+        let waiting = wanted
+            .iter()
+            .zip(&outcomes)
+            .map(|(want, seen)| WaitFor {
+                topic: want.topic.clone(),
+                partition: want.partition,
+                // A follower waits for the log to grow past its offset.
+                offset: if replica >= 0 {
+                    want.fetch_offset
+                } else {
+                    seen.high_watermark.max(want.fetch_offset)
+                },
+                replica: replica >= 0,
+            })
+            .collect();
         shard.wait_for_data(waiting, deadline).await;
         if Instant::now() >= deadline {
             let grant = budget_grant(shard, connection, max_bytes, deadline).await;
-            outcomes = read_all(shard, &request, records_allowed(&grant), replica).await;
+            outcomes = read_all(shard, &wanted, records_allowed(&grant), replica).await;
             held = Some(grant);
             break;
         }
     }
-    let mut outcomes = outcomes.into_iter();
-    let responses = request
-        .topics
-        .iter()
-        .enumerate()
-        .map(|(index, topic)| {
-            let unknown_id = unknown_ids.contains(&index);
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|partition| {
-                    let outcome = outcomes.next().expect("one outcome per partition");
-                    PartitionData::default()
-                        .with_partition_index(partition.partition)
-                        .with_error_code(if unknown_id {
-                            error_code::UNKNOWN_TOPIC_ID
-                        } else {
-                            outcome.error_code
-                        })
-                        .with_high_watermark(outcome.high_watermark)
-                        .with_last_stable_offset(outcome.high_watermark)
-                        .with_log_start_offset(if frame.api_version >= 5 {
-                            outcome.log_start_offset
-                        } else {
-                            -1
-                        })
-                        .with_diverging_epoch(match outcome.diverging {
-                            Some((epoch, end_offset)) => EpochEndOffset::default()
-                                .with_epoch(epoch)
-                                .with_end_offset(end_offset),
-                            None => EpochEndOffset::default(),
-                        })
-                        .with_aborted_transactions(Some(Vec::new()))
-                        .with_records(Some(outcome.records.to_bytes()))
-                })
-                .collect();
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_topic_id(topic.topic_id)
-                .with_partitions(partitions)
-        })
-        .collect();
-    let body = FetchResponse::default()
-        .with_error_code(error_code::NONE)
-        .with_session_id(0)
-        .with_responses(responses);
-    let response = respond(&frame, &body);
+    let session_id = match context {
+        Context::Opening(id) | Context::Incremental(id, _) => id,
+        _ => 0,
+    };
+    let mut topics: Vec<TopicOut> = Vec::new();
+    let mut opened = Vec::new();
+    {
+        let mut sessions = shard.fetch_sessions.borrow_mut();
+        for (want, outcome) in wanted.iter().zip(outcomes) {
+            let error_code = if want.topic.is_empty() {
+                error_code::UNKNOWN_TOPIC_ID
+            } else {
+                outcome.error_code
+            };
+            let sent = Sent {
+                high_watermark: outcome.high_watermark,
+                log_start_offset: outcome.log_start_offset,
+            };
+            match context {
+                // Only partitions with news go into an incremental response.
+                Context::Incremental(id, _) => {
+                    let news = error_code != error_code::NONE || outcome.diverging.is_some();
+                    let records = !outcome.records.is_empty();
+                    if !sessions.respond(id, want, sent, news, records) && !records {
+                        continue;
+                    }
+                }
+                Context::Opening(_) => opened.push((want.clone(), sent)),
+                _ => {}
+            }
+            let partition = PartitionOut {
+                partition: want.partition,
+                error_code,
+                high_watermark: outcome.high_watermark,
+                last_stable_offset: outcome.high_watermark,
+                log_start_offset: outcome.log_start_offset,
+                diverging_epoch: outcome.diverging,
+                records: outcome.records.parts().to_vec(),
+            };
+            match topics.last_mut() {
+                Some(topic) if topic.name == want.topic && topic.topic_id == want.topic_id => {
+                    topic.partitions.push(partition)
+                }
+                _ => topics.push(TopicOut {
+                    name: want.topic.clone(),
+                    topic_id: want.topic_id,
+                    partitions: vec![partition],
+                }),
+            }
+        }
+        match context {
+            Context::Opening(id) => {
+                sessions.open(id, &opened, Instant::now());
+                tracing::debug!(
+                    session = id,
+                    partitions = opened.len(),
+                    "fetch session opened"
+                );
+            }
+            Context::Incremental(id, _) => tracing::debug!(
+                session = id,
+                epoch = request.session_epoch,
+                partitions = wanted.len(),
+                answered = topics.iter().map(|t| t.partitions.len()).sum::<usize>(),
+                "incremental fetch"
+            ),
+            _ => {}
+        }
+    }
+    let parts = fetch_response::encode(
+        version,
+        frame.correlation_id,
+        error_code::NONE,
+        session_id,
+        &topics,
+    );
     drop(held);
-    response
+    Ok(Some(ResponseFrame { parts }))
 }
 
-/// The records a grant pays for: while a response is built its records are
-/// in memory twice (the reads, then the encoded frame), so a grant covers
-/// twice the records it allows; once built, the connection charges the
-/// frame's real size instead.
+/// The records a grant pays for: the response frame holds the read buffers
+/// themselves (no copy into a frame), so a grant covers as many bytes of
+/// records; once built, the connection charges the frame's real size instead.
 fn records_allowed(grant: &Charge) -> usize {
-    grant.bytes() / 2
+    grant.bytes()
 }
 
-/// Twice `wanted` bytes of the core's memory budget for this response (see `records_allowed`). When
+/// `wanted` bytes of the core's memory budget for this response (see `records_allowed`). When
 /// none can be had (slow connections hold the budget), waits for a release
 /// until `deadline`; a grant of 0 then means an answer without records.
 async fn budget_grant(
@@ -175,9 +249,7 @@ async fn budget_grant(
     deadline: Instant,
 ) -> Charge {
     loop {
-        let grant = shard
-            .memory
-            .grant_response(wanted.saturating_mul(2), connection);
+        let grant = shard.memory.grant_response(wanted, connection);
         if grant.bytes() > 0 || Instant::now() >= deadline || shard.stopping.get() {
             return grant;
         }
@@ -204,25 +276,10 @@ const WAVE_MIN_BYTES: usize = 4 << 20;
 /// returns that one batch, so the consumer makes progress).
 async fn read_all(
     shard: &Rc<Shard>,
-    request: &FetchRequest,
+    wanted: &[Wanted],
     max_bytes: usize,
     replica: i32,
 ) -> Vec<FetchOutcome> {
-    let wanted: Vec<Wanted> = request
-        .topics
-        .iter()
-        .flat_map(|topic| {
-            topic.partitions.iter().map(|p| Wanted {
-                topic: topic.topic.0.as_str(),
-                partition: p.partition,
-                offset: p.fetch_offset,
-                partition_max: p.partition_max_bytes.max(0) as usize,
-                replica,
-                current_leader_epoch: p.current_leader_epoch,
-                last_fetched_epoch: p.last_fetched_epoch,
-            })
-        })
-        .collect();
     let mut budget = Budget::new(max_bytes);
     let mut outcomes = Vec::with_capacity(wanted.len());
     let mut next = 0;
@@ -233,54 +290,44 @@ async fn read_all(
         let mut reads = Vec::new();
         while next < wanted.len() {
             let want = &wanted[next];
-            let limit = want.partition_max.min(budget.remaining);
+            let limit = want.partition_max_bytes.min(budget.remaining);
             if !reads.is_empty() && planned + limit > wave_bytes {
                 break;
             }
             planned += limit;
-            reads.push(read_partition(shard, want, limit, true));
+            reads.push(read_partition(shard, want, limit, true, replica));
             next += 1;
         }
         let first = outcomes.len();
         for (k, mut outcome) in join_all(reads).await.into_iter().enumerate() {
             let want = &wanted[first + k];
-            let limit = want.partition_max.min(budget.remaining);
+            let limit = want.partition_max_bytes.min(budget.remaining);
             if outcome.oversized && !budget.any_data && limit > 0 {
-                outcome = read_partition(shard, want, limit, false).await;
+                outcome = read_partition(shard, want, limit, false, replica).await;
             }
-            outcome.records = budget.take(outcome.records, want.partition_max);
+            outcome.records = budget.take(outcome.records, want.partition_max_bytes);
             outcomes.push(outcome);
         }
     }
     outcomes
 }
 
-/// One partition of a fetch request.
-struct Wanted<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    partition_max: usize,
-    replica: i32,
-    current_leader_epoch: i32,
-    last_fetched_epoch: i32,
-}
-
 async fn read_partition(
     shard: &Rc<Shard>,
-    want: &Wanted<'_>,
+    want: &Wanted,
     max_bytes: usize,
     strict_max_bytes: bool,
+    replica: i32,
 ) -> FetchOutcome {
     let op = PartitionOp::Fetch {
-        offset: want.offset,
+        offset: want.fetch_offset,
         max_bytes,
         strict_max_bytes,
-        replica: want.replica,
+        replica,
         current_leader_epoch: want.current_leader_epoch,
         last_fetched_epoch: want.last_fetched_epoch,
     };
-    match shard.call(want.topic, want.partition, op).await {
+    match shard.call(&want.topic, want.partition, op).await {
         PartitionReply::Fetch(outcome) => outcome,
         _ => FetchOutcome {
             error_code: error_code::KAFKA_STORAGE_ERROR,

@@ -14,15 +14,14 @@ mod produce;
 
 use crate::memory::ConnectionMemory;
 use crate::shard::Shard;
-use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use sluice_protocol::api::supported_versions;
-use sluice_protocol::frame::{encode_response, RequestFrame};
+use sluice_protocol::frame::{encode_response, RequestFrame, ResponseFrame};
 use sluice_protocol::kafka_protocol;
 use std::rc::Rc;
 
-pub type HandlerResult = Result<Option<Bytes>, String>;
+pub type HandlerResult = Result<Option<ResponseFrame>, String>;
 
 /// `connection` is the memory the request's connection holds in responses
 /// not yet written (a fetch sizes its response from the core's budget).
@@ -103,7 +102,7 @@ pub fn respond<T: Encodable>(frame: &RequestFrame, body: &T) -> HandlerResult {
         body,
         frame.api_version,
     )
-    .map(Some)
+    .map(|frame| Some(frame.into()))
 }
 
 pub fn str_bytes(text: &str) -> StrBytes {

@@ -1,0 +1,384 @@
+//! Incremental fetch sessions (KIP-227), one cache per core: the core that
+//! serves a consumer's connection keeps, per session, the partitions it
+//! fetches and what it last told the consumer about each, so that the
+//! consumer re-sends only partitions whose position changed and the response
+//! carries only partitions with news (records, an error, a moved high
+//! watermark or log start).
+//!
+//! Kafka's rules, from its FetchSession.scala:
+//! - epoch -1 (final): close the session named, if any, and fetch without one;
+//! - epoch 0 (initial): close the session named, if any, and open a new one
+//!   holding every partition of this (full) request, if the cache has room;
+//! - epoch n > 0: an incremental fetch of session `id`, which must exist
+//!   (else FETCH_SESSION_ID_NOT_FOUND) and expect epoch n (else
+//!   INVALID_FETCH_SESSION_EPOCH); listed partitions are added or updated,
+//!   forgotten ones removed, and the session then expects n + 1.
+//! - A full cache evicts a session idle for `SESSION_EVICTION_AFTER`, else the
+//!   smallest session with fewer partitions than the new one, else opens no
+//!   session (the consumer goes on with full fetches).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Kafka's min.incremental.fetch.session.eviction.ms.
+pub const SESSION_EVICTION_AFTER: Duration = Duration::from_secs(120);
+/// Kafka's FINAL_EPOCH and INITIAL_EPOCH.
+pub const FINAL_EPOCH: i32 = -1;
+pub const INITIAL_EPOCH: i32 = 0;
+
+/// One partition as a fetch asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Empty when the request named the topic by an id this broker does not know.
+    pub topic: String,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub partition_max_bytes: usize,
+    pub current_leader_epoch: i32,
+    pub last_fetched_epoch: i32,
+}
+
+/// What the consumer was last told about a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+struct Entry {
+    wanted: Wanted,
+    sent: Option<Sent>,
+    /// Position in the session's order.
+    seq: u64,
+}
+
+type Key = ([u8; 16], String, i32);
+
+fn key_of(wanted: &Wanted) -> Key {
+    (wanted.topic_id, wanted.topic.clone(), wanted.partition)
+}
+
+struct Session {
+    /// The epoch the next incremental request must carry.
+    epoch: i32,
+    entries: HashMap<Key, Entry>,
+    order: BTreeMap<u64, Key>,
+    next_seq: u64,
+    last_used: Instant,
+}
+
+impl Session {
+    fn new(now: Instant) -> Session {
+        Session {
+            epoch: 1,
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            last_used: now,
+        }
+    }
+
+    fn upsert(&mut self, wanted: Wanted) {
+        let key = key_of(&wanted);
+        match self.entries.get_mut(&key) {
+            Some(entry) => entry.wanted = wanted,
+            None => {
+                self.next_seq += 1;
+                self.order.insert(self.next_seq, key.clone());
+                self.entries.insert(
+                    key,
+                    Entry {
+                        wanted,
+                        sent: None,
+                        seq: self.next_seq,
+                    },
+                );
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.order.remove(&entry.seq);
+        }
+    }
+
+    fn wanted(&self) -> Vec<Wanted> {
+        self.order
+            .values()
+            .map(|key| self.entries[key].wanted.clone())
+            .collect()
+    }
+}
+
+/// How a fetch request relates to sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Context {
+    /// A full fetch outside any session (the response's session id is 0).
+    Sessionless,
+    /// A full fetch that opens session `id` once answered.
+    Opening(i32),
+    /// An incremental fetch of session `id`: these partitions, in order.
+    Incremental(i32, Vec<Wanted>),
+    /// Answered with this error code alone.
+    Refused(i16),
+}
+
+pub struct FetchSessions {
+    sessions: HashMap<i32, Session>,
+    capacity: usize,
+    /// Ids are unique per core; the core id in the low bits keeps them
+    /// unique per broker.
+    shard: u32,
+    shards: u32,
+    next_id: u32,
+}
+
+impl FetchSessions {
+    pub fn new(capacity: usize, shard: usize, shards: usize) -> FetchSessions {
+        FetchSessions {
+            sessions: HashMap::new(),
+            capacity,
+            shard: shard as u32,
+            shards: shards.max(1) as u32,
+            next_id: (std::process::id() ^ (shard as u32).rotate_left(16)) % 0x0100_0000,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Decides what a request is: `full` are its partitions, `forgotten` its
+    /// forgotten partitions (topic id, name, partition).
+    pub fn begin(
+        &mut self,
+        session_id: i32,
+        epoch: i32,
+        full: &[Wanted],
+        forgotten: &[Key],
+        now: Instant,
+    ) -> Context {
+        use sluice_protocol::api::error_code;
+        if epoch == FINAL_EPOCH || epoch == INITIAL_EPOCH {
+            if session_id != 0 {
+                self.sessions.remove(&session_id);
+            }
+            if epoch == FINAL_EPOCH {
+                return Context::Sessionless;
+            }
+            return match self.make_room(full.len(), now) {
+                true => Context::Opening(self.new_id()),
+                false => Context::Sessionless,
+            };
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND);
+        };
+        if session.epoch != epoch {
+            return Context::Refused(error_code::INVALID_FETCH_SESSION_EPOCH);
+        }
+        session.epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
+        session.last_used = now;
+        for wanted in full {
+            session.upsert(wanted.clone());
+        }
+        for key in forgotten {
+            session.forget(key);
+        }
+        Context::Incremental(session_id, session.wanted())
+    }
+
+    /// After the response of an opening fetch: the session holds its
+    /// partitions and what was sent.
+    pub fn open(&mut self, id: i32, answered: &[(Wanted, Sent)], now: Instant) {
+        let mut session = Session::new(now);
+        for (wanted, sent) in answered {
+            session.upsert(wanted.clone());
+            if let Some(entry) = session.entries.get_mut(&key_of(wanted)) {
+                entry.sent = Some(*sent);
+            }
+        }
+        self.sessions.insert(id, session);
+    }
+
+    /// Whether an incremental response must carry this partition, given
+    /// what it would say (and records/errors, which always go out). Records
+    /// move the partition to the end of the session's order, so the next
+    /// fetches give the others the first share of the response budget.
+    pub fn respond(
+        &mut self,
+        id: i32,
+        wanted: &Wanted,
+        now: Sent,
+        news: bool,
+        records: bool,
+    ) -> bool {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return true;
+        };
+        let key = key_of(wanted);
+        let Some(entry) = session.entries.get_mut(&key) else {
+            return true;
+        };
+        let changed = news || entry.sent != Some(now);
+        entry.sent = Some(now);
+        if records {
+            session.next_seq += 1;
+            let seq = session.next_seq;
+            session.order.remove(&entry.seq);
+            entry.seq = seq;
+            session.order.insert(seq, key);
+        }
+        changed
+    }
+
+    /// Room for a session of `partitions`: evicts as Kafka does; false if none.
+    fn make_room(&mut self, partitions: usize, now: Instant) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        if self.sessions.len() < self.capacity {
+            return true;
+        }
+        let stale = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_used) >= SESSION_EVICTION_AFTER)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(id, _)| *id);
+        let victim = stale.or_else(|| {
+            self.sessions
+                .iter()
+                .filter(|(_, s)| s.entries.len() < partitions)
+                .min_by_key(|(_, s)| (s.entries.len(), s.last_used))
+                .map(|(id, _)| *id)
+        });
+        match victim {
+            Some(id) => {
+                self.sessions.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn new_id(&mut self) -> i32 {
+        loop {
+            self.next_id = (self.next_id + 1) % 0x0100_0000;
+            let id = (self.next_id * self.shards + self.shard) as i32 & 0x7fff_ffff;
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::api::error_code;
+
+    fn want(topic: &str, partition: i32, offset: i64) -> Wanted {
+        Wanted {
+            topic: topic.into(),
+            topic_id: [0; 16],
+            partition,
+            fetch_offset: offset,
+            partition_max_bytes: 1 << 20,
+            current_leader_epoch: -1,
+            last_fetched_epoch: -1,
+        }
+    }
+
+    fn sent(hw: i64) -> Sent {
+        Sent {
+            high_watermark: hw,
+            log_start_offset: 0,
+        }
+    }
+
+    #[test]
+    fn a_session_opens_and_follows_its_epochs() {
+        let now = Instant::now();
+        let mut cache = FetchSessions::new(10, 0, 1);
+        let all = [want("a", 0, 0), want("a", 1, 0)];
+        let Context::Opening(id) = cache.begin(0, 0, &all, &[], now) else {
+            panic!("opens")
+        };
+        cache.open(
+            id,
+            &[(all[0].clone(), sent(5)), (all[1].clone(), sent(0))],
+            now,
+        );
+        // Epoch 1 with one partition moved on: both are fetched, in order.
+        let Context::Incremental(_, wanted) = cache.begin(id, 1, &[want("a", 0, 5)], &[], now)
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(wanted, vec![want("a", 0, 5), want("a", 1, 0)]);
+        assert_eq!(
+            cache.begin(id, 1, &[], &[], now),
+            Context::Refused(error_code::INVALID_FETCH_SESSION_EPOCH)
+        );
+        assert_eq!(
+            cache.begin(id + 1, 2, &[], &[], now),
+            Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+        // Forgetting a partition; unchanged ones are left out of responses.
+        let Context::Incremental(_, wanted) =
+            cache.begin(id, 2, &[], &[([0; 16], "a".into(), 0)], now)
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(wanted, vec![want("a", 1, 0)]);
+        assert!(!cache.respond(id, &wanted[0], sent(0), false, false));
+        assert!(cache.respond(id, &wanted[0], sent(3), false, false));
+        // The final epoch closes it.
+        assert_eq!(
+            cache.begin(id, FINAL_EPOCH, &[], &[], now),
+            Context::Sessionless
+        );
+        assert_eq!(
+            cache.begin(id, 3, &[], &[], now),
+            Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn a_full_cache_evicts_idle_then_smaller_sessions_or_opens_none() {
+        let now = Instant::now();
+        let mut cache = FetchSessions::new(1, 0, 1);
+        let Context::Opening(first) = cache.begin(0, 0, &[want("a", 0, 0)], &[], now) else {
+            panic!()
+        };
+        cache.open(first, &[(want("a", 0, 0), sent(0))], now);
+        // Same size, not idle: no room.
+        assert_eq!(
+            cache.begin(0, 0, &[want("b", 0, 0)], &[], now),
+            Context::Sessionless
+        );
+        // Larger: the smaller one goes.
+        let two = [want("b", 0, 0), want("b", 1, 0)];
+        let Context::Opening(second) = cache.begin(0, 0, &two, &[], now) else {
+            panic!()
+        };
+        cache.open(
+            second,
+            &[(two[0].clone(), sent(0)), (two[1].clone(), sent(0))],
+            now,
+        );
+        assert_eq!(cache.len(), 1);
+        // Idle for the eviction time: any new session may take its place.
+        let later = now + SESSION_EVICTION_AFTER;
+        assert!(matches!(
+            cache.begin(0, 0, &[want("c", 0, 0)], &[], later),
+            Context::Opening(_)
+        ));
+    }
+}

@@ -1,0 +1,201 @@
+//! io_uring `SEND_ZC` for large response buffers, on a small ring of the
+//! core's own (glommio does not offer SEND_ZC). The kernel sends straight
+//! from the buffer and posts a second completion (a notification) once it
+//! no longer needs it; the buffer (`Bytes`) is held until then.
+//!
+//! Completions are reaped by one task per core that waits on an eventfd the
+//! ring signals (registered with IORING_REGISTER_EVENTFD, read through
+//! glommio's own ring, so the core sleeps while nothing completes).
+//!
+//! Whether it pays depends on the path: to a local peer (loopback, veth) the
+//! kernel copies the pages anyway when the receiver takes them, and says so
+//! in the notification (`copied_notifications`). See benches/RESULTS.md for
+//! the measured CPU per byte and the threshold.
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, types, IoUring};
+use sluice_storage::event::Event;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::rc::Rc;
+
+/// Entries of the ring: sends in flight on this core at once.
+const RING_ENTRIES: u32 = 256;
+
+/// Counters, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ZeroCopyStats {
+    pub sends: u64,
+    pub bytes: u64,
+    /// Notifications saying the kernel copied the data after all.
+    pub copied_notifications: u64,
+    pub notifications: u64,
+}
+
+struct Pending {
+    /// Held until the kernel's notification.
+    _buf: Bytes,
+    result: Option<i32>,
+    /// The send's own completion is in; a notification is still to come.
+    awaiting_notification: bool,
+}
+
+pub struct ZeroCopy {
+    ring: RefCell<IoUring>,
+    pending: RefCell<HashMap<u64, Pending>>,
+    next_id: Cell<u64>,
+    completed: Event,
+    stats: Cell<ZeroCopyStats>,
+}
+
+impl ZeroCopy {
+    /// A ring for this core with its reaper task; `None` (logged) where the
+    /// kernel refuses (no SEND_ZC before Linux 6.0, ring limits).
+    pub fn start(shard: usize) -> Option<Rc<ZeroCopy>> {
+        let ring = match IoUring::new(RING_ENTRIES) {
+            Ok(ring) => ring,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "no io_uring for send_zc: responses use sendmsg only");
+                return None;
+            }
+        };
+        let mut probe = io_uring::Probe::new();
+        if ring.submitter().register_probe(&mut probe).is_err()
+            || !probe.is_supported(opcode::SendZc::CODE)
+        {
+            tracing::warn!(
+                shard,
+                "the kernel has no IORING_OP_SEND_ZC: responses use sendmsg only"
+            );
+            return None;
+        }
+        // Blocking (no EFD_NONBLOCK): glommio's read then waits in its ring.
+        // SAFETY: eventfd takes no pointers.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 || ring.submitter().register_eventfd(efd).is_err() {
+            tracing::warn!(shard, error = %io::Error::last_os_error(), "no eventfd for send_zc completions: responses use sendmsg only");
+            if efd >= 0 {
+                // SAFETY: ours, not shared.
+                unsafe { libc::close(efd) };
+            }
+            return None;
+        }
+        let zc = Rc::new(ZeroCopy {
+            ring: RefCell::new(ring),
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            completed: Event::default(),
+            stats: Cell::new(ZeroCopyStats::default()),
+        });
+        let reaper = Rc::downgrade(&zc);
+        glommio::spawn_local(async move {
+            // SAFETY: the eventfd is owned by this file from here on.
+            let wakeups = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
+            loop {
+                let woke = wakeups.read_at(0, 8).await;
+                let Some(zc) = reaper.upgrade() else { break };
+                zc.reap();
+                if woke.is_err() {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .detach();
+        Some(zc)
+    }
+
+    pub fn stats(&self) -> ZeroCopyStats {
+        self.stats.get()
+    }
+
+    /// Sends `buf` on socket `fd` from the buffer itself; completes with the
+    /// bytes sent (the kernel waits for room in the socket first).
+    pub async fn send(&self, fd: RawFd, buf: Bytes) -> io::Result<usize> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let entry = opcode::SendZc::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            // IORING_SEND_ZC_REPORT_USAGE: the notification says if it copied.
+            .zc_flags(1 << 3)
+            .build()
+            .user_data(id);
+        self.pending.borrow_mut().insert(
+            id,
+            Pending {
+                _buf: buf,
+                result: None,
+                awaiting_notification: false,
+            },
+        );
+        {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the buffer lives in `pending` until the kernel is done with it.
+            while unsafe { ring.submission().push(&entry) }.is_err() {
+                ring.submit()?;
+            }
+            ring.submit()?;
+        }
+        loop {
+            let listen = self.completed.listen();
+            self.reap();
+            if let Some(result) = self.take_result(id) {
+                return if result < 0 {
+                    Err(io::Error::from_raw_os_error(-result))
+                } else {
+                    let mut stats = self.stats.get();
+                    stats.sends += 1;
+                    stats.bytes += result as u64;
+                    self.stats.set(stats);
+                    Ok(result as usize)
+                };
+            }
+            listen.await;
+        }
+    }
+
+    fn take_result(&self, id: u64) -> Option<i32> {
+        let mut pending = self.pending.borrow_mut();
+        let entry = pending.get_mut(&id)?;
+        let result = entry.result.take()?;
+        if !entry.awaiting_notification {
+            pending.remove(&id);
+        }
+        Some(result)
+    }
+
+    /// Drains the completion queue: results to their senders, buffers freed
+    /// at their notifications.
+    fn reap(&self) {
+        let mut any = false;
+        let mut ring = self.ring.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
+        let mut stats = self.stats.get();
+        for cqe in ring.completion() {
+            any = true;
+            let id = cqe.user_data();
+            if cqueue::notif(cqe.flags()) {
+                stats.notifications += 1;
+                // IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all.
+                if cqe.result() as u32 & (1 << 31) != 0 {
+                    stats.copied_notifications += 1;
+                }
+                if let Some(entry) = pending.get_mut(&id) {
+                    entry.awaiting_notification = false;
+                    if entry.result.is_none() {
+                        pending.remove(&id);
+                    }
+                }
+            } else if let Some(entry) = pending.get_mut(&id) {
+                entry.result = Some(cqe.result());
+                entry.awaiting_notification = cqueue::more(cqe.flags());
+            }
+        }
+        self.stats.set(stats);
+        drop((ring, pending));
+        if any {
+            self.completed.notify();
+        }
+    }
+}
