@@ -227,3 +227,47 @@ def test_fetch_sessions_on_the_wire(broker):
         assert (error, answered_id) == (0, 0) and answered[("sessions", 0)][:2] == (0, 2)
         error, _, _ = fetch_v7(sock, session, 5, [])
         assert error == 70
+
+
+def test_fetch_responses_sent_with_send_zc_carry_the_same_bytes(tmp_path):
+    """With send_zc_threshold_bytes low, every stored batch of a fetch response goes out
+    with io_uring SEND_ZC (the rest with sendmsg): consumers of two client libraries read
+    back exactly what was produced, in order, across many fetches."""
+    from conftest import Broker
+    config = tmp_path / "zc.toml"
+    config.write_text("send_zc_threshold_bytes = 4096\n")
+    broker = Broker(tmp_path / "data", extra_args=["--config", str(config)]).start()
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("zc", 4, 1)])["zc"].result(30)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5,
+                             "batch.size": 65536})
+        sent = {p: [] for p in range(4)}
+        for i in range(4000):
+            value = (b"%06d:" % i) + bytes([i % 251]) * (500 + i % 700)
+            producer.produce("zc", value=value, partition=i % 4)
+            sent[i % 4].append(value)
+        assert producer.flush(30) == 0
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "zc",
+                             "enable.auto.commit": False, "fetch.max.bytes": 300000, "message.max.bytes": 200000,
+                             "max.partition.fetch.bytes": 100000})
+        consumer.assign([TopicPartition("zc", p, 0) for p in range(4)])
+        got = {p: [] for p in range(4)}
+        deadline = time.time() + 60
+        while sum(map(len, got.values())) < 4000 and time.time() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error():
+                got[msg.partition()].append(msg.value())
+        consumer.close()
+        assert got == sent
+        kconsumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                                  consumer_timeout_ms=5000, max_partition_fetch_bytes=100000)
+        kconsumer.assign([KTopicPartition("zc", 2)])
+        kconsumer.seek_to_beginning()
+        values = [m.value for m in kconsumer]
+        kconsumer.close()
+        assert values == sent[2]
+    finally:
+        broker.stop()
+    log = broker.log_path.read_text(errors="replace")
+    assert log.count("send_zc on for response buffers of at least 4096 bytes") == 2, "both shards"

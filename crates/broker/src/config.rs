@@ -717,6 +717,16 @@ mod tests {
             assert_eq!(config.memory_budget_bytes(0), 256 << 20);
             assert_eq!(config.memory_budget_bytes(1), 512 << 20);
         }
+        let config = load(
+            "cores = 2\nsend_zc_threshold_bytes = 65536\n[core.1]\ntail_cache_bytes = 0\nsend_zc_threshold_bytes = 0\n",
+            Cli::default(),
+        );
+        if let Ok(config) = config {
+            assert_eq!(config.tail_cache_bytes(0), TAIL_CACHE_BYTES_DEFAULT);
+            assert_eq!(config.tail_cache_bytes(1), 0);
+            assert_eq!(config.send_zc_threshold_bytes(0), 65536);
+            assert_eq!(config.send_zc_threshold_bytes(1), 0);
+        }
     }
 
     #[test]

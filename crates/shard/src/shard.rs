@@ -119,7 +119,7 @@ impl Shard {
             )),
             zero_copy: match settings_zc_threshold {
                 0 => None,
-                min => crate::zero_copy::ZeroCopy::start(id).map(|zc| (zc, min)),
+                min => crate::zero_copy::ZeroCopy::start(id, min).map(|zc| (zc, min)),
             },
         }
     }

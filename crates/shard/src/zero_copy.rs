@@ -53,7 +53,7 @@ pub struct ZeroCopy {
 impl ZeroCopy {
     /// A ring for this core with its reaper task; `None` (logged) where the
     /// kernel refuses (no SEND_ZC before Linux 6.0, ring limits).
-    pub fn start(shard: usize) -> Option<Rc<ZeroCopy>> {
+    pub fn start(shard: usize, threshold: usize) -> Option<Rc<ZeroCopy>> {
         let ring = match IoUring::new(RING_ENTRIES) {
             Ok(ring) => ring,
             Err(e) => {
@@ -103,6 +103,11 @@ impl ZeroCopy {
             }
         })
         .detach();
+        tracing::info!(
+            shard,
+            threshold,
+            "send_zc on for response buffers of at least {threshold} bytes"
+        );
         Some(zc)
     }
 
