@@ -35,7 +35,9 @@ pub async fn write_frame(
             at = 0;
             continue;
         }
-        let large = |part: &bytes::Bytes| zero_copy.is_some_and(|(_, min)| part.len() >= min);
+        let large = |part: &bytes::Bytes| {
+            zero_copy.is_some_and(|(zc, min)| part.len() >= min && zc.usable())
+        };
         if at == 0 && large(&parts[index]) {
             let (zc, _) = zero_copy.expect("checked");
             let sent = futures_lite::future::or(

@@ -53,10 +53,20 @@ struct Entry {
     seq: u64,
 }
 
-type Key = ([u8; 16], String, i32);
+/// A partition in a session: by topic id from Fetch v13 (the name is
+/// resolved again on every request, as Kafka does), by name before.
+pub type Key = ([u8; 16], String, i32);
+
+pub fn key(topic_id: [u8; 16], topic: &str, partition: i32) -> Key {
+    if topic_id == [0; 16] {
+        (topic_id, topic.to_string(), partition)
+    } else {
+        (topic_id, String::new(), partition)
+    }
+}
 
 fn key_of(wanted: &Wanted) -> Key {
-    (wanted.topic_id, wanted.topic.clone(), wanted.partition)
+    key(wanted.topic_id, &wanted.topic, wanted.partition)
 }
 
 struct Session {
@@ -119,7 +129,9 @@ pub enum Context {
     Sessionless,
     /// A full fetch that opens session `id` once answered.
     Opening(i32),
-    /// An incremental fetch of session `id`: these partitions, in order.
+    /// An incremental fetch of session `id`: these partitions, in order
+    /// (from v13 their names are as this broker knew them when listed:
+    /// resolve them again).
     Incremental(i32, Vec<Wanted>),
     /// Answered with this error code alone.
     Refused(i16),
@@ -191,6 +203,11 @@ impl FetchSessions {
         for key in forgotten {
             session.forget(key);
         }
+        if session.entries.is_empty() {
+            // Nothing left to follow: Kafka closes such a session.
+            self.sessions.remove(&session_id);
+            return Context::Sessionless;
+        }
         Context::Incremental(session_id, session.wanted())
     }
 
@@ -210,7 +227,9 @@ impl FetchSessions {
     /// Whether an incremental response must carry this partition, given
     /// what it would say (and records/errors, which always go out). Records
     /// move the partition to the end of the session's order, so the next
-    /// fetches give the others the first share of the response budget.
+    /// fetches give the others the first share of the response budget. After
+    /// an error nothing counts as sent, so the partition is answered again
+    /// once the error clears.
     pub fn respond(
         &mut self,
         id: i32,
@@ -218,6 +237,7 @@ impl FetchSessions {
         now: Sent,
         news: bool,
         records: bool,
+        error: bool,
     ) -> bool {
         let Some(session) = self.sessions.get_mut(&id) else {
             return true;
@@ -226,8 +246,8 @@ impl FetchSessions {
         let Some(entry) = session.entries.get_mut(&key) else {
             return true;
         };
-        let changed = news || entry.sent != Some(now);
-        entry.sent = Some(now);
+        let changed = news || error || entry.sent != Some(now);
+        entry.sent = (!error).then_some(now);
         if records {
             session.next_seq += 1;
             let seq = session.next_seq;
@@ -271,7 +291,8 @@ impl FetchSessions {
     fn new_id(&mut self) -> i32 {
         loop {
             self.next_id = (self.next_id + 1) % 0x0100_0000;
-            let id = (self.next_id * self.shards + self.shard) as i32 & 0x7fff_ffff;
+            let id = ((self.next_id as u64 * self.shards as u64 + self.shard as u64) & 0x7fff_ffff)
+                as i32;
             if id != 0 && !self.sessions.contains_key(&id) {
                 return id;
             }
@@ -337,11 +358,46 @@ mod tests {
             panic!("incremental")
         };
         assert_eq!(wanted, vec![want("a", 1, 0)]);
-        assert!(!cache.respond(id, &wanted[0], sent(0), false, false));
-        assert!(cache.respond(id, &wanted[0], sent(3), false, false));
+        assert!(!cache.respond(id, &wanted[0], sent(0), false, false, false));
+        assert!(cache.respond(id, &wanted[0], sent(3), false, false, false));
+        // An error goes out, and so does the first answer after it.
+        assert!(cache.respond(id, &wanted[0], sent(3), false, false, true));
+        assert!(cache.respond(id, &wanted[0], sent(3), false, false, false));
+        assert!(!cache.respond(id, &wanted[0], sent(3), false, false, false));
         // The final epoch closes it.
         assert_eq!(
             cache.begin(id, FINAL_EPOCH, &[], &[], now),
+            Context::Sessionless
+        );
+        assert_eq!(
+            cache.begin(id, 3, &[], &[], now),
+            Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn forgetting_every_partition_closes_the_session_and_ids_key_from_v13() {
+        let now = Instant::now();
+        let mut cache = FetchSessions::new(10, 3, 4);
+        let mut by_id = want("", 0, 0);
+        by_id.topic_id = [5; 16];
+        let Context::Opening(id) = cache.begin(0, 0, &[by_id.clone()], &[], now) else {
+            panic!("opens")
+        };
+        assert_eq!(id % 4, 3, "the core's number in the id");
+        cache.open(id, &[(by_id.clone(), sent(0))], now);
+        // Known by id, whatever name it resolved to then or now.
+        let renamed = Wanted {
+            topic: "now-known".into(),
+            ..by_id.clone()
+        };
+        let Context::Incremental(_, wanted) = cache.begin(id, 1, &[renamed.clone()], &[], now)
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(wanted, vec![renamed]);
+        assert_eq!(
+            cache.begin(id, 2, &[], &[key([5; 16], "", 0)], now),
             Context::Sessionless
         );
         assert_eq!(

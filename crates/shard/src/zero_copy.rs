@@ -21,8 +21,11 @@ use std::io;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::rc::Rc;
 
-/// Entries of the ring: sends in flight on this core at once.
+/// Entries of the ring (the completion queue has twice as many).
 const RING_ENTRIES: u32 = 256;
+/// Sends in flight at once: each posts up to two completions, so the
+/// completion queue never overflows.
+const IN_FLIGHT_MAX: usize = 96;
 
 /// Counters, for benchmarks and metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,6 +43,9 @@ struct Pending {
     result: Option<i32>,
     /// The send's own completion is in; a notification is still to come.
     awaiting_notification: bool,
+    /// Its sender gave up waiting (the connection is closing): the entry
+    /// goes as soon as the kernel is done with the buffer.
+    abandoned: bool,
 }
 
 pub struct ZeroCopy {
@@ -48,6 +54,9 @@ pub struct ZeroCopy {
     next_id: Cell<u64>,
     completed: Event,
     stats: Cell<ZeroCopyStats>,
+    /// A submission failed: entries may be stuck in the ring, so it is never
+    /// submitted to again and responses use sendmsg.
+    broken: Cell<bool>,
 }
 
 impl ZeroCopy {
@@ -88,6 +97,7 @@ impl ZeroCopy {
             next_id: Cell::new(1),
             completed: Event::default(),
             stats: Cell::new(ZeroCopyStats::default()),
+            broken: Cell::new(false),
         });
         let reaper = Rc::downgrade(&zc);
         glommio::spawn_local(async move {
@@ -115,9 +125,28 @@ impl ZeroCopy {
         self.stats.get()
     }
 
+    /// False once a submission failed.
+    pub fn usable(&self) -> bool {
+        !self.broken.get()
+    }
+
     /// Sends `buf` on socket `fd` from the buffer itself; completes with the
     /// bytes sent (the kernel waits for room in the socket first).
     pub async fn send(&self, fd: RawFd, buf: Bytes) -> io::Result<usize> {
+        loop {
+            if self.broken.get() {
+                return Err(io::Error::other("send_zc ring broken"));
+            }
+            if self.pending.borrow().len() < IN_FLIGHT_MAX {
+                break;
+            }
+            let listen = self.completed.listen();
+            self.reap();
+            if self.pending.borrow().len() < IN_FLIGHT_MAX {
+                break;
+            }
+            listen.await;
+        }
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let entry = opcode::SendZc::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
@@ -132,20 +161,32 @@ impl ZeroCopy {
                 _buf: buf,
                 result: None,
                 awaiting_notification: false,
+                abandoned: false,
             },
         );
         {
             let mut ring = self.ring.borrow_mut();
-            // SAFETY: the buffer lives in `pending` until the kernel is done with it.
-            while unsafe { ring.submission().push(&entry) }.is_err() {
-                ring.submit()?;
+            // SAFETY: the buffer lives in `pending` until the kernel is done
+            // with it (IN_FLIGHT_MAX keeps the queue from filling).
+            let pushed = unsafe { ring.submission().push(&entry) }.is_ok();
+            if let Err(e) = pushed
+                .then(|| ring.submit())
+                .unwrap_or(Err(io::Error::other("full")))
+            {
+                // The entry may still sit in the queue, naming an fd that a
+                // later connection could reuse: never submit again.
+                self.broken.set(true);
+                tracing::error!(error = %e, "send_zc submission failed: this core's responses use sendmsg from now on");
+                return Err(e);
             }
-            ring.submit()?;
         }
+        // Dropped before the result is in (timeout): the entry is abandoned.
+        let guard = Abandon { zc: self, id };
         loop {
             let listen = self.completed.listen();
             self.reap();
             if let Some(result) = self.take_result(id) {
+                std::mem::forget(guard);
                 return if result < 0 {
                     Err(io::Error::from_raw_os_error(-result))
                 } else {
@@ -157,6 +198,26 @@ impl ZeroCopy {
                 };
             }
             listen.await;
+        }
+    }
+
+    fn abandon(&self, id: u64) {
+        let mut pending = self.pending.borrow_mut();
+        let Some(entry) = pending.get_mut(&id) else {
+            return;
+        };
+        if entry.result.is_some() && !entry.awaiting_notification {
+            pending.remove(&id);
+            return;
+        }
+        entry.abandoned = true;
+        drop(pending);
+        // Ask the kernel to give up on it (a send waiting for room).
+        let cancel = opcode::AsyncCancel::new(id).build().user_data(0);
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: a cancel carries no buffer.
+        if unsafe { ring.submission().push(&cancel) }.is_ok() {
+            let _ = ring.submit();
         }
     }
 
@@ -188,13 +249,16 @@ impl ZeroCopy {
                 }
                 if let Some(entry) = pending.get_mut(&id) {
                     entry.awaiting_notification = false;
-                    if entry.result.is_none() {
+                    if entry.result.is_none() || entry.abandoned {
                         pending.remove(&id);
                     }
                 }
             } else if let Some(entry) = pending.get_mut(&id) {
                 entry.result = Some(cqe.result());
                 entry.awaiting_notification = cqueue::more(cqe.flags());
+                if entry.abandoned && !entry.awaiting_notification {
+                    pending.remove(&id);
+                }
             }
         }
         self.stats.set(stats);
@@ -202,5 +266,17 @@ impl ZeroCopy {
         if any {
             self.completed.notify();
         }
+    }
+}
+
+/// Marks a send abandoned if its future is dropped before the result.
+struct Abandon<'a> {
+    zc: &'a ZeroCopy,
+    id: u64,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.zc.abandon(self.id);
     }
 }

@@ -56,6 +56,8 @@ struct Inner {
     /// Insertion order: (seq, log, base offset). Entries dropped out of
     /// order stay here until reached (their seq no longer matches).
     order: VecDeque<(u64, u64, i64)>,
+    /// Entries held now, over all logs.
+    live: usize,
     read_ahead_held: usize,
     stats: CacheStats,
 }
@@ -103,8 +105,9 @@ pub struct CacheSlot {
 }
 
 impl CacheSlot {
-    pub fn enabled(&self) -> bool {
-        self.cache.inner.borrow().capacity > 0
+    /// Whether a batch of `len` bytes would be kept.
+    pub fn takes(&self, len: usize) -> bool {
+        len <= self.cache.inner.borrow().capacity
     }
 
     /// A durable batch; `log_end_before` is where the log ended before it
@@ -124,8 +127,9 @@ impl CacheSlot {
             .is_none_or(|(_, last)| last.last_offset + 1 == log_end_before);
         if !follows || len > inner.capacity {
             // The run would have a hole (or go backwards): start it over.
-            let dropped: usize = std::mem::take(log).values().map(|e| e.bytes.len()).sum();
-            inner.used -= dropped;
+            let dropped = std::mem::take(log);
+            inner.live -= dropped.len();
+            inner.used -= dropped.values().map(|e| e.bytes.len()).sum::<usize>();
             if len > inner.capacity {
                 return;
             }
@@ -141,6 +145,7 @@ impl CacheSlot {
             },
         );
         inner.order.push_back((seq, self.log, base_offset));
+        inner.live += 1;
         inner.used += len;
         inner.stats.inserted_bytes += len as u64;
         while inner.used > inner.capacity {
@@ -157,14 +162,14 @@ impl CacheSlot {
                 let doomed: Vec<i64> = entries.range(first..=drop_to).map(|(b, _)| *b).collect();
                 for b in doomed {
                     let entry = entries.remove(&b).expect("listed");
+                    inner.live -= 1;
                     inner.used -= entry.bytes.len();
                     inner.stats.evicted_bytes += entry.bytes.len() as u64;
                 }
             }
         }
         // Stale order records (entries dropped by truncation) are bounded too.
-        let live: usize = inner.logs.values().map(|l| l.len()).sum();
-        if inner.order.len() > 2 * live + 1024 {
+        if inner.order.len() > 2 * inner.live + 1024 {
             let logs = &inner.logs;
             inner.order.retain(|(seq, log, base)| {
                 logs.get(log)
@@ -175,9 +180,9 @@ impl CacheSlot {
     }
 
     /// Whole batches from the one holding `offset` (or the first after it, in
-    /// a compacted run), up to `max_bytes` but at least one; `None` when
-    /// `offset` is not within the cached run. Every cached batch is durable.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Option<(Records, i64)> {
+    /// a compacted run), up to `max_bytes` but at least one, none from `end`
+    /// on; `None` when `offset` is not within the cached run.
+    pub fn read(&self, offset: i64, max_bytes: usize, end: i64) -> Option<(Records, i64)> {
         let mut inner = self.cache.inner.borrow_mut();
         let inner = &mut *inner;
         let entries = inner.logs.get(&self.log)?;
@@ -193,7 +198,7 @@ impl CacheSlot {
             .map_or(offset, |(b, _)| *b);
         let mut records = Records::new();
         let mut next = offset;
-        for entry in entries.range(start..).map(|(_, e)| e) {
+        for (_, entry) in entries.range(start..end.max(start)) {
             if !records.is_empty() && records.len() + entry.bytes.len() > max_bytes {
                 break;
             }
@@ -202,6 +207,9 @@ impl CacheSlot {
             if records.len() >= max_bytes {
                 break;
             }
+        }
+        if records.is_empty() {
+            return None;
         }
         inner.stats.hits += 1;
         inner.stats.hit_bytes += records.len() as u64;
@@ -265,15 +273,17 @@ impl CacheSlot {
         let Some(entries) = inner.logs.get_mut(&self.log) else {
             return;
         };
-        let mut dropped = 0;
+        let (mut dropped, mut count) = (0, 0);
         entries.retain(|base, entry| {
             let kept = keep(*base, entry.last_offset);
             if !kept {
                 dropped += entry.bytes.len();
+                count += 1;
             }
             kept
         });
         inner.used -= dropped;
+        inner.live -= count;
     }
 }
 
@@ -293,6 +303,7 @@ impl Drop for CacheSlot {
     fn drop(&mut self) {
         let mut inner = self.cache.inner.borrow_mut();
         if let Some(entries) = inner.logs.remove(&self.log) {
+            inner.live -= entries.len();
             inner.used -= entries.values().map(|e| e.bytes.len()).sum::<usize>();
         }
     }
@@ -315,10 +326,10 @@ mod tests {
         b.insert(0, 0, 4, batch(100, 2));
         a.insert(10, 10, 19, batch(100, 3));
         b.insert(5, 5, 9, batch(100, 4)); // evicts a's first
-        assert!(a.read(0, 1000).is_none());
-        let (records, next) = a.read(10, 1000).unwrap();
+        assert!(a.read(0, 1000, i64::MAX).is_none());
+        let (records, next) = a.read(10, 1000, i64::MAX).unwrap();
         assert_eq!((records.len(), next), (100, 20));
-        let (records, next) = b.read(0, 1000).unwrap();
+        let (records, next) = b.read(0, 1000, i64::MAX).unwrap();
         assert_eq!((records.parts().len(), next), (2, 10));
         assert_eq!(cache.stats().used_bytes, 300);
         assert_eq!(cache.stats().evicted_bytes, 100);
@@ -330,10 +341,10 @@ mod tests {
         let a = cache.register();
         a.insert(0, 0, 0, batch(100, 1));
         a.insert(1, 1, 1, batch(100, 2));
-        assert_eq!(a.read(0, 10).unwrap().1, 1);
-        assert_eq!(a.read(0, 200).unwrap().1, 2);
-        assert_eq!(a.read(1, 10).unwrap().1, 2);
-        assert!(a.read(2, 10).is_none());
+        assert_eq!(a.read(0, 10, i64::MAX).unwrap().1, 1);
+        assert_eq!(a.read(0, 200, i64::MAX).unwrap().1, 2);
+        assert_eq!(a.read(1, 10, i64::MAX).unwrap().1, 2);
+        assert!(a.read(2, 10, i64::MAX).is_none());
     }
 
     #[test]
@@ -342,17 +353,17 @@ mod tests {
         let a = cache.register();
         a.insert(0, 0, 0, batch(100, 1));
         a.insert(1, 1, 1, batch(200, 2)); // too big: the run is emptied
-        assert!(a.read(0, 1000).is_none());
+        assert!(a.read(0, 1000, i64::MAX).is_none());
         assert_eq!(cache.stats().used_bytes, 0);
         drop(a);
         let cache = TailCache::new(1000);
         let a = cache.register();
         a.insert(2, 2, 2, batch(100, 3));
         a.insert(4, 5, 5, batch(100, 4)); // batch 3 never came: a new run
-        assert!(a.read(2, 1000).is_none());
-        assert_eq!(a.read(5, 1000).unwrap().1, 6);
+        assert!(a.read(2, 1000, i64::MAX).is_none());
+        assert_eq!(a.read(5, 1000, i64::MAX).unwrap().1, 6);
         a.insert(6, 8, 9, batch(100, 5)); // a compaction gap: same run
-        assert_eq!(a.read(6, 1000).unwrap().1, 10);
+        assert_eq!(a.read(6, 1000, i64::MAX).unwrap().1, 10);
         a.drop_from(5);
         assert_eq!(cache.stats().used_bytes, 0);
         drop(a);

@@ -596,7 +596,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         {
             let mut state = self.state.borrow_mut();
             // Cached batches of this segment may be gone from its file now.
-            self.read_ahead.borrow_mut().take();
+            self.invalidate_positions(&mut state);
             let segment_end = state.segments.range(base + 1..).next().map(|(b, _)| *b);
             self.with_cache(|cache| match segment_end {
                 Some(end) => cache.drop_below(end),

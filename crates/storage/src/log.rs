@@ -106,6 +106,10 @@ pub(crate) struct LogState<F: StorageFile> {
     /// The segment whose files compaction is swapping: retention and
     /// DeleteRecords stop before it.
     pub(crate) compacting_segment: Option<i64>,
+    /// Raised whenever bytes at a known file position may change or a file
+    /// goes (truncation, compaction swap, retention, close): a read-ahead
+    /// window from an older generation is never armed or used.
+    pub(crate) generation: u64,
 }
 
 impl<F: StorageFile> LogState<F> {
@@ -129,6 +133,7 @@ impl<F: StorageFile> LogState<F> {
             cleaner_offset: None,
             compacting: false,
             compacting_segment: None,
+            generation: 0,
         }
     }
 
@@ -189,6 +194,7 @@ pub(crate) struct ReadAhead<F: StorageFile> {
     position: u64,
     /// The offset the next read starts at (the batch at `position`).
     offset: i64,
+    generation: u64,
     task: glommio::Task<std::io::Result<Bytes>>,
     /// Counts against the core's read-ahead allowance until dropped.
     _permit: crate::cache::ReadAheadPermit,
@@ -256,6 +262,13 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         *self.cache.borrow_mut() = Some(slot);
     }
 
+    /// Files or bytes at known positions are about to change: no read-ahead
+    /// window from before survives, and none started before is armed.
+    pub(crate) fn invalidate_positions(&self, state: &mut LogState<D::File>) {
+        state.generation += 1;
+        self.read_ahead.borrow_mut().take();
+    }
+
     /// Stops serving reads from the cache (its batches stay until the slot
     /// is dropped or given back with `set_cache`).
     pub fn take_cache(&self) -> Option<CacheSlot> {
@@ -269,8 +282,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
     }
 
-    fn caching(&self) -> bool {
-        self.cache.borrow().as_ref().is_some_and(|s| s.enabled())
+    fn caching(&self, len: usize) -> bool {
+        self.cache.borrow().as_ref().is_some_and(|s| s.takes(len))
     }
 
     /// Applies changed topic settings (retention, segment size and age, index
@@ -397,7 +410,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         header: BatchHeader,
         patch: bool,
     ) -> AppendInfo {
-        let stored = self.caching().then(|| {
+        let stored = self.caching(batch.len()).then(|| {
             let mut bytes = bytes::BytesMut::from(batch);
             if patch {
                 bytes[0..8].copy_from_slice(&header.base_offset.to_be_bytes());
@@ -933,13 +946,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// `max_bytes` (at least one batch). Every batch is CRC-checked before it is
     /// returned. `offset == high_watermark` gives an empty read.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> LogResult<ReadBatches> {
-        {
+        let generation = {
             let state = self.state.borrow();
             state.usable()?;
             // Only within the range a disk read would serve (DeleteRecords may
             // have moved the start past cached batches).
             let cached = (offset >= state.log_start_offset && offset < state.high_watermark)
-                .then(|| self.cache.borrow().as_ref()?.read(offset, max_bytes))
+                .then(|| {
+                    let cache = self.cache.borrow();
+                    cache
+                        .as_ref()?
+                        .read(offset, max_bytes, state.high_watermark)
+                })
                 .flatten();
             if let Some((records, next_offset)) = cached {
                 return Ok(ReadBatches {
@@ -949,7 +967,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     log_start_offset: state.log_start_offset,
                 });
             }
-        }
+            state.generation
+        };
         let mut records = Records::new();
         let mut next = offset;
         let mut from_disk = None;
@@ -989,6 +1008,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             if let Some(ahead) = self.read_ahead.borrow().as_ref() {
                 if ahead.segment_base == base
                     && ahead.offset == next
+                    && ahead.generation == generation
+                    && ahead.position < end
                     && Rc::ptr_eq(&ahead.file, &file)
                 {
                     position = ahead.position;
@@ -999,7 +1020,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let chunk = self
                 .read_batches_from(&file, base, position, end, next, budget, first)
                 .await?;
-            from_disk = Some((base, file.clone(), chunk.end_position, end));
+            if !chunk.records.is_empty() {
+                from_disk = Some((base, file.clone(), chunk.end_position, end));
+            }
             if chunk.records.is_empty() {
                 // Nothing at `next` in this segment although it is below the high
                 // watermark: a gap between segments (a lost tail of a sealed
@@ -1040,7 +1063,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             self.with_cache(|cache| cache.count_miss(records.len()));
             if let Some((base, file, end_position, end)) = from_disk {
                 if end_position < end {
-                    self.start_read_ahead(base, file, end_position, end, max_bytes, next);
+                    let window = (base, file, end_position, end);
+                    self.start_read_ahead(window, max_bytes, next, generation);
                 }
             }
         }
@@ -1185,13 +1209,18 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     /// core's read-ahead allowance.
     fn start_read_ahead(
         &self,
-        base: i64,
-        file: Rc<D::File>,
-        from: u64,
-        end: u64,
+        (base, file, from, end): (i64, Rc<D::File>, u64, u64),
         max_bytes: usize,
         next_offset: i64,
+        generation: u64,
     ) {
+        {
+            // Truncated, compacted, retained or closed while this read ran.
+            let state = self.state.borrow();
+            if state.usable().is_err() || state.generation != generation {
+                return;
+            }
+        }
         let permit = {
             let cache = self.cache.borrow();
             let Some(cache) = cache.as_ref() else { return };
@@ -1215,6 +1244,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             segment_base: base,
             position: from,
             offset: next_offset,
+            generation,
             task,
             _permit: permit,
         });
@@ -1231,7 +1261,9 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
     ) -> Option<Bytes> {
         let ahead = self.read_ahead.borrow_mut().take()?;
         if ahead.segment_base != base
+            || ahead.generation != self.state.borrow().generation
             || ahead.position != position
+            || position >= end
             || !std::ptr::eq(Rc::as_ptr(&ahead.file), file)
         {
             return None;

@@ -253,7 +253,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let mut state = self.state.borrow_mut();
             state.closed = true;
             self.cache.borrow_mut().take();
-            self.read_ahead.borrow_mut().take();
+            self.invalidate_positions(&mut state);
             let files: Vec<Rc<D::File>> = state
                 .segments
                 .values()
@@ -340,6 +340,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     .log_start_offset
                     .max(*state.segments.keys().next().unwrap());
                 self.with_cache(|cache| cache.drop_below(state.log_start_offset));
+                self.invalidate_positions(&mut state);
                 tracing::info!(log = %self.name, segments = doomed.len(), log_start_offset = state.log_start_offset, "retention deleted segments");
             }
             doomed
@@ -376,6 +377,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     .log_start_offset
                     .max(*state.segments.keys().next().unwrap());
                 self.with_cache(|cache| cache.drop_below(state.log_start_offset));
+                self.invalidate_positions(&mut state);
             }
             doomed
         };
@@ -493,7 +495,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     cache.drop_from(offset)
                 }
             });
-            self.read_ahead.borrow_mut().take();
+            self.invalidate_positions(&mut state);
             let cut_from = if full { i64::MIN } else { offset };
             let doomed_bases: Vec<i64> = state
                 .segments
@@ -534,6 +536,8 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                 };
                 state.high_watermark = next;
                 state.next_offset = next;
+                // The cut may have ended below `offset` (a damaged batch).
+                self.with_cache(|cache| cache.drop_from(next));
                 tracing::info!(log = %self.name, offset, log_end_offset = next, "log truncated");
                 Ok(())
             }

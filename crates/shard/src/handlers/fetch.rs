@@ -7,7 +7,7 @@
 //! buffers holding the read batches as they are (`fetch_response`).
 
 use super::HandlerResult;
-use crate::fetch_sessions::{Context, Sent, Wanted};
+use crate::fetch_sessions::{self, Context, Sent, Wanted};
 use crate::memory::{Charge, ConnectionMemory};
 use crate::mesh::{FetchOutcome, PartitionOp, PartitionReply, WaitFor};
 use crate::shard::Shard;
@@ -68,7 +68,10 @@ pub async fn handle(
             .flat_map(|topic| {
                 let name = name_of(&topic.topic, &topic.topic_id);
                 let id = *topic.topic_id.as_bytes();
-                topic.partitions.iter().map(move |p| (id, name.clone(), *p))
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |p| fetch_sessions::key(id, &name, *p))
             })
             .collect();
         shard.fetch_sessions.borrow_mut().begin(
@@ -86,7 +89,19 @@ pub async fn handle(
             let parts = fetch_response::encode(version, frame.correlation_id, code, 0, &[]);
             return Ok(Some(ResponseFrame { parts }));
         }
-        Context::Incremental(_, ref wanted) => wanted.clone(),
+        Context::Incremental(_, ref wanted) => {
+            let mut wanted = wanted.clone();
+            if version >= 13 {
+                // Sessions know topics by id: names as of this request.
+                for want in &mut wanted {
+                    want.topic = snapshot
+                        .topic_by_id(uuid::Uuid::from_bytes(want.topic_id))
+                        .map(|meta| meta.name.clone())
+                        .unwrap_or_default();
+                }
+            }
+            wanted
+        }
         Context::Sessionless | Context::Opening(_) => listed,
     };
     let deadline = Instant::now()
@@ -173,9 +188,10 @@ pub async fn handle(
             match context {
                 // Only partitions with news go into an incremental response.
                 Context::Incremental(id, _) => {
-                    let news = error_code != error_code::NONE || outcome.diverging.is_some();
+                    let news = outcome.diverging.is_some();
                     let records = !outcome.records.is_empty();
-                    if !sessions.respond(id, want, sent, news, records) && !records {
+                    let error = error_code != error_code::NONE;
+                    if !sessions.respond(id, want, sent, news, records, error) && !records {
                         continue;
                     }
                 }
