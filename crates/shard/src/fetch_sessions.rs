@@ -391,7 +391,8 @@ mod tests {
             topic: "now-known".into(),
             ..by_id.clone()
         };
-        let Context::Incremental(_, wanted) = cache.begin(id, 1, &[renamed.clone()], &[], now)
+        let Context::Incremental(_, wanted) =
+            cache.begin(id, 1, std::slice::from_ref(&renamed), &[], now)
         else {
             panic!("incremental")
         };

@@ -4,8 +4,7 @@
 //! no longer needs it; the buffer (`Bytes`) is held until then.
 //!
 //! Completions are reaped by one task per core that waits on an eventfd the
-//! ring signals (registered with IORING_REGISTER_EVENTFD, read through
-//! glommio's own ring, so the core sleeps while nothing completes).
+//! ring signals (`sluice_storage::io::uring`, shared with the read ring).
 //!
 //! Whether it pays depends on the path: to a local peer (loopback, veth) the
 //! kernel copies the pages anyway when the receiver takes them, and says so
@@ -15,10 +14,11 @@
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, types, IoUring};
 use sluice_storage::event::Event;
+use sluice_storage::io::uring;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::io::{FromRawFd, RawFd};
+use std::os::unix::io::RawFd;
 use std::rc::Rc;
 
 /// Entries of the ring (the completion queue has twice as many).
@@ -63,8 +63,8 @@ impl ZeroCopy {
     /// A ring for this core with its reaper task; `None` (logged) where the
     /// kernel refuses (no SEND_ZC before Linux 6.0, ring limits).
     pub fn start(shard: usize, threshold: usize) -> Option<Rc<ZeroCopy>> {
-        let ring = match IoUring::new(RING_ENTRIES) {
-            Ok(ring) => ring,
+        let (ring, efd) = match uring::ring_with_eventfd(RING_ENTRIES) {
+            Ok(made) => made,
             Err(e) => {
                 tracing::warn!(shard, error = %e, "no io_uring for send_zc: responses use sendmsg only");
                 return None;
@@ -78,17 +78,8 @@ impl ZeroCopy {
                 shard,
                 "the kernel has no IORING_OP_SEND_ZC: responses use sendmsg only"
             );
-            return None;
-        }
-        // Blocking (no EFD_NONBLOCK): glommio's read then waits in its ring.
-        // SAFETY: eventfd takes no pointers.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 || ring.submitter().register_eventfd(efd).is_err() {
-            tracing::warn!(shard, error = %io::Error::last_os_error(), "no eventfd for send_zc completions: responses use sendmsg only");
-            if efd >= 0 {
-                // SAFETY: ours, not shared.
-                unsafe { libc::close(efd) };
-            }
+            // SAFETY: ours, not handed to a reaper.
+            unsafe { libc::close(efd) };
             return None;
         }
         let zc = Rc::new(ZeroCopy {
@@ -99,20 +90,7 @@ impl ZeroCopy {
             stats: Cell::new(ZeroCopyStats::default()),
             broken: Cell::new(false),
         });
-        let reaper = Rc::downgrade(&zc);
-        glommio::spawn_local(async move {
-            // SAFETY: the eventfd is owned by this file from here on.
-            let wakeups = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
-            loop {
-                let woke = wakeups.read_at(0, 8).await;
-                let Some(zc) = reaper.upgrade() else { break };
-                zc.reap();
-                if woke.is_err() {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            }
-        })
-        .detach();
+        uring::spawn_reaper(efd, Rc::downgrade(&zc), ZeroCopy::reap);
         tracing::info!(
             shard,
             threshold,
@@ -169,10 +147,12 @@ impl ZeroCopy {
             // SAFETY: the buffer lives in `pending` until the kernel is done
             // with it (IN_FLIGHT_MAX keeps the queue from filling).
             let pushed = unsafe { ring.submission().push(&entry) }.is_ok();
-            if let Err(e) = pushed
-                .then(|| ring.submit())
-                .unwrap_or(Err(io::Error::other("full")))
-            {
+            let submitted = if pushed {
+                ring.submit()
+            } else {
+                Err(io::Error::other("submission queue full"))
+            };
+            if let Err(e) = submitted {
                 // The entry may still sit in the queue, naming an fd that a
                 // later connection could reuse: never submit again.
                 self.broken.set(true);

@@ -8,6 +8,7 @@
 
 pub mod dma;
 pub mod memory;
+pub mod uring;
 
 use bytes::Bytes;
 use std::io;

@@ -42,6 +42,8 @@ fn append_read_roll_reopen_on_o_direct_files() {
             ));
         }
         let all: Vec<Vec<u8>> = expected.iter().map(|(b, _)| b.clone()).collect();
+        // Disk reads go through the core's own ring, into buffers of their own.
+        assert!(sluice_storage::io::uring::ReadRing::current().is_some());
         let read = log.read(0, 1 << 22).await.unwrap();
         assert_eq!(
             split_batches(&read.records.to_bytes())
