@@ -72,6 +72,17 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
     }
     tracing::debug!(shard = shard.id, "stopped accepting");
+    if let Some((zc, _)) = &shard.zero_copy {
+        let totals = zc.stats();
+        tracing::info!(
+            shard = shard.id,
+            sends = totals.sends,
+            bytes = totals.bytes,
+            notifications = totals.notifications,
+            copied_by_the_kernel = totals.copied_notifications,
+            "send_zc totals"
+        );
+    }
 }
 
 /// Counts a request as in flight on the shard and on its connection while it lives.
