@@ -18,6 +18,7 @@ CONTROLLERS="1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
 CPUS=$(nproc)
 
 kafka_port() { echo $((19091 + $1)); }
+metrics_port() { echo $((9643 + $1)); }
 
 running() { [ -f "$ROOT/node-$1.pid" ] && kill -0 "$(cat "$ROOT/node-$1.pid")" 2>/dev/null; }
 
@@ -28,7 +29,8 @@ start() {
         if running "$n"; then echo "node $n already runs"; continue; fi
         cpu=$(( (n - 1) % CPUS ))
         "$BIN" --node-id "$n" --controllers "$CONTROLLERS" \
-            --listen "127.0.0.1:$(kafka_port "$n")" --data-dir "$ROOT/node-$n/data" --cores "$cpu-$cpu" \
+            --listen "127.0.0.1:$(kafka_port "$n")" --metrics-listen "127.0.0.1:$(metrics_port "$n")" \
+            --data-dir "$ROOT/node-$n/data" --cores "$cpu-$cpu" \
             >>"$ROOT/node-$n.log" 2>&1 &
         echo $! >"$ROOT/node-$n.pid"
     done

@@ -27,6 +27,8 @@ fi
 
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
+# systemd-analyze, for the check of deploy/systemd/sluice.service.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 [ -n "$JAVAC" ] || missing+=(openjdk-17-jdk-headless)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -52,6 +52,8 @@ class Broker:
     def __init__(self, data_dir: Path, cores: int = 2, extra_args=()):
         self.data_dir = data_dir
         self.port = free_port()
+        # Brokers of one test run side by side: each serves /metrics on its own port.
+        self.metrics_port = free_port()
         self.cores = cores
         self.extra_args = list(extra_args)
         self.proc = None
@@ -72,6 +74,7 @@ class Broker:
 
     def command(self) -> list:
         return [str(SLUICE), "--data-dir", str(self.data_dir), "--listen", self.bootstrap,
+                "--metrics-listen", f"{self.host}:{self.metrics_port}",
                 "--cores", str(self.cores), *self.extra_args]
 
     def wait_ready(self):

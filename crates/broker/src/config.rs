@@ -65,6 +65,10 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_INTERNAL_LISTENER")]
     pub internal_listener: Option<String>,
 
+    /// HOST:PORT of the /metrics and /health listener ("" turns it off).
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -99,6 +103,7 @@ pub struct FileConfig {
     pub node_id: Option<i32>,
     pub controllers: Option<Vec<String>>,
     pub internal_listener: Option<String>,
+    pub metrics_listen: Option<String>,
     pub auto_create_topics: Option<bool>,
     pub default_partitions: Option<i32>,
     pub max_frame_bytes: Option<usize>,
@@ -148,6 +153,8 @@ pub struct Config {
     pub controllers: Vec<String>,
     /// The node-to-node listener of a node that is not a controller voter.
     pub internal_listener: String,
+    /// Where /metrics (Prometheus) and /health are served; empty: nowhere.
+    pub metrics_listen: String,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub max_frame_bytes: usize,
@@ -200,6 +207,8 @@ pub struct Config {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Redpanda's metrics port.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9644";
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 pub const IO_DEPTH_DEFAULT: usize = 128;
 /// Per shard: at 200 MB/s into one core, about a third of a second of
@@ -399,6 +408,11 @@ impl Config {
                 .clone()
                 .or(file.internal_listener.clone())
                 .unwrap_or_default(),
+            metrics_listen: cli
+                .metrics_listen
+                .clone()
+                .or(file.metrics_listen.clone())
+                .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string()),
             auto_create_topics: cli
                 .auto_create_topics
                 .or(file.auto_create_topics)

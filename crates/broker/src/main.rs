@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT.
 
 mod config;
+mod metrics_http;
 
 use clap::Parser;
 use config::{Cli, Config};
@@ -124,6 +125,11 @@ fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| format!("data_dir: {e}"))?;
+    // /health answers 503 from here until every shard serves.
+    let exporter = Arc::new(metrics_http::Exporter::default());
+    if !config.metrics_listen.is_empty() {
+        metrics_http::start(&config.metrics_listen, exporter.clone())?;
+    }
     let metadata = Arc::new(MetadataStore::load(&data_dir)?);
     let cluster_id = cluster_id(&data_dir)?;
     let (advertised_host, advertised_port) = config.advertised()?;
@@ -205,6 +211,7 @@ fn run(config: Config) -> Result<(), String> {
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| flume::bounded::<ShardMsg>(INBOX_CAPACITY))
         .unzip();
+    let _ = exporter.shards.set(senders.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     // No shard accepts until every shard is ready (its partitions and group
     // coordinator open), so no request is forwarded to a shard still starting.
@@ -259,7 +266,12 @@ fn run(config: Config) -> Result<(), String> {
         settings.node_id,
     ));
     tracing::info!(listen = %listen, shards = shard_count, cpus = ?config.cpus, "sluice is ready");
+    exporter
+        .serving
+        .store(true, std::sync::atomic::Ordering::Release);
+    sd_notify("READY=1");
     let signal_senders = senders.clone();
+    let signal_exporter = exporter.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -272,6 +284,10 @@ fn run(config: Config) -> Result<(), String> {
             for signal in signals.forever() {
                 received += 1;
                 if received == 1 {
+                    signal_exporter
+                        .serving
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    sd_notify("STOPPING=1");
                     tracing::info!(
                         signal,
                         "stopping: finishing in-flight requests, flushing, closing segments"
@@ -447,5 +463,28 @@ async fn futures_lite_sleep(shard: &Shard, interval: Duration) {
     while slept < interval && !shard.stopping.get() {
         glommio::timer::sleep(step.min(interval - slept)).await;
         slept += step;
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: $NOTIFY_SOCKET set) the broker's
+/// state; does nothing elsewhere.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sent = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|address| socket.send_to_addr(state.as_bytes(), &address))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "could not notify systemd");
     }
 }

@@ -129,6 +129,13 @@ enum Close {
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    let counters = &shard.counters;
+    counters
+        .connections_open
+        .set(counters.connections_open.get() + 1);
+    counters
+        .connections_accepted
+        .set(counters.connections_accepted.get() + 1);
     // Valid while the writer half lives: responses go out through it.
     let fd = std::os::unix::io::AsRawFd::as_raw_fd(&stream);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
@@ -181,6 +188,10 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(queue);
     writer_task.await;
+    let counters = &shard.counters;
+    counters
+        .connections_open
+        .set(counters.connections_open.get() - 1);
 }
 
 fn log_close(shard: &Shard, peer: Option<SocketAddr>, close: Close) {
@@ -395,7 +406,11 @@ async fn read_requests(
             (frame.api_key, frame.api_version, frame.correlation_id);
         let task = glommio::spawn_local(async move {
             let _in_flight = in_flight_guard;
+            let started = Instant::now();
             let result = handlers::handle(&handler_shard, &handler_memory, frame).await;
+            handler_shard
+                .counters
+                .request(api_key, api_version, started.elapsed());
             drop(charge); // the request's bytes
                           // Charged in the same step as the handler's return: a fetch's
                           // grant (dropped inside) becomes the real response size here.

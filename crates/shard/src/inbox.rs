@@ -77,6 +77,9 @@ pub async fn handle(shard: Rc<Shard>, message: ShardMsg) {
             let answer = shard.allocate_producer_id().await;
             let _ = reply.send_async(answer).await;
         }
+        ShardMsg::Metrics { reply } => {
+            let _ = reply.send_async(shard.metrics_snapshot()).await;
+        }
         ShardMsg::Shutdown => shard.stopping.set(true),
     }
 }

@@ -17,6 +17,7 @@ pub mod maintenance;
 pub mod memory;
 pub mod mesh;
 pub mod metadata;
+pub mod metrics;
 pub mod partition;
 pub mod producers;
 pub mod replay;

@@ -181,6 +181,10 @@ pub enum ShardMsg {
         topic: Arc<TopicMeta>,
         reply: flume::Sender<()>,
     },
+    /// The shard's figures, for a scrape of `/metrics`.
+    Metrics {
+        reply: flume::Sender<crate::metrics::ShardSnapshot>,
+    },
     /// A whole request for a group coordinated by the receiving shard.
     Forward {
         frame: sluice_protocol::frame::RequestFrame,

@@ -73,6 +73,8 @@ pub struct Shard {
     pub fetch_sessions: RefCell<crate::fetch_sessions::FetchSessions>,
     /// SEND_ZC for large response buffers, with its threshold (None: off).
     pub zero_copy: Option<(Rc<crate::zero_copy::ZeroCopy>, usize)>,
+    /// What `/metrics` reports of this shard (see `metrics.rs`).
+    pub counters: crate::metrics::ShardCounters,
 }
 
 impl Shard {
@@ -121,11 +123,51 @@ impl Shard {
                 0 => None,
                 min => crate::zero_copy::ZeroCopy::start(id, min).map(|zc| (zc, min)),
             },
+            counters: crate::metrics::ShardCounters::default(),
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.metadata.snapshot()
+    }
+
+    /// This shard's figures for a scrape of `/metrics`.
+    pub fn metrics_snapshot(&self) -> crate::metrics::ShardSnapshot {
+        let mut snapshot = crate::metrics::ShardSnapshot {
+            shard: self.id,
+            cache: self.tail_cache.stats(),
+            memory_held_bytes: self.memory.used() as u64,
+            memory_budget_bytes: self.memory.capacity() as u64,
+            ..Default::default()
+        };
+        self.counters.snapshot_into(&mut snapshot);
+        for ((topic, partition), entry) in self.open_partitions() {
+            let offsets = entry.log.offsets();
+            let replica = &entry.replica;
+            snapshot.partitions.push(crate::metrics::PartitionGauges {
+                topic,
+                partition,
+                leader: replica.leader.get() == self.settings.node_id,
+                log_bytes: offsets.size_bytes,
+                log_start_offset: offsets.log_start_offset,
+                high_watermark: entry.high_watermark(),
+                replicas: replica.replicas.borrow().len(),
+                isr: replica.isr.borrow().len(),
+            });
+        }
+        if let Ok(coordinator) = self.coordinator() {
+            for group in coordinator.offsets.groups_with_offsets() {
+                for ((topic, partition), committed) in coordinator.offsets.fetch(&group) {
+                    snapshot.committed.push(crate::metrics::CommittedGauge {
+                        group: group.clone(),
+                        topic,
+                        partition,
+                        offset: committed.offset,
+                    });
+                }
+            }
+        }
+        snapshot
     }
 
     /// Opens the offset store of the groups this shard coordinates.

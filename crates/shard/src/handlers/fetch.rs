@@ -185,6 +185,10 @@ pub async fn handle(
                 high_watermark: outcome.high_watermark,
                 log_start_offset: outcome.log_start_offset,
             };
+            shard.counters.error(1, error_code);
+            shard
+                .counters
+                .fetched(&want.topic, &outcome.records, replica >= 0);
             match context {
                 // Only partitions with news go into an incremental response.
                 Context::Incremental(id, _) => {

@@ -97,6 +97,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             let name = name.clone();
             calls.push(async move {
                 if let Some((code, message)) = refuse {
+                    shard.counters.error(0, code);
                     return ProduceOutcome {
                         error_code: code,
                         error_message: Some(message),
@@ -105,6 +106,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         log_start_offset: -1,
                     };
                 }
+                let stored = records.clone();
                 match shard
                     .call(
                         &name,
@@ -117,7 +119,14 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     )
                     .await
                 {
-                    PartitionReply::Produce(outcome) => outcome,
+                    PartitionReply::Produce(outcome) => {
+                        if outcome.error_code == error_code::NONE {
+                            shard.counters.produced(&name, &stored);
+                        } else {
+                            shard.counters.error(0, outcome.error_code);
+                        }
+                        outcome
+                    }
                     _ => ProduceOutcome {
                         error_code: error_code::KAFKA_STORAGE_ERROR,
                         base_offset: -1,

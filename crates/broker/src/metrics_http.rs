@@ -1,0 +1,441 @@
+//! `/metrics` (Prometheus text format) and `/health` on their own listener
+//! (`metrics_listen`), served by one plain thread: a scrape asks every shard
+//! for its snapshot (a message, like any other; nothing shared is touched
+//! on the hot path), merges them, and encodes them with prometheus-client.
+//! `/health` is 200 while every shard is serving, 503 during start-up and
+//! shutdown.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use sluice_shard::mesh::ShardMsg;
+use sluice_shard::metrics::{ShardSnapshot, LATENCY_BUCKETS_S};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How long a scrape waits for a shard's answer.
+const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the listener serves: set up before the shards start.
+#[derive(Default)]
+pub struct Exporter {
+    /// The shards' inboxes, once they exist.
+    pub shards: OnceLock<Vec<flume::Sender<ShardMsg>>>,
+    /// Every shard serves (after start-up, before shutdown).
+    pub serving: AtomicBool,
+}
+
+/// Binds `listen` and serves on a thread of its own.
+pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("metrics_listen {listen}: {e}"))?;
+    tracing::info!(listen, "serving /metrics and /health");
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = serve(stream, &exporter) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+            }
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
+    Ok(())
+}
+
+fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/metrics" => match scrape(exporter) {
+            Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "shards not serving\n".into(),
+            ),
+        },
+        "/health" if exporter.serving.load(Ordering::Acquire) => {
+            ("200 OK", "text/plain", "serving\n".into())
+        }
+        "/health" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "starting or stopping\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+/// Every shard's snapshot, merged and encoded; `None` before the shards run.
+fn scrape(exporter: &Exporter) -> Option<String> {
+    let shards = exporter.shards.get()?;
+    let mut snapshots = Vec::new();
+    for shard in shards {
+        let (reply, answer) = flume::bounded(1);
+        if shard.send(ShardMsg::Metrics { reply }).is_err() {
+            continue;
+        }
+        if let Ok(snapshot) = answer.recv_timeout(SHARD_ANSWER_TIMEOUT) {
+            snapshots.push(snapshot);
+        }
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { snapshots }));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut text, &registry).ok()?;
+    text.push_str("# EOF\n");
+    Some(text)
+}
+
+/// The merged figures of one scrape.
+#[derive(Debug)]
+struct Scrape {
+    snapshots: Vec<ShardSnapshot>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn api_name(key: i16) -> String {
+    sluice_protocol::kafka_protocol::messages::ApiKey::try_from(key)
+        .map(|k| format!("{k:?}"))
+        .unwrap_or_else(|_| key.to_string())
+}
+
+/// One metric family of constant values.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut rows = rows.into_iter().peekable();
+    let Some((_, first)) = rows.peek() else {
+        return Ok(());
+    };
+    let metric_type = first.metric_type();
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn shard_label(s: &ShardSnapshot) -> Labels {
+    vec![("shard", s.shard.to_string())]
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        // Traffic by topic, over every shard.
+        let mut topics: BTreeMap<String, sluice_shard::metrics::TopicTraffic> = BTreeMap::new();
+        for s in &self.snapshots {
+            for (topic, t) in &s.topics {
+                let sum = topics.entry(topic.clone()).or_default();
+                sum.bytes_in += t.bytes_in;
+                sum.messages_in += t.messages_in;
+                sum.bytes_out += t.bytes_out;
+                sum.messages_out += t.messages_out;
+                sum.bytes_replicated += t.bytes_replicated;
+            }
+        }
+        let by_topic = |f: fn(&sluice_shard::metrics::TopicTraffic) -> u64| {
+            topics
+                .iter()
+                .map(move |(t, v)| (vec![("topic", t.clone())], ConstCounter::new(f(v))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "sluice_produced",
+            "Record batch bytes appended, by topic",
+            Some(&Unit::Bytes),
+            by_topic(|t| t.bytes_in),
+        )?;
+        family(
+            e,
+            "sluice_produced_messages",
+            "Records appended, by topic",
+            None,
+            by_topic(|t| t.messages_in),
+        )?;
+        family(
+            e,
+            "sluice_fetched",
+            "Record batch bytes sent to consumers, by topic",
+            Some(&Unit::Bytes),
+            by_topic(|t| t.bytes_out),
+        )?;
+        family(
+            e,
+            "sluice_fetched_messages",
+            "Records sent to consumers, by topic",
+            None,
+            by_topic(|t| t.messages_out),
+        )?;
+        family(
+            e,
+            "sluice_replica_fetched",
+            "Record batch bytes sent to follower replicas, by topic",
+            Some(&Unit::Bytes),
+            by_topic(|t| t.bytes_replicated),
+        )?;
+
+        // Requests: latency histograms by API and version; error answers by code.
+        let mut requests: BTreeMap<(i16, i16), sluice_shard::metrics::Histogram> = BTreeMap::new();
+        let mut errors: BTreeMap<(i16, i16), u64> = BTreeMap::new();
+        for s in &self.snapshots {
+            for (key, h) in &s.requests {
+                requests.entry(*key).or_default().merge(h);
+            }
+            for (key, n) in &s.errors {
+                *errors.entry(*key).or_default() += n;
+            }
+        }
+        if !requests.is_empty() {
+            let mut metric = e.encode_descriptor(
+                "sluice_request_duration",
+                "Time from a request's arrival to its response, by API and version",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for ((key, version), h) in &requests {
+                let labels: Labels =
+                    vec![("api", api_name(*key)), ("version", version.to_string())];
+                let mut bounds: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+                    .iter()
+                    .copied()
+                    .zip(h.buckets.iter().copied())
+                    .collect();
+                bounds.push((f64::INFINITY, h.buckets[LATENCY_BUCKETS_S.len()]));
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        h.sum_s, h.count, &bounds, None,
+                    )?;
+            }
+        }
+        family(
+            e,
+            "sluice_partition_errors",
+            "Partitions answered with a Kafka error code, by API and code",
+            None,
+            errors.iter().map(|((key, code), n)| {
+                (
+                    vec![
+                        ("api", api_name(*key)),
+                        ("code", sluice_protocol::api::error_code::name(*code)),
+                    ],
+                    ConstCounter::new(*n),
+                )
+            }),
+        )?;
+
+        // Per shard.
+        let per_shard = |f: fn(&ShardSnapshot) -> u64| {
+            self.snapshots
+                .iter()
+                .map(move |s| (shard_label(s), ConstGauge::new(f(s) as i64)))
+                .collect::<Vec<_>>()
+        };
+        let per_shard_total = |f: fn(&ShardSnapshot) -> u64| {
+            self.snapshots
+                .iter()
+                .map(move |s| (shard_label(s), ConstCounter::new(f(s))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "sluice_connections",
+            "Client connections open",
+            None,
+            per_shard(|s| s.connections_open),
+        )?;
+        family(
+            e,
+            "sluice_connections_accepted",
+            "Client connections accepted",
+            None,
+            per_shard_total(|s| s.connections_accepted),
+        )?;
+        family(
+            e,
+            "sluice_memory_held",
+            "Request and response bytes held against the shard's budget",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.memory_held_bytes),
+        )?;
+        family(
+            e,
+            "sluice_memory_budget",
+            "The shard's budget for request and response bytes",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.memory_budget_bytes),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_hits",
+            "Reads answered from the tail cache",
+            None,
+            per_shard_total(|s| s.cache.hits),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_misses",
+            "Reads that went to the disk",
+            None,
+            per_shard_total(|s| s.cache.misses),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_hit",
+            "Bytes read from the tail cache",
+            Some(&Unit::Bytes),
+            per_shard_total(|s| s.cache.hit_bytes),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_miss",
+            "Bytes read from the disk",
+            Some(&Unit::Bytes),
+            per_shard_total(|s| s.cache.miss_bytes),
+        )?;
+        family(
+            e,
+            "sluice_read_ahead",
+            "Bytes of disk reads served from windows read ahead",
+            Some(&Unit::Bytes),
+            per_shard_total(|s| s.cache.read_ahead_bytes),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_used",
+            "Bytes held by the tail cache",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.cache.used_bytes),
+        )?;
+        family(
+            e,
+            "sluice_tail_cache_capacity",
+            "The tail cache's bound",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.cache.capacity_bytes),
+        )?;
+        family(
+            e,
+            "sluice_partitions",
+            "Partition replicas open on the shard",
+            None,
+            per_shard(|s| s.partitions.len() as u64),
+        )?;
+        family(
+            e,
+            "sluice_partition_leaders",
+            "Partitions the shard leads",
+            None,
+            per_shard(|s| s.partitions.iter().filter(|p| p.leader).count() as u64),
+        )?;
+        family(
+            e,
+            "sluice_under_replicated_partitions",
+            "Led partitions whose in-sync replicas are fewer than their replicas",
+            None,
+            per_shard(|s| {
+                s.partitions
+                    .iter()
+                    .filter(|p| p.leader && p.isr < p.replicas)
+                    .count() as u64
+            }),
+        )?;
+
+        // Per partition, and consumer lag (committed offset against the high
+        // watermark, for partitions open on this node).
+        let partition_labels = |p: &sluice_shard::metrics::PartitionGauges| -> Labels {
+            vec![
+                ("topic", p.topic.clone()),
+                ("partition", p.partition.to_string()),
+            ]
+        };
+        let partitions: Vec<_> = self.snapshots.iter().flat_map(|s| &s.partitions).collect();
+        family(
+            e,
+            "sluice_log_size",
+            "Bytes in the partition's segments",
+            Some(&Unit::Bytes),
+            partitions
+                .iter()
+                .map(|p| (partition_labels(p), ConstGauge::new(p.log_bytes as i64))),
+        )?;
+        family(
+            e,
+            "sluice_log_start_offset",
+            "The partition's first offset",
+            None,
+            partitions
+                .iter()
+                .map(|p| (partition_labels(p), ConstGauge::new(p.log_start_offset))),
+        )?;
+        family(
+            e,
+            "sluice_high_watermark",
+            "The partition's high watermark",
+            None,
+            partitions
+                .iter()
+                .map(|p| (partition_labels(p), ConstGauge::new(p.high_watermark))),
+        )?;
+        let high_watermarks: BTreeMap<(&str, i32), i64> = partitions
+            .iter()
+            .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+            .collect();
+        let lag: Vec<_> = self
+            .snapshots
+            .iter()
+            .flat_map(|s| &s.committed)
+            .filter_map(|c| {
+                let hw = high_watermarks.get(&(c.topic.as_str(), c.partition))?;
+                let labels: Labels = vec![
+                    ("group", c.group.clone()),
+                    ("topic", c.topic.clone()),
+                    ("partition", c.partition.to_string()),
+                ];
+                Some((labels, ConstGauge::new((hw - c.offset).max(0))))
+            })
+            .collect();
+        family(
+            e,
+            "sluice_consumer_group_lag",
+            "Records between a group's committed offset and the high watermark",
+            None,
+            lag,
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! What a shard counts for `/metrics`: plain cells bumped on the shard's own
+//! thread (no shared atomics on the hot path), read only when a scrape asks
+//! the shard for a `ShardSnapshot` (a message like any other). The broker's
+//! exporter merges the shards' snapshots and writes the Prometheus format.
+
+use sluice_protocol::record_batch::BatchHeader;
+use sluice_storage::CacheStats;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram: per-bucket counts (the last one is +Inf).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_S
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.buckets[bucket] += 1;
+        self.sum_s += seconds;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_s += other.sum_s;
+        self.count += other.count;
+    }
+}
+
+/// Produced and fetched records of one topic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TopicTraffic {
+    pub bytes_in: u64,
+    pub messages_in: u64,
+    pub bytes_out: u64,
+    pub messages_out: u64,
+    /// Fetched by followers (replication), not consumers.
+    pub bytes_replicated: u64,
+}
+
+/// The shard's counters.
+#[derive(Default)]
+pub struct ShardCounters {
+    topics: RefCell<HashMap<String, TopicTraffic>>,
+    /// By (api key, api version).
+    requests: RefCell<HashMap<(i16, i16), Histogram>>,
+    /// Partition-level error answers, by (api key, Kafka error code).
+    errors: RefCell<HashMap<(i16, i16), u64>>,
+    pub connections_open: Cell<u64>,
+    pub connections_accepted: Cell<u64>,
+}
+
+impl ShardCounters {
+    pub fn request(&self, api_key: i16, api_version: i16, elapsed: Duration) {
+        self.requests
+            .borrow_mut()
+            .entry((api_key, api_version))
+            .or_default()
+            .observe(elapsed);
+    }
+
+    pub fn error(&self, api_key: i16, code: i16) {
+        if code != 0 {
+            *self.errors.borrow_mut().entry((api_key, code)).or_default() += 1;
+        }
+    }
+
+    /// A batch stored for `topic`.
+    pub fn produced(&self, topic: &str, batch: &[u8]) {
+        let messages = BatchHeader::parse(batch).map_or(0, |h| h.records_count.max(0) as u64);
+        let mut topics = self.topics.borrow_mut();
+        let traffic = topics.entry(topic.to_string()).or_default();
+        traffic.bytes_in += batch.len() as u64;
+        traffic.messages_in += messages;
+    }
+
+    /// Batches sent for `topic` in a fetch response.
+    pub fn fetched(&self, topic: &str, records: &sluice_storage::Records, replica: bool) {
+        if records.is_empty() {
+            return;
+        }
+        let mut topics = self.topics.borrow_mut();
+        let traffic = topics.entry(topic.to_string()).or_default();
+        if replica {
+            traffic.bytes_replicated += records.len() as u64;
+        } else {
+            traffic.bytes_out += records.len() as u64;
+            traffic.messages_out += records
+                .headers()
+                .map(|h| h.records_count.max(0) as u64)
+                .sum::<u64>();
+        }
+    }
+
+    pub fn snapshot_into(&self, snapshot: &mut ShardSnapshot) {
+        snapshot.topics = self
+            .topics
+            .borrow()
+            .iter()
+            .map(|(t, v)| (t.clone(), *v))
+            .collect();
+        snapshot.requests = self
+            .requests
+            .borrow()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        snapshot.errors = self.errors.borrow().iter().map(|(k, v)| (*k, *v)).collect();
+        snapshot.connections_open = self.connections_open.get();
+        snapshot.connections_accepted = self.connections_accepted.get();
+    }
+}
+
+/// One partition open on a shard, at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionGauges {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: bool,
+    pub log_bytes: u64,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub replicas: usize,
+    pub isr: usize,
+}
+
+/// A consumer group's committed offset of a partition, at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct CommittedGauge {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What one shard answers to a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub topics: Vec<(String, TopicTraffic)>,
+    pub requests: Vec<((i16, i16), Histogram)>,
+    pub errors: Vec<((i16, i16), u64)>,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub cache: CacheStats,
+    pub partitions: Vec<PartitionGauges>,
+    pub committed: Vec<CommittedGauge>,
+    /// Request and response bytes held against the shard's memory budget.
+    pub memory_held_bytes: u64,
+    pub memory_budget_bytes: u64,
+}

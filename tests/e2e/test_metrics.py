@@ -1,0 +1,155 @@
+"""/metrics and /health: the broker's Prometheus endpoint, scraped while real clients
+produce and consume, and its health answer across start-up and shutdown."""
+
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import Broker
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def scrape(broker) -> dict:
+    """{(name, frozenset of labels): value} from the broker's /metrics."""
+    with urllib.request.urlopen(f"http://{broker.host}:{broker.metrics_port}/metrics", timeout=5) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = LINE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def total(samples, name, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def health(broker):
+    try:
+        with urllib.request.urlopen(f"http://{broker.host}:{broker.metrics_port}/health", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def test_counters_move_by_what_clients_produce_and_consume(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("metered", 4, 1)])["metered"].result(30)
+    before = scrape(broker)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(2000):
+        producer.produce("metered", value=b"%099d" % i, partition=i % 4)
+    assert producer.flush(30) == 0
+    after_produce = scrape(broker)
+    produced = total(after_produce, "sluice_produced_messages_total", topic="metered") - \
+        total(before, "sluice_produced_messages_total", topic="metered")
+    assert produced == 2000
+    produced_bytes = total(after_produce, "sluice_produced_bytes_total", topic="metered")
+    assert 2000 * 100 < produced_bytes < 2000 * 200, produced_bytes
+    assert total(after_produce, "sluice_request_duration_seconds_count", api="Produce") >= 1
+    assert total(after_produce, "sluice_log_size_bytes", topic="metered") >= produced_bytes
+    assert total(after_produce, "sluice_high_watermark", topic="metered") == 2000
+    assert total(after_produce, "sluice_partition_leaders") >= 4
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "metered-group",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("metered", p, 0) for p in range(4)])
+    seen = 0
+    deadline = time.time() + 30
+    while seen < 2000 and time.time() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is not None and not msg.error():
+            seen += 1
+    assert seen == 2000
+    # Lag: what the group has not committed, against the high watermarks.
+    consumer.commit(offsets=[TopicPartition("metered", p, 250) for p in range(4)], asynchronous=False)
+    halfway = scrape(broker)
+    lag = total(halfway, "sluice_consumer_group_lag", group="metered-group", topic="metered")
+    assert lag == 4 * 250, lag
+    consumer.commit(offsets=[TopicPartition("metered", p, 500) for p in range(4)], asynchronous=False)
+    consumer.close()
+    done = scrape(broker)
+    assert total(done, "sluice_consumer_group_lag", group="metered-group", topic="metered") == 0
+    assert total(done, "sluice_fetched_messages_total", topic="metered") == 2000
+    assert total(done, "sluice_fetched_bytes_total", topic="metered") == produced_bytes
+    assert total(done, "sluice_request_duration_seconds_count", api="Fetch") >= 1
+    assert total(done, "sluice_request_duration_seconds_count", api="OffsetCommit") >= 2
+    # The consumer read at the head: from the tail cache, not the disk.
+    assert total(done, "sluice_tail_cache_hit_bytes_total") >= produced_bytes
+    assert total(done, "sluice_connections") >= 1
+
+
+def test_health_is_503_while_starting_and_stopping_and_200_in_between(tmp_path):
+    broker = Broker(tmp_path / "data").start()
+    # Enough partitions that opening and closing them takes a while.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("many", 64, 1)])["many"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(6400):
+        producer.produce("many", value=b"x" * 100, partition=i % 64)
+    assert producer.flush(30) == 0
+    assert health(broker) == 200
+    answers = []
+    broker.proc.send_signal(signal.SIGTERM)
+    while broker.proc.poll() is None:
+        answers.append(health(broker))
+    broker.proc = None
+    assert 503 in answers, f"no 503 while stopping: {answers[:20]}"
+    assert 200 not in answers[answers.index(503):], "200 again after stopping began"
+
+    log = open(broker.log_path, "ab")
+    broker.proc = subprocess.Popen(broker.command(), stdout=log, stderr=subprocess.STDOUT)
+    answers = []
+    deadline = time.time() + 30
+    while time.time() < deadline and 200 not in answers:
+        answer = health(broker)
+        if answer is not None:
+            answers.append(answer)
+    try:
+        assert answers and answers[0] == 503, f"start-up answers: {answers[:20]}"
+        assert answers[-1] == 200
+    finally:
+        broker.stop()
+
+
+def test_every_metric_of_the_grafana_dashboard_is_exported(broker):
+    import json
+    import socket
+    from pathlib import Path
+    from kafka_wire import fetch_v4, read_response
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" /
+                            "sluice-dashboard.json").read_text())
+    names = {n for panel in dashboard["panels"] for target in panel["targets"]
+             for n in re.findall(r"sluice_\w+", target["expr"])}
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("dash", value=b"v")
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "dash",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition("dash", 0, 0)])
+    assert consumer.poll(10) is not None
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    # An error answer: a fetch far past the end (OFFSET_OUT_OF_RANGE).
+    with socket.create_connection((broker.host, broker.port)) as sock:
+        sock.sendall(fetch_v4("dash", 0, 10**9, 1024))
+        read_response(sock)
+    exported = {name for name, _ in scrape(broker)}
+    missing = sorted(n for n in names if n not in exported)
+    assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
+    assert len(names) >= 12
