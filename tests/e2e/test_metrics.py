@@ -65,6 +65,11 @@ def test_counters_move_by_what_clients_produce_and_consume(broker):
     assert total(after_produce, "sluice_log_size_bytes", topic="metered") >= produced_bytes
     assert total(after_produce, "sluice_high_watermark", topic="metered") == 2000
     assert total(after_produce, "sluice_partition_leaders") >= 4
+    # Durable appends: group-commit rounds wrote at least the batches, each round synced.
+    assert total(after_produce, "sluice_flush_written_bytes_total") >= produced_bytes
+    rounds = total(after_produce, "sluice_flush_rounds_total")
+    assert 1 <= rounds <= 2000
+    assert total(after_produce, "sluice_fdatasync_duration_seconds_count") >= rounds
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "metered-group",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})

@@ -375,6 +375,50 @@ impl Collector for Scrape {
             }),
         )?;
 
+        // Storage: group commit and fdatasync, per core.
+        family(
+            e,
+            "sluice_flush_rounds",
+            "Group-commit rounds (one write batch and its fdatasyncs)",
+            None,
+            per_shard_total(|s| s.storage.flush_rounds),
+        )?;
+        family(
+            e,
+            "sluice_flush_written",
+            "Segment bytes written by flush rounds (whole pages)",
+            Some(&Unit::Bytes),
+            per_shard_total(|s| s.storage.written_bytes),
+        )?;
+        if !self.snapshots.is_empty() {
+            let mut metric = e.encode_descriptor(
+                "sluice_fdatasync_duration",
+                "fdatasync latency of segment files, by core",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for s in &self.snapshots {
+                let st = &s.storage;
+                let mut bounds: Vec<(f64, u64)> = sluice_storage::stats::SYNC_BUCKETS_S
+                    .iter()
+                    .copied()
+                    .zip(st.sync_buckets.iter().copied())
+                    .collect();
+                bounds.push((
+                    f64::INFINITY,
+                    st.sync_buckets[sluice_storage::stats::SYNC_BUCKETS_S.len()],
+                ));
+                metric
+                    .encode_family(&shard_label(s))?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        st.sync_sum_s,
+                        st.syncs,
+                        &bounds,
+                        None,
+                    )?;
+            }
+        }
+
         // Per partition, and consumer lag (committed offset against the high
         // watermark, for partitions open on this node).
         let partition_labels = |p: &sluice_shard::metrics::PartitionGauges| -> Labels {

@@ -161,6 +161,8 @@ pub struct ShardSnapshot {
     pub cache: CacheStats,
     pub partitions: Vec<PartitionGauges>,
     pub committed: Vec<CommittedGauge>,
+    /// Group commit and fdatasync figures of this core.
+    pub storage: sluice_storage::stats::StorageStats,
     /// Request and response bytes held against the shard's memory budget.
     pub memory_held_bytes: u64,
     pub memory_budget_bytes: u64,

@@ -136,6 +136,7 @@ impl Shard {
         let mut snapshot = crate::metrics::ShardSnapshot {
             shard: self.id,
             cache: self.tail_cache.stats(),
+            storage: sluice_storage::stats::snapshot(),
             memory_held_bytes: self.memory.used() as u64,
             memory_budget_bytes: self.memory.capacity() as u64,
             ..Default::default()

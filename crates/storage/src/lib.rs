@@ -16,6 +16,7 @@ mod log;
 pub mod records;
 mod recovery;
 pub mod segment;
+pub mod stats;
 
 pub use cache::{CacheSlot, CacheStats, TailCache};
 pub use compaction::{CompactionConfig, CompactionStats};

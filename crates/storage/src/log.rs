@@ -611,6 +611,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             completed: 0,
             outcome: FlightOutcome::Done,
         };
+        crate::stats::record_round();
         let sync_now = match self.config().flush {
             FlushPolicy::Always => true,
             FlushPolicy::UnsafeIntervalMs(ms) => {
@@ -696,6 +697,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     Err(e) => tracing::debug!(log = %self.name, error = %e, "preallocation failed"),
                 }
             }
+            crate::stats::record_written(
+                writes
+                    .iter()
+                    .map(|(_, buf)| crate::io::IoBuf::as_bytes(&**buf).len() as u64)
+                    .sum(),
+            );
             // All chunks in flight at once; the first error wins.
             let results = crate::event::join_all(
                 writes
@@ -726,7 +733,10 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             }
         }
         if sync_now {
-            if let Err(e) = file.sync_data().await {
+            let started = std::time::Instant::now();
+            let synced = file.sync_data().await;
+            crate::stats::record_sync(started.elapsed());
+            if let Err(e) = synced {
                 tracing::error!(log = %self.name, segment = base, error = %e, "fdatasync failed: log refuses appends until recovered");
                 return FlightOutcome::SyncFailed(LogError::SyncFailed(e.into()));
             }
