@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from confluent_kafka import Producer
+
 from conftest import SLUICE, Broker
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -56,3 +58,18 @@ def test_the_example_config_loads():
     assert done.returncode == 0, done.stderr
     assert 'metrics_listen = "127.0.0.1:9644"' in done.stdout
     assert "tail_cache_bytes = 67108864" in done.stdout
+
+
+def test_json_logs_are_one_object_per_line(tmp_path):
+    import json
+    broker = Broker(tmp_path / "data", extra_args=["--log-format", "json"]).start()
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("json-logs", value=b"v")
+    assert producer.flush(30) == 0
+    broker.stop()
+    lines = [line for line in broker.log_path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line parses
+    messages = [e.get("fields", {}).get("message") for e in events]
+    assert "effective configuration" in messages
+    assert "sluice is ready" in messages and "stopped cleanly" in messages
+    assert all(e.get("level") and e.get("timestamp") for e in events)

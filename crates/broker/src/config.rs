@@ -69,6 +69,10 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 
+    /// Log lines as `text` (the default) or `json` (one object per line).
+    #[arg(long, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,

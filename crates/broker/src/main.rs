@@ -79,14 +79,8 @@ fn return_freed_memory() {
 
 fn main() {
     keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format.as_deref());
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -99,10 +93,15 @@ fn main() {
         print!("{effective}");
         return;
     }
-    eprintln!(
-        "sluice {} effective configuration:\n{effective}",
-        env!("CARGO_PKG_VERSION")
-    );
+    if cli.log_format.as_deref() == Some("json") {
+        // One line for a log shipper, the TOML in a field.
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %effective, "effective configuration");
+    } else {
+        eprintln!(
+            "sluice {} effective configuration:\n{effective}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
     return_freed_memory();
     if let Err(e) = run(config) {
         tracing::error!("{e}");
@@ -486,5 +485,24 @@ fn sd_notify(state: &str) {
     };
     if let Err(e) = sent {
         tracing::warn!(error = %e, state, "could not notify systemd");
+    }
+}
+
+/// Log lines to stderr: text (colored only on a terminal) or, for log
+/// shippers, one JSON object per line (`--log-format json`).
+fn init_logging(format: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        Some("json") => builder.json().init(),
+        Some("text") | None => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Some(other) => {
+            eprintln!("sluice: invalid configuration: log_format: `{other}` is not text or json");
+            std::process::exit(2);
+        }
     }
 }
