@@ -55,14 +55,7 @@ declare -A binary
 binary[after]=./target/release/sluice
 builds=()
 if [ -n "$before_rev" ]; then
-    src=target/bench-before-src
-    if [ ! -d "$src" ] || [ "$(git -C "$src" rev-parse HEAD 2>/dev/null)" != "$(git rev-parse "$before_rev")" ]; then
-        git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
-        git worktree prune
-        git worktree add --detach "$src" "$before_rev" >/dev/null
-    fi
-    (cd "$src" && cargo build --release -p sluice-broker --target-dir ../bench-before-target)
-    binary[before]=./target/bench-before-target/release/sluice
+    binary[before]=$(scripts/build-at.sh "$before_rev")
     builds+=(before)
 fi
 builds+=(after after-zc)

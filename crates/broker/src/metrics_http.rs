@@ -357,6 +357,39 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "sluice_write_pending",
+            "Appended bytes not yet written to segment files",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.write_pending_bytes),
+        )?;
+        family(
+            e,
+            "sluice_isr_shrinks",
+            "ISR shrinks proposed by this node's leaders",
+            None,
+            per_shard_total(|s| s.isr_shrinks),
+        )?;
+        family(
+            e,
+            "sluice_isr_expands",
+            "ISR expansions proposed by this node's leaders",
+            None,
+            per_shard_total(|s| s.isr_expands),
+        )?;
+        if let Some(first) = self.snapshots.first() {
+            family(
+                e,
+                "sluice_controller_leader",
+                "The node leading the cluster metadata log (-1: unknown)",
+                None,
+                [(
+                    Labels::new(),
+                    ConstGauge::new(first.controller_leader as i64),
+                )],
+            )?;
+        }
+        family(
+            e,
             "sluice_partition_leaders",
             "Partitions the shard leads",
             None,

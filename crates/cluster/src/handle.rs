@@ -21,6 +21,8 @@ pub struct ControllerHandle {
     applied: watch::Receiver<u64>,
     runtime: tokio::runtime::Handle,
     stop: mpsc::UnboundedSender<()>,
+    /// The metadata log's leader (a Kafka node id; -1 while unknown).
+    leader: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// How long a proposal may wait for a leader.
@@ -54,15 +56,19 @@ impl ControllerHandle {
                     let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
                     // Each node logs who leads the metadata log, when it changes.
                     let mut metrics = controller.metrics();
+                    let leader_now = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+                    let leader_seen = leader_now.clone();
                     tokio::spawn(async move {
                         let mut known = None;
                         loop {
                             let current = metrics.borrow_and_update().current_leader;
                             if current != known {
                                 known = current;
-                                if let Some(leader) = current {
-                                    // Raft ids are Kafka node ids + 1.
-                                    tracing::info!(leader = leader as i64 - 1, "controller leader");
+                                // Raft ids are Kafka node ids + 1.
+                                let leader = current.map_or(-1, |l| l as i64 - 1);
+                                leader_seen.store(leader, std::sync::atomic::Ordering::Relaxed);
+                                if current.is_some() {
+                                    tracing::info!(leader, "controller leader");
                                 }
                             }
                             if metrics.changed().await.is_err() {
@@ -80,6 +86,7 @@ impl ControllerHandle {
                         applied: controller.watch_applied(),
                         runtime: tokio::runtime::Handle::current(),
                         stop,
+                        leader: leader_now,
                     };
                     let _ = ready_tx.send(Ok(handle));
                     loop {
@@ -113,6 +120,14 @@ impl ControllerHandle {
         answer
             .await
             .map_err(|_| "the controller dropped the command".to_string())?
+    }
+
+    /// The node leading the metadata log, if known (for metrics).
+    pub fn leader(&self) -> Option<i32> {
+        match self.leader.load(std::sync::atomic::Ordering::Relaxed) {
+            -1 => None,
+            leader => Some(leader as i32),
+        }
     }
 
     /// The metadata as of the last applied command.

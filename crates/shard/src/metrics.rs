@@ -64,6 +64,9 @@ pub struct ShardCounters {
     errors: RefCell<HashMap<(i16, i16), u64>>,
     pub connections_open: Cell<u64>,
     pub connections_accepted: Cell<u64>,
+    /// ISR changes this shard proposed as a leader.
+    pub isr_shrinks: Cell<u64>,
+    pub isr_expands: Cell<u64>,
 }
 
 impl ShardCounters {
@@ -122,6 +125,8 @@ impl ShardCounters {
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         snapshot.errors = self.errors.borrow().iter().map(|(k, v)| (*k, *v)).collect();
+        snapshot.isr_shrinks = self.isr_shrinks.get();
+        snapshot.isr_expands = self.isr_expands.get();
         snapshot.connections_open = self.connections_open.get();
         snapshot.connections_accepted = self.connections_accepted.get();
     }
@@ -158,6 +163,12 @@ pub struct ShardSnapshot {
     pub errors: Vec<((i16, i16), u64)>,
     pub connections_open: u64,
     pub connections_accepted: u64,
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
+    /// The cluster's metadata leader as this node sees it (-1: unknown).
+    pub controller_leader: i32,
+    /// Record bytes appended but not yet written (the partitions' tails).
+    pub write_pending_bytes: u64,
     pub cache: CacheStats,
     pub partitions: Vec<PartitionGauges>,
     pub committed: Vec<CommittedGauge>,

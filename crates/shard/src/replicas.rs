@@ -143,6 +143,12 @@ impl Shard {
             isr: isr.clone(),
         };
         tracing::info!(partition = entry.log.name(), from = ?entry.replica.isr.borrow(), to = ?isr, "proposing an ISR change");
+        let counter = if isr.len() < entry.replica.isr.borrow().len() {
+            &self.counters.isr_shrinks
+        } else {
+            &self.counters.isr_expands
+        };
+        counter.set(counter.get() + 1);
         let controller = self.controller.clone();
         let entry = entry.clone();
         glommio::spawn_local(async move {

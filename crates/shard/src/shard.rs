@@ -61,6 +61,9 @@ pub struct Shard {
     pub validation_scratch: RefCell<Vec<u8>>,
     /// Log lines about bad client input: at most one per interval.
     pub bad_input_log: LogLimiter,
+    /// Lines about error answers (a partition's or group's error code): at
+    /// most one per interval, with the count of those left out.
+    pub error_answer_log: LogLimiter,
     /// Request bytes being read and response bytes waiting to be written on this core.
     pub memory: Rc<MemoryBudget>,
     /// The cluster's metadata log: topic changes are proposed to it.
@@ -110,6 +113,7 @@ impl Shard {
             closing: Cell::new(false),
             validation_scratch: RefCell::new(Vec::new()),
             bad_input_log: LogLimiter::new(Duration::from_secs(1)),
+            error_answer_log: LogLimiter::new(Duration::from_secs(1)),
             memory,
             controller,
             fetchers: RefCell::new(HashMap::new()),
@@ -131,12 +135,34 @@ impl Shard {
         self.metadata.snapshot()
     }
 
+    /// Counts and logs (rate-limited) an answer carrying a Kafka error code
+    /// for `subject` (a topic-partition or a group).
+    pub fn error_answer(&self, api_key: i16, subject: std::fmt::Arguments, code: i16) {
+        if code == error_code::NONE {
+            return;
+        }
+        self.counters.error(api_key, code);
+        if let Some(suppressed) = self.error_answer_log.allow() {
+            let api = sluice_protocol::kafka_protocol::messages::ApiKey::try_from(api_key)
+                .map(|k| format!("{k:?}"))
+                .unwrap_or_else(|_| api_key.to_string());
+            tracing::info!(
+                shard = self.id,
+                api,
+                subject = %subject,
+                code = %error_code::name(code),
+                "answered with an error ({suppressed} more error answers not logged since the last)"
+            );
+        }
+    }
+
     /// This shard's figures for a scrape of `/metrics`.
     pub fn metrics_snapshot(&self) -> crate::metrics::ShardSnapshot {
         let mut snapshot = crate::metrics::ShardSnapshot {
             shard: self.id,
             cache: self.tail_cache.stats(),
             storage: sluice_storage::stats::snapshot(),
+            controller_leader: self.controller.leader().unwrap_or(-1),
             memory_held_bytes: self.memory.used() as u64,
             memory_budget_bytes: self.memory.capacity() as u64,
             ..Default::default()
@@ -144,6 +170,7 @@ impl Shard {
         self.counters.snapshot_into(&mut snapshot);
         for ((topic, partition), entry) in self.open_partitions() {
             let offsets = entry.log.offsets();
+            snapshot.write_pending_bytes += entry.log.pending_bytes();
             let replica = &entry.replica;
             snapshot.partitions.push(crate::metrics::PartitionGauges {
                 topic,

@@ -1336,6 +1336,17 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         }
     }
 
+    /// Bytes appended and not yet written to the files (the tails' pending
+    /// and in-flight chunks), for metrics.
+    pub fn pending_bytes(&self) -> u64 {
+        let state = self.state.borrow();
+        state
+            .segments
+            .values()
+            .map(|s| s.tail.pending_end().saturating_sub(s.tail.durable_end))
+            .sum()
+    }
+
     /// One past the last offset appended, pending appends included.
     pub fn log_end_offset(&self) -> i64 {
         self.state.borrow().next_offset

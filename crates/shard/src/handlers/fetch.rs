@@ -185,7 +185,11 @@ pub async fn handle(
                 high_watermark: outcome.high_watermark,
                 log_start_offset: outcome.log_start_offset,
             };
-            shard.counters.error(1, error_code);
+            shard.error_answer(
+                1,
+                format_args!("{}-{}", want.topic, want.partition),
+                error_code,
+            );
             shard
                 .counters
                 .fetched(&want.topic, &outcome.records, replica >= 0);

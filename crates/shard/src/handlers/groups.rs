@@ -39,6 +39,11 @@ pub fn route(shard: &Shard, frame: &RequestFrame) -> Result<Route, String> {
         return Ok(Route::Here);
     };
     if shard.coordinator_node(&group).map(|c| c.0) != Some(shard.settings.node_id) {
+        shard.error_answer(
+            frame.api_key,
+            format_args!("group {group}"),
+            error_code::NOT_COORDINATOR,
+        );
         return Ok(Route::OtherNode);
     }
     let owner = coordinator_shard(&group, shard.shard_count);
@@ -98,6 +103,7 @@ pub fn refusal(shard: &Shard, frame: &RequestFrame) -> Result<Option<i16>, Strin
         return Ok(None);
     };
     let code = shard.coordinator()?.offsets.serves(&group);
+    shard.error_answer(frame.api_key, format_args!("group {group}"), code);
     Ok((code != error_code::NONE).then_some(code))
 }
 

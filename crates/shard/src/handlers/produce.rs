@@ -97,7 +97,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             let name = name.clone();
             calls.push(async move {
                 if let Some((code, message)) = refuse {
-                    shard.counters.error(0, code);
+                    shard.error_answer(0, format_args!("{name}-{index}"), code);
                     return ProduceOutcome {
                         error_code: code,
                         error_message: Some(message),
@@ -123,7 +123,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         if outcome.error_code == error_code::NONE {
                             shard.counters.produced(&name, &stored);
                         } else {
-                            shard.counters.error(0, outcome.error_code);
+                            shard.error_answer(
+                                0,
+                                format_args!("{name}-{index}"),
+                                outcome.error_code,
+                            );
                         }
                         outcome
                     }
