@@ -154,7 +154,16 @@ def test_every_metric_of_the_grafana_dashboard_is_exported(broker):
     with socket.create_connection((broker.host, broker.port)) as sock:
         sock.sendall(fetch_v4("dash", 0, 10**9, 1024))
         read_response(sock)
-    exported = {name for name, _ in scrape(broker)}
+    # Another: a topic created twice (TOPIC_ALREADY_EXISTS), counted by API and code.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    try:
+        admin.create_topics([NewTopic("dash", 1, 1)])["dash"].result(30)
+    except Exception:
+        pass
+    samples = scrape(broker)
+    assert total(samples, "sluice_error_answers_total", api="CreateTopics", code="TOPIC_ALREADY_EXISTS") == 1
+    assert total(samples, "sluice_error_answers_total", api="Fetch", code="OFFSET_OUT_OF_RANGE") >= 1
+    exported = {name for name, _ in samples}
     missing = sorted(n for n in names if n not in exported)
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
     assert len(names) >= 12

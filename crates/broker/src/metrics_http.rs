@@ -244,8 +244,8 @@ impl Collector for Scrape {
         }
         family(
             e,
-            "sluice_partition_errors",
-            "Partitions answered with a Kafka error code, by API and code",
+            "sluice_error_answers",
+            "Answers carrying a Kafka error code (for a partition, topic or group), by API and code",
             None,
             errors.iter().map(|((key, code), n)| {
                 (

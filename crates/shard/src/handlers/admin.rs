@@ -147,6 +147,13 @@ pub async fn create_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             created
         });
     }
+    for result in &results {
+        shard.error_answer(
+            frame.api_key,
+            format_args!("topic {}", result.name.0),
+            result.error_code,
+        );
+    }
     respond(
         &frame,
         &CreateTopicsResponse::default().with_topics(results),
@@ -185,6 +192,11 @@ pub async fn delete_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         let reply = shard
             .admin(AdminOp::DeleteTopic { name: name.clone() })
             .await;
+        shard.error_answer(
+            frame.api_key,
+            format_args!("topic {name}"),
+            reply.error_code,
+        );
         let version = frame.api_version;
         responses.push(
             result
@@ -213,6 +225,11 @@ pub async fn create_partitions(shard: &Rc<Shard>, frame: RequestFrame) -> Handle
             validate_only: request.validate_only,
         };
         let reply = shard.admin(op).await;
+        shard.error_answer(
+            frame.api_key,
+            format_args!("topic {}", topic.name.0),
+            reply.error_code,
+        );
         results.push(
             CreatePartitionsTopicResult::default()
                 .with_name(topic.name.clone())

@@ -290,6 +290,11 @@ pub async fn join_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
             .with_protocol_type(result.protocol_type.as_ref().map(|t| str_bytes(t)))
             .with_protocol_name(result.protocol_name.as_ref().map(|n| str_bytes(n)));
     }
+    shard.error_answer(
+        frame.api_key,
+        format_args!("group {group_id}"),
+        result.error_code,
+    );
     respond(&frame, &body)
 }
 
@@ -309,6 +314,11 @@ pub async fn sync_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult
             assignments,
         )
         .await;
+    shard.error_answer(
+        frame.api_key,
+        format_args!("group {}", request.group_id.0),
+        error,
+    );
     let mut body = SyncGroupResponse::default()
         .with_error_code(error)
         .with_assignment(assignment);
@@ -326,6 +336,11 @@ pub async fn heartbeat(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult 
         &request.group_id.0,
         &request.member_id,
         request.generation_id,
+    );
+    shard.error_answer(
+        frame.api_key,
+        format_args!("group {}", request.group_id.0),
+        error,
     );
     respond(&frame, &HeartbeatResponse::default().with_error_code(error))
 }
@@ -423,6 +438,15 @@ pub async fn offset_commit(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
                     *code = failed; // retriable: the client finds the coordinator again
                 }
             }
+        }
+    }
+    for (name, codes) in &results {
+        for (partition, code) in codes {
+            shard.error_answer(
+                frame.api_key,
+                format_args!("group {} {}-{partition}", request.group_id.0, name.0),
+                *code,
+            );
         }
     }
     let topics = results
