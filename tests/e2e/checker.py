@@ -223,18 +223,37 @@ def final_read(bootstrap, topic, partitions, timeout=60):
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     records = {p: [] for p in range(partitions)}
     done = set()
-    while len(done) < partitions:
-        assert time.monotonic() < deadline, (
-            f"final read unfinished after {timeout} s: partitions at their end {sorted(done)}, "
-            f"high watermarks {ends}, records read {[len(records[p]) for p in sorted(records)]}")
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= ends[msg.partition()]:
-                done.add(msg.partition())
-            continue
-        records[msg.partition()].append((msg.offset(), msg.value().decode()))
+    while True:
+        while len(done) < partitions:
+            assert time.monotonic() < deadline, (
+                f"final read unfinished after {timeout} s: partitions at their end {sorted(done)}, "
+                f"high watermarks {ends}, records read {[len(records[p]) for p in sorted(records)]}")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= ends[msg.partition()]:
+                    done.add(msg.partition())
+                continue
+            records[msg.partition()].append((msg.offset(), msg.value().decode()))
+        # A leader elected just before the read starts from its own high
+        # watermark, which may trail the old leader's until its followers
+        # fetch again (as in Kafka): read on until the watermarks hold still.
+        grown = False
+        for p in range(partitions):
+            assert time.monotonic() < deadline, f"high watermarks still unknown or moving: {ends}"
+            try:
+                now = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+            except Exception:  # no leader this moment: look again
+                grown = True
+                time.sleep(0.2)
+                continue
+            if now > ends[p]:
+                ends[p] = now
+                done.discard(p)
+                grown = True
+        if not grown:
+            break
     consumer.close()
     return records
 
