@@ -11,8 +11,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use sluice_protocol::api::api_name;
 use sluice_shard::mesh::ShardMsg;
-use sluice_shard::metrics::{ShardSnapshot, LATENCY_BUCKETS_S};
+use sluice_shard::metrics::{Histogram, ShardSnapshot};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -121,12 +122,6 @@ struct Scrape {
 
 type Labels = Vec<(&'static str, String)>;
 
-fn api_name(key: i16) -> String {
-    sluice_protocol::kafka_protocol::messages::ApiKey::try_from(key)
-        .map(|k| format!("{k:?}"))
-        .unwrap_or_else(|_| key.to_string())
-}
-
 /// One metric family of constant values.
 fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -145,6 +140,19 @@ fn family<M: EncodeMetric>(
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// One histogram sample set.
+fn histogram(
+    mut metric: prometheus_client::encoding::MetricEncoder,
+    h: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum_s,
+        h.count,
+        &h.bounds(),
+        None,
+    )
 }
 
 fn shard_label(s: &ShardSnapshot) -> Labels {
@@ -209,7 +217,7 @@ impl Collector for Scrape {
         )?;
 
         // Requests: latency histograms by API and version; error answers by code.
-        let mut requests: BTreeMap<(i16, i16), sluice_shard::metrics::Histogram> = BTreeMap::new();
+        let mut requests: BTreeMap<(i16, i16), Histogram> = BTreeMap::new();
         let mut errors: BTreeMap<(i16, i16), u64> = BTreeMap::new();
         for s in &self.snapshots {
             for (key, h) in &s.requests {
@@ -229,17 +237,7 @@ impl Collector for Scrape {
             for ((key, version), h) in &requests {
                 let labels: Labels =
                     vec![("api", api_name(*key)), ("version", version.to_string())];
-                let mut bounds: Vec<(f64, u64)> = LATENCY_BUCKETS_S
-                    .iter()
-                    .copied()
-                    .zip(h.buckets.iter().copied())
-                    .collect();
-                bounds.push((f64::INFINITY, h.buckets[LATENCY_BUCKETS_S.len()]));
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        h.sum_s, h.count, &bounds, None,
-                    )?;
+                histogram(metric.encode_family(&labels)?, h)?;
             }
         }
         family(
@@ -431,24 +429,7 @@ impl Collector for Scrape {
                 MetricType::Histogram,
             )?;
             for s in &self.snapshots {
-                let st = &s.storage;
-                let mut bounds: Vec<(f64, u64)> = sluice_storage::stats::SYNC_BUCKETS_S
-                    .iter()
-                    .copied()
-                    .zip(st.sync_buckets.iter().copied())
-                    .collect();
-                bounds.push((
-                    f64::INFINITY,
-                    st.sync_buckets[sluice_storage::stats::SYNC_BUCKETS_S.len()],
-                ));
-                metric
-                    .encode_family(&shard_label(s))?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        st.sync_sum_s,
-                        st.syncs,
-                        &bounds,
-                        None,
-                    )?;
+                histogram(metric.encode_family(&shard_label(s))?, &s.storage.sync)?;
             }
         }
 

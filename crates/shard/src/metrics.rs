@@ -9,39 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the request latency histogram buckets.
-pub const LATENCY_BUCKETS_S: [f64; 14] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A latency histogram: per-bucket counts (the last one is +Inf).
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    pub buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
-    pub sum_s: f64,
-    pub count: u64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = LATENCY_BUCKETS_S
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS_S.len());
-        self.buckets[bucket] += 1;
-        self.sum_s += seconds;
-        self.count += 1;
-    }
-
-    pub fn merge(&mut self, other: &Histogram) {
-        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
-            *mine += theirs;
-        }
-        self.sum_s += other.sum_s;
-        self.count += other.count;
-    }
-}
+pub use sluice_storage::stats::Histogram;
 
 /// Produced and fetched records of one topic.
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,7 +56,7 @@ impl ShardCounters {
     pub fn produced(&self, topic: &str, batch: &[u8]) {
         let messages = BatchHeader::parse(batch).map_or(0, |h| h.records_count.max(0) as u64);
         let mut topics = self.topics.borrow_mut();
-        let traffic = topics.entry(topic.to_string()).or_default();
+        let traffic = traffic_of(&mut topics, topic);
         traffic.bytes_in += batch.len() as u64;
         traffic.messages_in += messages;
     }
@@ -99,7 +67,7 @@ impl ShardCounters {
             return;
         }
         let mut topics = self.topics.borrow_mut();
-        let traffic = topics.entry(topic.to_string()).or_default();
+        let traffic = traffic_of(&mut topics, topic);
         if replica {
             traffic.bytes_replicated += records.len() as u64;
         } else {
@@ -122,7 +90,7 @@ impl ShardCounters {
             .requests
             .borrow()
             .iter()
-            .map(|(k, v)| (*k, v.clone()))
+            .map(|(k, v)| (*k, *v))
             .collect();
         snapshot.errors = self.errors.borrow().iter().map(|(k, v)| (*k, *v)).collect();
         snapshot.isr_shrinks = self.isr_shrinks.get();
@@ -130,6 +98,17 @@ impl ShardCounters {
         snapshot.connections_open = self.connections_open.get();
         snapshot.connections_accepted = self.connections_accepted.get();
     }
+}
+
+/// The topic's entry, allocating its name only the first time.
+fn traffic_of<'a>(
+    topics: &'a mut HashMap<String, TopicTraffic>,
+    topic: &str,
+) -> &'a mut TopicTraffic {
+    if !topics.contains_key(topic) {
+        topics.insert(topic.to_string(), TopicTraffic::default());
+    }
+    topics.get_mut(topic).expect("inserted")
 }
 
 /// One partition open on a shard, at scrape time.

@@ -143,9 +143,7 @@ impl Shard {
         }
         self.counters.error(api_key, code);
         if let Some(suppressed) = self.error_answer_log.allow() {
-            let api = sluice_protocol::kafka_protocol::messages::ApiKey::try_from(api_key)
-                .map(|k| format!("{k:?}"))
-                .unwrap_or_else(|_| api_key.to_string());
+            let api = sluice_protocol::api::api_name(api_key);
             tracing::info!(
                 shard = self.id,
                 api,

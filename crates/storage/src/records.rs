@@ -38,6 +38,10 @@ impl Records {
         &self.parts
     }
 
+    pub fn into_parts(self) -> Vec<Bytes> {
+        self.parts
+    }
+
     /// The batches as one buffer: free for a single part, a copy otherwise
     /// (for readers that parse records, not for responses).
     pub fn to_bytes(&self) -> Bytes {

@@ -5,10 +5,50 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the fdatasync latency histogram buckets.
-pub const SYNC_BUCKETS_S: [f64; 12] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+/// Upper bounds (seconds) of every latency histogram of the broker
+/// (fdatasync here, requests in the shard's metrics).
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// A latency histogram: per-bucket counts (the last one is +Inf).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_S
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.buckets[bucket] += 1;
+        self.sum_s += seconds;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_s += other.sum_s;
+        self.count += other.count;
+    }
+
+    /// (upper bound, count) per bucket, +Inf last.
+    pub fn bounds(&self) -> Vec<(f64, u64)> {
+        LATENCY_BUCKETS_S
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.buckets)
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StorageStats {
@@ -16,10 +56,8 @@ pub struct StorageStats {
     /// (whole pages: a partial last page is written again by the next round).
     pub flush_rounds: u64,
     pub written_bytes: u64,
-    /// fdatasync latency: per-bucket counts (the last is +Inf), sum, count.
-    pub sync_buckets: [u64; SYNC_BUCKETS_S.len() + 1],
-    pub sync_sum_s: f64,
-    pub syncs: u64,
+    /// fdatasync latency of segment files.
+    pub sync: Histogram,
 }
 
 thread_local! {
@@ -43,16 +81,7 @@ pub(crate) fn record_written(bytes: u64) {
 }
 
 pub(crate) fn record_sync(elapsed: Duration) {
-    let seconds = elapsed.as_secs_f64();
-    let bucket = SYNC_BUCKETS_S
-        .iter()
-        .position(|bound| seconds <= *bound)
-        .unwrap_or(SYNC_BUCKETS_S.len());
-    update(|s| {
-        s.sync_buckets[bucket] += 1;
-        s.sync_sum_s += seconds;
-        s.syncs += 1;
-    });
+    update(|s| s.sync.observe(elapsed));
 }
 
 /// This core's counters so far.

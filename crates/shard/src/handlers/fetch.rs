@@ -213,7 +213,7 @@ pub async fn handle(
                 last_stable_offset: outcome.high_watermark,
                 log_start_offset: outcome.log_start_offset,
                 diverging_epoch: outcome.diverging,
-                records: outcome.records.parts().to_vec(),
+                records: outcome.records.into_parts(),
             };
             match topics.last_mut() {
                 Some(topic) if topic.name == want.topic && topic.topic_id == want.topic_id => {
