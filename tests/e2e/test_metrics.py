@@ -167,3 +167,101 @@ def test_every_metric_of_the_grafana_dashboard_is_exported(broker):
     missing = sorted(n for n in names if n not in exported)
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
     assert len(names) >= 12
+
+
+def test_error_answers_of_every_api_family_are_counted_and_logged_rate_limited(broker):
+    """Config, record-deletion, offset, leader-epoch and group-deletion errors are
+    counted by API and code, and logged with their subject at most about once a
+    second per core however many a client causes."""
+    import socket
+    import struct
+    from confluent_kafka import TopicPartition as TP
+    from confluent_kafka.admin import ConfigResource, ConfigEntry, AlterConfigOpType, ResourceType
+    from kafka_wire import offset_for_leader_epoch_v2, read_response, request
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("errs", 1, 1)])["errs"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("errs", value=b"v", partition=0)
+    assert producer.flush(30) == 0
+
+    # DescribeConfigs of a missing topic, many times: counted each time, logged rarely.
+    started = time.time()
+    for _ in range(200):
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic")])
+        try:
+            list(futures.values())[0].result(30)
+        except Exception:
+            pass
+    elapsed = time.time() - started
+    # IncrementalAlterConfigs with a config no topic has: INVALID_CONFIG.
+    bad = ConfigResource(ResourceType.TOPIC, "errs", incremental_configs=[
+        ConfigEntry("no.such.config", "1", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        list(admin.incremental_alter_configs([bad]).values())[0].result(30)
+    except Exception:
+        pass
+    # DeleteRecords past the high watermark: OFFSET_OUT_OF_RANGE.
+    try:
+        list(admin.delete_records([TP("errs", 0, 1000)]).values())[0].result(30)
+    except Exception:
+        pass
+    # DeleteGroups of a group that never existed: GROUP_ID_NOT_FOUND.
+    try:
+        list(admin.delete_consumer_groups(["never-was"]).values())[0].result(30)
+    except Exception:
+        pass
+    with socket.create_connection((broker.host, broker.port)) as sock:
+        # OffsetForLeaderEpoch with a leader epoch from the future: UNKNOWN_LEADER_EPOCH.
+        code, _, _ = offset_for_leader_epoch_v2(sock, "errs", 0, current_leader_epoch=99, leader_epoch=0)
+        assert code == 75
+        # ListOffsets v1 of a partition the topic does not have: UNKNOWN_TOPIC_OR_PARTITION.
+        name = b"errs"
+        body = (struct.pack(">ii", -1, 1) + struct.pack(">h", len(name)) + name
+                + struct.pack(">i", 1) + struct.pack(">iq", 7, -1))
+        sock.sendall(request(2, 1, 2, body=body))
+        response = read_response(sock)
+        assert struct.unpack(">h", response[4 + 4 + 2 + len(name) + 4 + 4:][:2])[0] == 3
+
+    samples = scrape(broker)
+    def errors(api, code):
+        return total(samples, "sluice_error_answers_total", api=api, code=code)
+    assert errors("DescribeConfigs", "UNKNOWN_TOPIC_OR_PARTITION") == 200
+    assert errors("IncrementalAlterConfigs", "INVALID_CONFIG") == 1
+    assert errors("DeleteRecords", "OFFSET_OUT_OF_RANGE") == 1
+    assert errors("DeleteGroups", "GROUP_ID_NOT_FOUND") == 1
+    assert errors("OffsetForLeaderEpoch", "UNKNOWN_LEADER_EPOCH") == 1
+    assert errors("ListOffsets", "UNKNOWN_TOPIC_OR_PARTITION") == 1
+
+    log = broker.log_path.read_text(errors="replace")
+    lines = [line for line in log.splitlines() if "answered with an error" in line]
+    described = [line for line in lines if "DescribeConfigs" in line]
+    assert described and "no-such-topic" in described[0] and "UNKNOWN_TOPIC_OR_PARTITION" in described[0]
+    # Two cores, at most one line a second each (and the first at once).
+    assert len(described) <= 2 * (elapsed + 2), (len(described), elapsed)
+    # The next line after a burst says how many were left out (the same
+    # connection, so the same core's limiter).
+    time.sleep(1.1)
+    try:
+        list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic")]).values())[0].result(30)
+    except Exception:
+        pass
+    time.sleep(0.2)
+    log = broker.log_path.read_text(errors="replace")
+    left_out = [int(n) for n in re.findall(r"\((\d+) more error answers not logged", log)]
+    assert sum(left_out) >= 100, left_out
+
+
+def test_write_buffers_and_io_memory_are_exported(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("buffered", 4, 1)])["buffered"].result(30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(4000):
+        producer.produce("buffered", value=b"x" * 1000, partition=i % 4)
+    assert producer.flush(30) == 0
+    samples = scrape(broker)
+    # Each open partition's tail holds at least one 4 KiB page.
+    assert total(samples, "sluice_write_buffer_bytes") >= 4 * 4096
+    # Flushed buffers came back: none left in flight when nothing is produced, some kept for reuse.
+    assert total(samples, "sluice_io_write_in_flight_bytes") == 0
+    assert total(samples, "sluice_io_buffer_pool_bytes") > 0
+    assert total(samples, "sluice_write_pending_bytes") == 0

@@ -362,6 +362,27 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "sluice_write_buffer",
+            "Page-aligned write buffers held by the partitions' tails (pending data and room for more)",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.write_buffer_bytes),
+        )?;
+        family(
+            e,
+            "sluice_io_write_in_flight",
+            "Write buffers handed to the disk and not yet written",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.storage.write_in_flight_bytes),
+        )?;
+        family(
+            e,
+            "sluice_io_buffer_pool",
+            "Write buffers kept for reuse",
+            Some(&Unit::Bytes),
+            per_shard(|s| s.storage.pooled_buffer_bytes),
+        )?;
+        family(
+            e,
             "sluice_isr_shrinks",
             "ISR shrinks proposed by this node's leaders",
             None,

@@ -148,6 +148,8 @@ pub struct ShardSnapshot {
     pub controller_leader: i32,
     /// Record bytes appended but not yet written (the partitions' tails).
     pub write_pending_bytes: u64,
+    /// Write buffers the partitions' tails hold (pending data and room).
+    pub write_buffer_bytes: u64,
     pub cache: CacheStats,
     pub partitions: Vec<PartitionGauges>,
     pub committed: Vec<CommittedGauge>,

@@ -169,6 +169,7 @@ impl Shard {
         for ((topic, partition), entry) in self.open_partitions() {
             let offsets = entry.log.offsets();
             snapshot.write_pending_bytes += entry.log.pending_bytes();
+            snapshot.write_buffer_bytes += entry.log.write_buffer_bytes();
             let replica = &entry.replica;
             snapshot.partitions.push(crate::metrics::PartitionGauges {
                 topic,

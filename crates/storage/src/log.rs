@@ -697,12 +697,12 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     Err(e) => tracing::debug!(log = %self.name, error = %e, "preallocation failed"),
                 }
             }
-            crate::stats::record_written(
-                writes
-                    .iter()
-                    .map(|(_, buf)| crate::io::IoBuf::as_bytes(&**buf).len() as u64)
-                    .sum(),
-            );
+            let flight_bytes = writes
+                .iter()
+                .map(|(_, buf)| crate::io::IoBuf::as_bytes(&**buf).len() as u64)
+                .sum();
+            crate::stats::record_written(flight_bytes);
+            let in_flight = crate::stats::InFlight::new(flight_bytes);
             // All chunks in flight at once; the first error wins.
             let results = crate::event::join_all(
                 writes
@@ -711,6 +711,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     .collect(),
             )
             .await;
+            drop(in_flight);
             for (_, buf) in writes {
                 if let Ok(buf) = Rc::try_unwrap(buf) {
                     self.dir.recycle_buf(buf);
@@ -1344,6 +1345,17 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             .segments
             .values()
             .map(|s| s.tail.pending_end().saturating_sub(s.tail.durable_end))
+            .sum()
+    }
+
+    /// Bytes of the write buffers the tails hold (appended data not yet
+    /// handed to a write, and room for more), for metrics.
+    pub fn write_buffer_bytes(&self) -> u64 {
+        let state = self.state.borrow();
+        state
+            .segments
+            .values()
+            .map(|s| s.tail.buffer_bytes() as u64)
             .sum()
     }
 

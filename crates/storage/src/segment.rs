@@ -177,6 +177,11 @@ impl<B: IoBuf> TailWriter<B> {
             .sum()
     }
 
+    /// Bytes of the buffers this writer holds.
+    pub fn buffer_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.as_bytes().len()).sum()
+    }
+
     pub fn pending_end(&self) -> u64 {
         if self.chunks.is_empty() {
             return self.durable_end;

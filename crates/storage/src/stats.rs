@@ -58,6 +58,10 @@ pub struct StorageStats {
     pub written_bytes: u64,
     /// fdatasync latency of segment files.
     pub sync: Histogram,
+    /// Write buffers handed to the disk and not yet back (a gauge).
+    pub write_in_flight_bytes: u64,
+    /// Write buffers kept for reuse (a gauge; see `io::dma`).
+    pub pooled_buffer_bytes: u64,
 }
 
 thread_local! {
@@ -84,7 +88,27 @@ pub(crate) fn record_sync(elapsed: Duration) {
     update(|s| s.sync.observe(elapsed));
 }
 
+/// Write buffers of `bytes` handed to the disk, counted until this is
+/// dropped (also when the write's future is).
+pub(crate) struct InFlight(u64);
+
+impl InFlight {
+    pub(crate) fn new(bytes: u64) -> InFlight {
+        update(|s| s.write_in_flight_bytes += bytes);
+        InFlight(bytes)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let bytes = self.0;
+        update(|s| s.write_in_flight_bytes = s.write_in_flight_bytes.saturating_sub(bytes));
+    }
+}
+
 /// This core's counters so far.
 pub fn snapshot() -> StorageStats {
-    STATS.with(|stats| stats.get())
+    let mut stats = STATS.with(|stats| stats.get());
+    stats.pooled_buffer_bytes = crate::io::dma::pooled_bytes() as u64;
+    stats
 }

@@ -328,10 +328,30 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                 .with_configs(configs),
         );
     }
+    for result in &results {
+        shard.error_answer(
+            frame.api_key,
+            format_args!(
+                "{} {}",
+                resource_kind(result.resource_type),
+                result.resource_name
+            ),
+            result.error_code,
+        );
+    }
     respond(
         &frame,
         &DescribeConfigsResponse::default().with_results(results),
     )
+}
+
+/// What a config resource type is, for log lines.
+fn resource_kind(resource_type: i8) -> &'static str {
+    match resource_type {
+        RESOURCE_TOPIC => "topic",
+        RESOURCE_BROKER => "broker",
+        _ => "resource",
+    }
 }
 
 /// One resource of an (Incremental)AlterConfigs request: the topic's new
@@ -340,6 +360,7 @@ pub async fn describe_configs(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
 /// the metadata writer (persisted, and given to open logs at once).
 async fn alter_resource(
     shard: &Rc<Shard>,
+    api_key: i16,
     resource_type: i8,
     name: &str,
     validate_only: bool,
@@ -395,6 +416,11 @@ async fn alter_resource(
             Some(format!("resource type {other} is not supported")),
         ),
     };
+    shard.error_answer(
+        api_key,
+        format_args!("{} {name}", resource_kind(resource_type)),
+        code,
+    );
     (code, message.map(|m| str_bytes(&m)))
 }
 
@@ -471,6 +497,7 @@ pub async fn incremental_alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -
         let name = resource.resource_name.to_string();
         let (code, message) = alter_resource(
             shard,
+            frame.api_key,
             resource.resource_type,
             &name,
             request.validate_only,
@@ -512,6 +539,7 @@ pub async fn alter_configs(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
         let name = resource.resource_name.to_string();
         let (code, message) = alter_resource(
             shard,
+            frame.api_key,
             resource.resource_type,
             &name,
             request.validate_only,
@@ -559,6 +587,11 @@ pub async fn delete_records(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRe
                     _ => (error_code::KAFKA_STORAGE_ERROR, -1),
                 }
             };
+            shard.error_answer(
+                frame.api_key,
+                format_args!("{name}-{}", partition.partition_index),
+                code,
+            );
             partitions.push(
                 DeleteRecordsPartitionResult::default()
                     .with_partition_index(partition.partition_index)

@@ -3,6 +3,7 @@
 //! any client can read it); the response header is always v0.
 
 use super::HandlerResult;
+use crate::shard::Shard;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 use sluice_protocol::api::{error_code, SUPPORTED_APIS};
@@ -11,7 +12,7 @@ use sluice_protocol::kafka_protocol;
 
 const MAX_VERSION: i16 = 3;
 
-pub fn handle(frame: RequestFrame) -> HandlerResult {
+pub fn handle(shard: &Shard, frame: RequestFrame) -> HandlerResult {
     let api_keys: Vec<ApiVersion> = SUPPORTED_APIS
         .iter()
         .map(|(key, min, max)| {
@@ -22,6 +23,14 @@ pub fn handle(frame: RequestFrame) -> HandlerResult {
         })
         .collect();
     if frame.api_version > MAX_VERSION || frame.api_version < 0 {
+        shard.error_answer(
+            frame.api_key,
+            format_args!(
+                "version {} (supported 0..={MAX_VERSION})",
+                frame.api_version
+            ),
+            error_code::UNSUPPORTED_VERSION,
+        );
         let body = ApiVersionsResponse::default()
             .with_error_code(error_code::UNSUPPORTED_VERSION)
             .with_api_keys(api_keys);

@@ -201,6 +201,14 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                     .with_error_message(message.map(|m| str_bytes(&m)))
             })
             .collect();
+        let coordinators: Vec<CoordinatorEntry> = coordinators;
+        for entry in &coordinators {
+            shard.error_answer(
+                frame.api_key,
+                format_args!("key {}", entry.key),
+                entry.error_code,
+            );
+        }
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
         let (mut code, message) = answer(request.key_type);
@@ -211,6 +219,7 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                 (-1, String::new(), -1)
             }
         };
+        shard.error_answer(frame.api_key, format_args!("key {}", request.key), code);
         let response = FindCoordinatorResponse::default()
             .with_error_code(code)
             .with_node_id(BrokerId(if code == 0 { node } else { -1 }))
@@ -351,6 +360,7 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
     let group = request.group_id.0.to_string();
     if frame.api_version < 3 {
         let error = coordinator.leave(&group, &request.member_id, None);
+        shard.error_answer(frame.api_key, format_args!("group {group}"), error);
         return respond(
             &frame,
             &LeaveGroupResponse::default().with_error_code(error),
@@ -361,6 +371,11 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
         .iter()
         .map(|m| {
             let error = coordinator.leave(&group, &m.member_id, m.group_instance_id.as_deref());
+            shard.error_answer(
+                frame.api_key,
+                format_args!("group {group} member {}", m.member_id),
+                error,
+            );
             MemberResponse::default()
                 .with_member_id(m.member_id.clone())
                 .with_group_instance_id(m.group_instance_id.clone())
@@ -658,6 +673,7 @@ pub async fn delete_groups(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
     let mut results = Vec::new();
     for group in &request.groups_names {
         let error = shard.delete_group(&group.0).await;
+        shard.error_answer(frame.api_key, format_args!("group {}", group.0), error);
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group.clone())

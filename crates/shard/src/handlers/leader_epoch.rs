@@ -37,6 +37,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                 PartitionReply::OffsetForLeaderEpoch(answer) => answer,
                 _ => (error_code::KAFKA_STORAGE_ERROR, -1, -1),
             };
+            shard.error_answer(
+                frame.api_key,
+                format_args!("{name}-{}", partition.partition),
+                code,
+            );
             partitions.push(
                 EpochEndOffset::default()
                     .with_error_code(code)

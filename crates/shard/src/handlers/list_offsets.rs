@@ -34,6 +34,11 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     leader_epoch: -1,
                 },
             };
+            shard.error_answer(
+                frame.api_key,
+                format_args!("{name}-{}", partition.partition_index),
+                outcome.error_code,
+            );
             partitions.push(
                 ListOffsetsPartitionResponse::default()
                     .with_partition_index(partition.partition_index)

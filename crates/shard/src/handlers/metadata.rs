@@ -84,6 +84,21 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                 .with_port(port)
         })
         .collect();
+    for topic in &topics {
+        let name = topic.name.as_ref().map_or("", |n| n.0.as_str());
+        shard.error_answer(
+            frame.api_key,
+            format_args!("topic {name}"),
+            topic.error_code,
+        );
+        for partition in &topic.partitions {
+            shard.error_answer(
+                frame.api_key,
+                format_args!("{name}-{}", partition.partition_index),
+                partition.error_code,
+            );
+        }
+    }
     let body = MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id((frame.api_version >= 2).then(|| str_bytes(&cluster_id(shard))))
@@ -214,6 +229,11 @@ pub async fn describe_cluster(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             AUTHORIZED_OPERATIONS_OMITTED
         });
     if frame.api_version >= 1 && request.endpoint_type != ENDPOINT_TYPE_BROKER {
+        shard.error_answer(
+            frame.api_key,
+            format_args!("endpoint type {}", request.endpoint_type),
+            error_code::MISMATCHED_ENDPOINT_TYPE,
+        );
         body = body
             .with_error_code(error_code::MISMATCHED_ENDPOINT_TYPE)
             .with_error_message(Some(str_bytes(

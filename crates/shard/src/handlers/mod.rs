@@ -33,7 +33,7 @@ pub async fn handle(
     let api_key = frame.api_key;
     let version = frame.api_version;
     if api_key == ApiKey::ApiVersions as i16 {
-        return api_versions::handle(frame);
+        return api_versions::handle(shard, frame);
     }
     let Some((key, min, max)) = supported_versions(api_key) else {
         return Err(format!("unsupported API key {api_key} (v{version})"));

@@ -251,13 +251,9 @@ pub async fn init_producer_id(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    if request.transactional_id.is_some() {
-        return respond(
-            &frame,
-            &fail(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
-        );
-    }
-    let body = if request.producer_id.0 >= 0
+    let body = if request.transactional_id.is_some() {
+        fail(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else if request.producer_id.0 >= 0
         && request.producer_epoch >= 0
         && request.producer_epoch < i16::MAX - 1
     {
@@ -277,5 +273,12 @@ pub async fn init_producer_id(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
             }
         }
     };
+    if body.error_code != error_code::NONE {
+        let subject = match &request.transactional_id {
+            Some(id) => format!("transactional id {}", id.0),
+            None => format!("producer {}", request.producer_id.0),
+        };
+        shard.error_answer(frame.api_key, format_args!("{subject}"), body.error_code);
+    }
     respond(&frame, &body)
 }

@@ -148,6 +148,11 @@ thread_local! {
     static DEVICES_PROBED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Bytes of write buffers this core keeps for reuse.
+pub fn pooled_bytes() -> usize {
+    BUFFER_POOL.with(|pool| pool.borrow().bytes)
+}
+
 impl DmaDir {
     /// glommio decides once per device and thread whether O_DIRECT reads can go
     /// through its IOPOLL ring, by reading the first block of the first DMA file
