@@ -503,6 +503,18 @@ impl Config {
                 self.advertised_listener
             ));
         }
+        // Kafka's rule: clients cannot connect to the wildcard address.
+        if host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+        {
+            return Err(format!(
+                "advertised_listener: `{}` is the wildcard address, which clients cannot connect to; \
+                 set advertised_listener (SLUICE_ADVERTISED_LISTENER, --advertised-listener) to this \
+                 host's name or address (it defaults to `listen`)",
+                self.advertised_listener
+            ));
+        }
         if self.default_partitions < 1 {
             return Err(format!(
                 "default_partitions: must be at least 1, got {}",
@@ -765,6 +777,14 @@ mod tests {
                 .contains("twice max_frame_bytes")
         );
         assert!(error("connections_max_idle_ms = 0\n").contains("connections_max_idle_ms"));
+        // A wildcard listen address is fine; advertising it (by default) is not.
+        assert!(error("listen = \"0.0.0.0:9092\"\n").contains("wildcard"));
+        assert!(error("listen = \"[::]:9092\"\n").contains("wildcard"));
+        assert!(load(
+            "listen = \"0.0.0.0:9092\"\nadvertised_listener = \"broker-1:9092\"\n",
+            Cli::default()
+        )
+        .is_ok());
     }
 
     #[test]
