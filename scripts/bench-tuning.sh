@@ -9,10 +9,15 @@
 # env: METRICS_BEFORE_REV  a build without the metrics counters for the
 #      metrics-cost rows (default b6f9a37; empty: skip those rows)
 #      ONLY=metrics        only the metrics-cost rows
+#      ROUNDS=N            metrics-cost rounds (default 3), each build once a round
+#      METRICS_TMPFS=1     the metrics-cost rows keep their data on /dev/shm
+#                          (small segments, retention every second), so the
+#                          disk's swings do not hide what the broker's CPU does
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-15}
 before_rev=${METRICS_BEFORE_REV-b6f9a37}
+rounds=${ROUNDS:-3}
 command -v jq >/dev/null || { sudo="" ; [ "$(id -u)" = 0 ] || sudo=sudo;
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq jq >/dev/null; }
 cargo build --release -p sluice-broker -p sluice-bench
@@ -29,6 +34,7 @@ port=19792
 metrics_port=19793
 broker=
 scraper=
+data=$work/data
 trap '[ -n "$broker" ] && kill -TERM $broker 2>/dev/null; [ -n "$scraper" ] && kill $scraper 2>/dev/null' EXIT
 printf 'workload\tsetting\tMB/s\tpublish p50 ms\tpublish p99 ms\te2e p99 ms\tbroker CPU s per GB\n' >"$work/summary.tsv"
 ticks=$(getconf CLK_TCK)
@@ -38,8 +44,8 @@ cpu_ticks() { local stat; read -r -a stat <"/proc/$1/stat"; echo $((stat[13] + s
 run() {
     local label=$1 workload=$2 binary=$3 scrape=$4
     shift 4
-    rm -rf "$work/data"
-    "$binary" --data-dir "$work/data" --listen 127.0.0.1:$port "$@" >"$work/broker.log" 2>&1 &
+    rm -rf "$data"
+    "$binary" --data-dir "$data" --listen 127.0.0.1:$port "$@" >"$work/broker.log" 2>&1 &
     broker=$!
     for _ in $(seq 200); do
         (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
@@ -57,6 +63,25 @@ run() {
         --duration-s "$seconds" --json "$work/result.json" >/dev/null 2>&1 || echo "bench failed: $label" >&2
     cpu1=$(cpu_ticks $broker)
     [ -n "$scraper" ] && kill $scraper 2>/dev/null && wait $scraper 2>/dev/null || true
+    if [ -n "$scraper" ]; then
+        # What the counters cost: the requests and batches they counted, at
+        # the per-call costs of benches/metrics_cost.rs, and the CPU of the
+        # thread that serves the scrapes, against the broker's CPU.
+        local task scrape_ticks=0 text requests produce_requests
+        for task in /proc/$broker/task/*; do
+            [ "$(cat "$task/comm" 2>/dev/null)" = metrics ] && scrape_ticks=$(cpu_ticks "$broker/task/${task##*/}")
+        done
+        text=$(curl -s "http://127.0.0.1:$metrics_port/metrics")
+        requests=$(awk '/^sluice_request_duration_seconds_count/ { n += $2 } END { print n + 0 }' <<<"$text")
+        produce_requests=$(awk '/^sluice_request_duration_seconds_count\{.*api="Produce"/ { n += $2 } END { print n + 0 }' <<<"$text")
+        awk -v label="$label" -v req="$requests" -v preq="$produce_requests" -v parts=16 \
+            -v ns_req="$ns_request" -v ns_batch="$ns_batch" -v cpu="$(( cpu1 - cpu0 ))" \
+            -v scrape="$scrape_ticks" -v t="$ticks" 'BEGIN {
+                hot = (req * ns_req + preq * parts * ns_batch) / 1e9;
+                printf "%s\t%d\t%d\t%.3f\t%.3f%%\t%.3f\t%.3f%%\n", label, req, preq * parts, hot,
+                    100 * hot / (cpu / t), scrape / t, 100 * (scrape / t) / (cpu / t) }' \
+            | tee -a "$work/metrics-cost.tsv"
+    fi
     scraper=
     kill -TERM $broker 2>/dev/null || true
     wait $broker 2>/dev/null || true
@@ -68,7 +93,7 @@ run() {
         (if .e2e_latency_us.count > 0 then (.e2e_latency_us.p99 / 10 | round / 100) else "-" end),
         ($cpu / ((.totals.produced * .workload.message_size + .totals.consumed * .workload.message_size) / 1e9) * 100 | round / 100)] | @tsv' \
         "$work/result.json" | tee -a "$work/summary.tsv"
-    rm -rf "$work/data"
+    rm -rf "$data"
 }
 
 config() { # a TOML file with these lines; prints its path
@@ -83,21 +108,35 @@ w2=benches/workloads/2-latency-fixed-rate.toml
 off=(--metrics-listen "")
 on=(--metrics-listen 127.0.0.1:$metrics_port)
 
+# The counters' cost per call, measured apart (ns).
+costs=$(cargo bench -q -p sluice-shard --bench metrics_cost 2>/dev/null)
+echo "$costs"
+ns_request=$(awk '/two clock reads/ { print $(NF-3) }' <<<"$costs")
+ns_batch=$(awk '/produced batch/ { print $(NF-3) }' <<<"$costs")
+printf 'run\trequests counted\tbatches counted (at most)\thot-path CPU s\tof broker CPU\tscrape thread CPU s\tof broker CPU\n' >"$work/metrics-cost.tsv"
+
 # What /metrics costs: a build without the counters against this one scraped
 # every second, three times each, alternating which goes first (the disk
 # state one run leaves behind weighs on the next).
 if [ -n "$before" ]; then
-    for round in 1 2 3; do
+    where=()
+    if [ "${METRICS_TMPFS:-}" = 1 ]; then
+        data=/dev/shm/sluice-bench-tuning
+        where=(--config "$(config 'segment_bytes = 33554432' 'retention_bytes = 67108864' 'retention_check_ms = 1000')")
+    fi
+    for round in $(seq "$rounds"); do
         if [ $((round % 2)) = 1 ]; then
-            run "no metrics ($before_rev), round $round" $w1 "$before" none
-            run "metrics, scraped every 1 s, round $round" $w1 "$sluice" scrape "${on[@]}"
+            run "no metrics ($before_rev), round $round" $w1 "$before" none "${where[@]}"
+            run "metrics, scraped every 1 s, round $round" $w1 "$sluice" scrape "${on[@]}" "${where[@]}"
         else
-            run "metrics, scraped every 1 s, round $round" $w1 "$sluice" scrape "${on[@]}"
-            run "no metrics ($before_rev), round $round" $w1 "$before" none
+            run "metrics, scraped every 1 s, round $round" $w1 "$sluice" scrape "${on[@]}" "${where[@]}"
+            run "no metrics ($before_rev), round $round" $w1 "$before" none "${where[@]}"
         fi
     done
+    data=$work/data
 fi
-[ "${ONLY:-}" = metrics ] && { echo; column -t -s $'\t' "$work/summary.tsv"; exit 0; }
+[ "${ONLY:-}" = metrics ] && { echo; column -t -s $'\t' "$work/summary.tsv";
+    echo; column -t -s $'\t' "$work/metrics-cost.tsv"; exit 0; }
 
 for workload in $w1 $w2; do
     run "defaults" $workload "$sluice" none "${off[@]}"

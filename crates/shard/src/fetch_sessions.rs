@@ -16,6 +16,14 @@
 //! - A full cache evicts a session idle for `SESSION_EVICTION_AFTER`, else the
 //!   smallest session with fewer partitions than the new one, else opens no
 //!   session (the consumer goes on with full fetches).
+//!
+//! Beyond Kafka: a core's sessions hold at most `PARTITIONS_PER_CORE_MAX`
+//! partitions between them (Kafka bounds only the number of sessions, so a
+//! client adding made-up partitions to sessions could grow them without
+//! end). Room for a new session is made the same way, for its partitions
+//! too; an incremental fetch that would go past the bound closes its session
+//! and is answered FETCH_SESSION_ID_NOT_FOUND, and the consumer starts over
+//! with a full fetch (which opens a session if there is room).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -25,6 +33,10 @@ pub const SESSION_EVICTION_AFTER: Duration = Duration::from_secs(120);
 /// Kafka's FINAL_EPOCH and INITIAL_EPOCH.
 pub const FINAL_EPOCH: i32 = -1;
 pub const INITIAL_EPOCH: i32 = 0;
+/// Partitions a core's sessions hold between them, at most: about 300 bytes
+/// each (the request's entry, its key, its place in the order), so at most
+/// some 60 MiB per core however clients behave.
+pub const PARTITIONS_PER_CORE_MAX: usize = 200_000;
 
 /// One partition as a fetch asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +152,9 @@ pub enum Context {
 pub struct FetchSessions {
     sessions: HashMap<i32, Session>,
     capacity: usize,
+    /// Partitions the sessions hold between them, and the bound on it.
+    partitions: usize,
+    partitions_max: usize,
     /// Ids are unique per core; the core id in the low bits keeps them
     /// unique per broker.
     shard: u32,
@@ -152,6 +167,8 @@ impl FetchSessions {
         FetchSessions {
             sessions: HashMap::new(),
             capacity,
+            partitions: 0,
+            partitions_max: PARTITIONS_PER_CORE_MAX,
             shard: shard as u32,
             shards: shards.max(1) as u32,
             next_id: (std::process::id() ^ (shard as u32).rotate_left(16)) % 0x0100_0000,
@@ -164,6 +181,17 @@ impl FetchSessions {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    /// Partitions held by all sessions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    fn close(&mut self, id: i32) {
+        if let Some(session) = self.sessions.remove(&id) {
+            self.partitions -= session.entries.len();
+        }
     }
 
     /// Decides what a request is: `full` are its partitions, `forgotten` its
@@ -179,7 +207,7 @@ impl FetchSessions {
         use sluice_protocol::api::error_code;
         if epoch == FINAL_EPOCH || epoch == INITIAL_EPOCH {
             if session_id != 0 {
-                self.sessions.remove(&session_id);
+                self.close(session_id);
             }
             if epoch == FINAL_EPOCH {
                 return Context::Sessionless;
@@ -197,17 +225,25 @@ impl FetchSessions {
         }
         session.epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
         session.last_used = now;
+        let before = session.entries.len();
         for wanted in full {
             session.upsert(wanted.clone());
         }
         for key in forgotten {
             session.forget(key);
         }
-        if session.entries.is_empty() {
+        let after = session.entries.len();
+        self.partitions = self.partitions + after - before;
+        if after == 0 {
             // Nothing left to follow: Kafka closes such a session.
-            self.sessions.remove(&session_id);
+            self.close(session_id);
             return Context::Sessionless;
         }
+        if self.partitions > self.partitions_max {
+            self.close(session_id);
+            return Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND);
+        }
+        let session = &self.sessions[&session_id];
         Context::Incremental(session_id, session.wanted())
     }
 
@@ -221,7 +257,10 @@ impl FetchSessions {
                 entry.sent = Some(*sent);
             }
         }
-        self.sessions.insert(id, session);
+        self.partitions += session.entries.len();
+        if let Some(replaced) = self.sessions.insert(id, session) {
+            self.partitions -= replaced.entries.len();
+        }
     }
 
     /// Whether an incremental response must carry this partition, given
@@ -258,33 +297,36 @@ impl FetchSessions {
         changed
     }
 
-    /// Room for a session of `partitions`: evicts as Kafka does; false if none.
+    /// Room for a session of `partitions`: evicts as Kafka does (an idle
+    /// session, else the smallest one smaller than the new one), as many as
+    /// the partition bound needs too; false if there is no room.
     fn make_room(&mut self, partitions: usize, now: Instant) -> bool {
-        if self.capacity == 0 {
+        if self.capacity == 0 || partitions > self.partitions_max {
             return false;
         }
-        if self.sessions.len() < self.capacity {
-            return true;
-        }
-        let stale = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| now.duration_since(s.last_used) >= SESSION_EVICTION_AFTER)
-            .min_by_key(|(_, s)| s.last_used)
-            .map(|(id, _)| *id);
-        let victim = stale.or_else(|| {
-            self.sessions
-                .iter()
-                .filter(|(_, s)| s.entries.len() < partitions)
-                .min_by_key(|(_, s)| (s.entries.len(), s.last_used))
-                .map(|(id, _)| *id)
-        });
-        match victim {
-            Some(id) => {
-                self.sessions.remove(&id);
-                true
+        loop {
+            if self.sessions.len() < self.capacity
+                && self.partitions + partitions <= self.partitions_max
+            {
+                return true;
             }
-            None => false,
+            let stale = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| now.duration_since(s.last_used) >= SESSION_EVICTION_AFTER)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| *id);
+            let victim = stale.or_else(|| {
+                self.sessions
+                    .iter()
+                    .filter(|(_, s)| s.entries.len() < partitions)
+                    .min_by_key(|(_, s)| (s.entries.len(), s.last_used))
+                    .map(|(id, _)| *id)
+            });
+            match victim {
+                Some(id) => self.close(id),
+                None => return false,
+            }
         }
     }
 
@@ -437,5 +479,46 @@ mod tests {
             cache.begin(0, 0, &[want("c", 0, 0)], &[], later),
             Context::Opening(_)
         ));
+    }
+
+    #[test]
+    fn the_partitions_all_sessions_hold_are_bounded() {
+        let now = Instant::now();
+        let mut cache = FetchSessions::new(10, 0, 1);
+        cache.partitions_max = 4;
+        let open = |cache: &mut FetchSessions, wanted: &[Wanted]| {
+            let Context::Opening(id) = cache.begin(0, 0, wanted, &[], now) else {
+                panic!("opens")
+            };
+            let answered: Vec<_> = wanted.iter().map(|w| (w.clone(), sent(0))).collect();
+            cache.open(id, &answered, now);
+            id
+        };
+        let first = open(&mut cache, &[want("a", 0, 0), want("a", 1, 0)]);
+        let second = open(&mut cache, &[want("b", 0, 0)]);
+        assert_eq!(cache.partitions(), 3);
+        // Too many for the bound, even with every other session gone.
+        let five: Vec<_> = (0..5).map(|p| want("c", p, 0)).collect();
+        assert_eq!(cache.begin(0, 0, &five, &[], now), Context::Sessionless);
+        // Three fit once the smaller session (one partition) is evicted.
+        let third = open(&mut cache, &[want("d", 0, 0), want("d", 1, 0)]);
+        assert_eq!(cache.partitions(), 4);
+        assert_eq!(
+            cache.begin(second, 1, &[], &[], now),
+            Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+        // A session growing past the bound is closed and refused.
+        assert_eq!(
+            cache.begin(first, 1, &[want("x", 9, 0)], &[], now),
+            Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+        assert_eq!(cache.partitions(), 2);
+        assert_eq!(cache.len(), 1);
+        // Updating known partitions does not count them again.
+        assert!(matches!(
+            cache.begin(third, 1, &[want("d", 0, 7)], &[], now),
+            Context::Incremental(_, _)
+        ));
+        assert_eq!(cache.partitions(), 2);
     }
 }

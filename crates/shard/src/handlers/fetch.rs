@@ -86,6 +86,14 @@ pub async fn handle(
     };
     let wanted = match context {
         Context::Refused(code) => {
+            shard.error_answer(
+                frame.api_key,
+                format_args!(
+                    "fetch session {} epoch {}",
+                    request.session_id, request.session_epoch
+                ),
+                code,
+            );
             let parts = fetch_response::encode(version, frame.correlation_id, code, 0, &[]);
             return Ok(Some(ResponseFrame { parts }));
         }
