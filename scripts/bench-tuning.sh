@@ -35,7 +35,7 @@ metrics_port=19793
 broker=
 scraper=
 data=$work/data
-trap '[ -n "$broker" ] && kill -TERM $broker 2>/dev/null; [ -n "$scraper" ] && kill $scraper 2>/dev/null' EXIT
+trap '[ -n "$broker" ] && kill -TERM $broker 2>/dev/null; [ -n "$scraper" ] && kill $scraper 2>/dev/null; rm -rf /dev/shm/sluice-bench-tuning' EXIT
 printf 'workload\tsetting\tMB/s\tpublish p50 ms\tpublish p99 ms\te2e p99 ms\tbroker CPU s per GB\n' >"$work/summary.tsv"
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { local stat; read -r -a stat <"/proc/$1/stat"; echo $((stat[13] + stat[14])); }
@@ -64,8 +64,9 @@ run() {
     cpu1=$(cpu_ticks $broker)
     [ -n "$scraper" ] && kill $scraper 2>/dev/null && wait $scraper 2>/dev/null || true
     if [ -n "$scraper" ]; then
-        # What the counters cost: the requests and batches they counted, at
-        # the per-call costs of benches/metrics_cost.rs, and the CPU of the
+        # What the counters cost: the requests and produced batches they
+        # counted (workload 1 has no consumers: no fetched batches), at the
+        # per-call costs of benches/metrics_cost.rs, and the CPU of the
         # thread that serves the scrapes, against the broker's CPU.
         local task scrape_ticks=0 text requests produce_requests
         for task in /proc/$broker/task/*; do

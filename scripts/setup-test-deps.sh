@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need: kcat and a JDK (apt), .venv with the
+# Installs what the end-to-end tests need: kcat, a JDK, systemd-analyze and
+# Prometheus (apt), .venv with the
 # pinned Kafka clients of tests/e2e/requirements.txt, the Java Kafka client's
 # jars (tests/e2e/java/requirements.txt) and the Java test program compiled
 # against them into .venv/java/, and Kafka Connect's classpath (from the same
@@ -37,6 +38,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO mkdir -p /usr/share/man/man1
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Prometheus and promtool, to lint /metrics and run the dashboard's queries
+# (test_metrics.py starts its own server). Without its recommends (a node
+# exporter), and without the service Debian would start on install.
+if ! command -v promtool >/dev/null; then
+    echo "installing prometheus (apt)" >&2
+    policy=/usr/sbin/policy-rc.d
+    guard=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod +x "$policy"
+        guard=$policy
+        trap '$SUDO rm -f "$guard"' EXIT
+    fi
+    [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    [ -z "$guard" ] || { $SUDO rm -f "$guard"; trap - EXIT; }
 fi
 if [ -z "$JAVAC" ]; then
     for candidate in /usr/lib/jvm/java-17-openjdk-*/bin/javac; do

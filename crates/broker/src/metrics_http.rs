@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// What prometheus-client writes is OpenMetrics text (counter families are
+/// named without `_total`, `# UNIT` and `# EOF` lines), and says so: read as
+/// the older Prometheus text format, counters would lose their type.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// How long a scrape waits for a shard's answer.
 const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -68,7 +73,7 @@ fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match path {
         "/metrics" => match scrape(exporter) {
-            Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            Some(text) => ("200 OK", OPENMETRICS_CONTENT_TYPE, text),
             None => (
                 "503 Service Unavailable",
                 "text/plain",
@@ -511,9 +516,26 @@ impl Collector for Scrape {
         family(
             e,
             "sluice_consumer_group_lag",
-            "Records between a group's committed offset and the high watermark",
+            "Records between a group's committed offset and the high watermark (partitions on this node)",
             None,
             lag,
+        )?;
+        // Every committed offset of the groups this node coordinates: with
+        // the high watermarks other nodes export, Prometheus computes the lag
+        // of partitions that live elsewhere in a cluster.
+        family(
+            e,
+            "sluice_consumer_group_committed_offset",
+            "A group's committed offset of a partition (groups this node coordinates)",
+            None,
+            self.snapshots.iter().flat_map(|s| &s.committed).map(|c| {
+                let labels: Labels = vec![
+                    ("group", c.group.clone()),
+                    ("topic", c.topic.clone()),
+                    ("partition", c.partition.to_string()),
+                ];
+                (labels, ConstGauge::new(c.offset))
+            }),
         )?;
         Ok(())
     }

@@ -20,10 +20,12 @@
 //! Beyond Kafka: a core's sessions hold at most `PARTITIONS_PER_CORE_MAX`
 //! partitions between them (Kafka bounds only the number of sessions, so a
 //! client adding made-up partitions to sessions could grow them without
-//! end). Room for a new session is made the same way, for its partitions
-//! too; an incremental fetch that would go past the bound closes its session
-//! and is answered FETCH_SESSION_ID_NOT_FOUND, and the consumer starts over
-//! with a full fetch (which opens a session if there is room).
+//! end). A new session needs room for its partitions too, made by the same
+//! single eviction or not at all; one whose room was taken while its fetch
+//! waited is not opened (the response carries session id 0); an incremental
+//! fetch that grows its session past the bound closes it and is answered
+//! FETCH_SESSION_ID_NOT_FOUND, and the consumer starts over with a full
+//! fetch (which opens a session if there is room).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -239,7 +241,9 @@ impl FetchSessions {
             self.close(session_id);
             return Context::Sessionless;
         }
-        if self.partitions > self.partitions_max {
+        // Only a session that grew is refused: others opened since this one
+        // may have taken the room (see `open`), and are not its doing.
+        if after > before && self.partitions > self.partitions_max {
             self.close(session_id);
             return Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND);
         }
@@ -248,8 +252,13 @@ impl FetchSessions {
     }
 
     /// After the response of an opening fetch: the session holds its
-    /// partitions and what was sent.
-    pub fn open(&mut self, id: i32, answered: &[(Wanted, Sent)], now: Instant) {
+    /// partitions and what was sent. False (and no session) if sessions
+    /// opened while this fetch waited took the room: the response then
+    /// carries session id 0, a fetch without a session.
+    pub fn open(&mut self, id: i32, answered: &[(Wanted, Sent)], now: Instant) -> bool {
+        if self.partitions + answered.len() > self.partitions_max {
+            return false;
+        }
         let mut session = Session::new(now);
         for (wanted, sent) in answered {
             session.upsert(wanted.clone());
@@ -261,6 +270,7 @@ impl FetchSessions {
         if let Some(replaced) = self.sessions.insert(id, session) {
             self.partitions -= replaced.entries.len();
         }
+        true
     }
 
     /// Whether an incremental response must carry this partition, given
@@ -297,37 +307,39 @@ impl FetchSessions {
         changed
     }
 
-    /// Room for a session of `partitions`: evicts as Kafka does (an idle
-    /// session, else the smallest one smaller than the new one), as many as
-    /// the partition bound needs too; false if there is no room.
+    /// Room for a session of `partitions`, evicting at most one session as
+    /// Kafka does (the longest idle past the eviction time, else the
+    /// smallest one with fewer partitions than the new one), and only if
+    /// that makes room for both bounds; false if there is none.
     fn make_room(&mut self, partitions: usize, now: Instant) -> bool {
-        if self.capacity == 0 || partitions > self.partitions_max {
+        let fits = |sessions: usize, held: usize| {
+            sessions < self.capacity && held + partitions <= self.partitions_max
+        };
+        if fits(self.sessions.len(), self.partitions) {
+            return true;
+        }
+        let stale = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_used) >= SESSION_EVICTION_AFTER)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(id, _)| *id);
+        let victim = stale.or_else(|| {
+            self.sessions
+                .iter()
+                .filter(|(_, s)| s.entries.len() < partitions)
+                .min_by_key(|(_, s)| (s.entries.len(), s.last_used))
+                .map(|(id, _)| *id)
+        });
+        let Some(id) = victim else {
+            return false;
+        };
+        let freed = self.sessions[&id].entries.len();
+        if !fits(self.sessions.len() - 1, self.partitions - freed) {
             return false;
         }
-        loop {
-            if self.sessions.len() < self.capacity
-                && self.partitions + partitions <= self.partitions_max
-            {
-                return true;
-            }
-            let stale = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| now.duration_since(s.last_used) >= SESSION_EVICTION_AFTER)
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(id, _)| *id);
-            let victim = stale.or_else(|| {
-                self.sessions
-                    .iter()
-                    .filter(|(_, s)| s.entries.len() < partitions)
-                    .min_by_key(|(_, s)| (s.entries.len(), s.last_used))
-                    .map(|(id, _)| *id)
-            });
-            match victim {
-                Some(id) => self.close(id),
-                None => return false,
-            }
-        }
+        self.close(id);
+        true
     }
 
     fn new_id(&mut self) -> i32 {
@@ -491,7 +503,7 @@ mod tests {
                 panic!("opens")
             };
             let answered: Vec<_> = wanted.iter().map(|w| (w.clone(), sent(0))).collect();
-            cache.open(id, &answered, now);
+            assert!(cache.open(id, &answered, now));
             id
         };
         let first = open(&mut cache, &[want("a", 0, 0), want("a", 1, 0)]);
@@ -500,7 +512,12 @@ mod tests {
         // Too many for the bound, even with every other session gone.
         let five: Vec<_> = (0..5).map(|p| want("c", p, 0)).collect();
         assert_eq!(cache.begin(0, 0, &five, &[], now), Context::Sessionless);
-        // Three fit once the smaller session (one partition) is evicted.
+        // Three partitions do not fit even with the one-partition session
+        // evicted (2 + 3 > 4): nothing is evicted for nothing.
+        let three: Vec<_> = (0..3).map(|p| want("e", p, 0)).collect();
+        assert_eq!(cache.begin(0, 0, &three, &[], now), Context::Sessionless);
+        assert_eq!((cache.len(), cache.partitions()), (2, 3));
+        // Two fit once the smaller session (one partition) is evicted.
         let third = open(&mut cache, &[want("d", 0, 0), want("d", 1, 0)]);
         assert_eq!(cache.partitions(), 4);
         assert_eq!(
@@ -520,5 +537,22 @@ mod tests {
             Context::Incremental(_, _)
         ));
         assert_eq!(cache.partitions(), 2);
+        // Two openings that each had room when they began: the second, done
+        // after the first took the room, opens no session.
+        let Context::Opening(a) = cache.begin(0, 0, &[want("f", 0, 0)], &[], now) else {
+            panic!("opens")
+        };
+        let Context::Opening(b) = cache.begin(0, 0, &[want("g", 0, 0)], &[], now) else {
+            panic!("opens")
+        };
+        let one = |t: &str| [(want(t, 0, 0), sent(0)), (want(t, 1, 0), sent(0))];
+        assert!(cache.open(a, &one("f"), now));
+        assert!(!cache.open(b, &one("g"), now));
+        assert_eq!(cache.partitions(), 4);
+        // A session that did not grow is not refused for others' room.
+        assert!(matches!(
+            cache.begin(third, 2, &[], &[], now),
+            Context::Incremental(_, _)
+        ));
     }
 }

@@ -655,6 +655,16 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
         result: &mut RoundResult<D::File>,
     ) -> FlightOutcome {
         let base = flight.base_offset;
+        // The buffers left the tail (`take_flight`): counted in flight from
+        // here, through the segment's creation and preallocation, to the
+        // end of the writes.
+        let flight_bytes = flight.flight.as_ref().map_or(0, |(writes, _)| {
+            writes
+                .iter()
+                .map(|(_, buf)| crate::io::IoBuf::as_bytes(&**buf).len() as u64)
+                .sum()
+        });
+        let in_flight = crate::stats::InFlight::new(flight_bytes);
         let file = match flight.file {
             Some(file) => file,
             None => {
@@ -697,12 +707,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     Err(e) => tracing::debug!(log = %self.name, error = %e, "preallocation failed"),
                 }
             }
-            let flight_bytes = writes
-                .iter()
-                .map(|(_, buf)| crate::io::IoBuf::as_bytes(&**buf).len() as u64)
-                .sum();
             crate::stats::record_written(flight_bytes);
-            let in_flight = crate::stats::InFlight::new(flight_bytes);
             // All chunks in flight at once; the first error wins.
             let results = crate::event::join_all(
                 writes

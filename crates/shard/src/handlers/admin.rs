@@ -186,6 +186,11 @@ pub async fn delete_topics(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerRes
             Default::default()
         });
         let Some(name) = name else {
+            shard.error_answer(
+                frame.api_key,
+                format_args!("topic id {id}"),
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+            );
             responses.push(result.with_error_code(error_code::UNKNOWN_TOPIC_OR_PARTITION));
             continue;
         };

@@ -175,7 +175,7 @@ pub async fn handle(
             break;
         }
     }
-    let session_id = match context {
+    let mut session_id = match context {
         Context::Opening(id) | Context::Incremental(id, _) => id,
         _ => 0,
     };
@@ -236,12 +236,16 @@ pub async fn handle(
         }
         match context {
             Context::Opening(id) => {
-                sessions.open(id, &opened, Instant::now());
-                tracing::debug!(
-                    session = id,
-                    partitions = opened.len(),
-                    "fetch session opened"
-                );
+                if sessions.open(id, &opened, Instant::now()) {
+                    tracing::debug!(
+                        session = id,
+                        partitions = opened.len(),
+                        "fetch session opened"
+                    );
+                } else {
+                    // Sessions opened while this fetch waited took the room.
+                    session_id = 0;
+                }
             }
             Context::Incremental(id, _) => tracing::debug!(
                 session = id,

@@ -131,13 +131,20 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                         }
                         outcome
                     }
-                    _ => ProduceOutcome {
-                        error_code: error_code::KAFKA_STORAGE_ERROR,
-                        base_offset: -1,
-                        log_append_time_ms: -1,
-                        log_start_offset: -1,
-                        error_message: None,
-                    },
+                    _ => {
+                        shard.error_answer(
+                            0,
+                            format_args!("{name}-{index}"),
+                            error_code::KAFKA_STORAGE_ERROR,
+                        );
+                        ProduceOutcome {
+                            error_code: error_code::KAFKA_STORAGE_ERROR,
+                            base_offset: -1,
+                            log_append_time_ms: -1,
+                            log_start_offset: -1,
+                            error_message: None,
+                        }
+                    }
                 }
             });
         }
