@@ -47,6 +47,22 @@ def health(broker):
         return None
 
 
+def read_all(broker, group, topic, partitions, count) -> Consumer:
+    """A consumer of `group` that has read `count` messages of `topic`'s
+    partitions from the start (nothing committed yet)."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    deadline = time.time() + 30
+    while seen < count and time.time() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is not None and not msg.error():
+            seen += 1
+    assert seen == count
+    return consumer
+
+
 def test_counters_move_by_what_clients_produce_and_consume(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic("metered", 4, 1)])["metered"].result(30)
@@ -71,16 +87,7 @@ def test_counters_move_by_what_clients_produce_and_consume(broker):
     assert 1 <= rounds <= 2000
     assert total(after_produce, "sluice_fdatasync_duration_seconds_count") >= rounds
 
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "metered-group",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition("metered", p, 0) for p in range(4)])
-    seen = 0
-    deadline = time.time() + 30
-    while seen < 2000 and time.time() < deadline:
-        msg = consumer.poll(1.0)
-        if msg is not None and not msg.error():
-            seen += 1
-    assert seen == 2000
+    consumer = read_all(broker, "metered-group", "metered", 4, 2000)
     # Lag: what the group has not committed, against the high watermarks.
     consumer.commit(offsets=[TopicPartition("metered", p, 250) for p in range(4)], asynchronous=False)
     halfway = scrape(broker)
@@ -294,16 +301,7 @@ def test_prometheus_lints_the_exposition_and_every_dashboard_query_answers(broke
     for i in range(200):
         producer.produce("watched", value=b"%d" % i, partition=i % 2)
     assert producer.flush(30) == 0
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "watchers",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition("watched", p, 0) for p in range(2)])
-    seen = 0
-    deadline = time.time() + 30
-    while seen < 200 and time.time() < deadline:
-        msg = consumer.poll(1.0)
-        if msg is not None and not msg.error():
-            seen += 1
-    assert seen == 200
+    consumer = read_all(broker, "watchers", "watched", 2, 200)
     consumer.commit(offsets=[TopicPartition("watched", 0, 40), TopicPartition("watched", 1, 70)],
                     asynchronous=False)
     consumer.close()
