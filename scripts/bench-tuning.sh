@@ -70,7 +70,9 @@ run() {
         # thread that serves the scrapes, against the broker's CPU.
         local task scrape_ticks=0 text requests produce_requests
         for task in /proc/$broker/task/*; do
-            [ "$(cat "$task/comm" 2>/dev/null)" = metrics ] && scrape_ticks=$(cpu_ticks "$broker/task/${task##*/}")
+            case "$(cat "$task/comm" 2>/dev/null)" in
+                metrics*) scrape_ticks=$((scrape_ticks + $(cpu_ticks "$broker/task/${task##*/}"))) ;;
+            esac
         done
         text=$(curl -s "http://127.0.0.1:$metrics_port/metrics")
         requests=$(awk '/^sluice_request_duration_seconds_count/ { n += $2 } END { print n + 0 }' <<<"$text")

@@ -379,3 +379,27 @@ def test_prometheus_lints_the_exposition_and_every_dashboard_query_answers(broke
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_silent_client_does_not_hold_up_health(broker):
+    """Requests to the metrics listener are served side by side: clients that
+    connect and send nothing (each held up to the 2 s read timeout) do not
+    delay a health probe, and past the 4 serving threads the answer is an
+    immediate 503, not a wait."""
+    import socket
+    silent = [socket.create_connection((broker.host, broker.metrics_port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)  # handed to serving threads, which wait for a request line
+        started = time.time()
+        assert health(broker) == 200
+        assert time.time() - started < 1.0, "health waited behind silent clients"
+        silent.append(socket.create_connection((broker.host, broker.metrics_port)))
+        time.sleep(0.2)
+        started = time.time()
+        assert health(broker) == 503  # busy: every serving thread is taken
+        assert time.time() - started < 1.0
+    finally:
+        for sock in silent:
+            sock.close()
+    time.sleep(0.2)
+    assert health(broker) == 200

@@ -1,5 +1,5 @@
 //! `/metrics` (Prometheus text format) and `/health` on their own listener
-//! (`metrics_listen`), served by one plain thread: a scrape asks every shard
+//! (`metrics_listen`), served by a few plain threads: a scrape asks every shard
 //! for its snapshot (a message, like any other; nothing shared is touched
 //! on the hot path), merges them, and encodes them with prometheus-client.
 //! `/health` is 200 while every shard is serving, 503 during start-up and
@@ -38,17 +38,38 @@ pub struct Exporter {
     pub serving: AtomicBool,
 }
 
-/// Binds `listen` and serves on a thread of its own.
+/// Requests served at once, each by a thread of its own (so a slow scrape,
+/// a busy shard or a client that sends nothing, does not hold up a health
+/// probe behind it); one more is answered 503 at once.
+const CONCURRENT_REQUESTS_MAX: usize = 4;
+
+/// Binds `listen`, accepts on a thread of its own and hands each connection
+/// to an idle one of `CONCURRENT_REQUESTS_MAX` serving threads.
 pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
     let listener =
         TcpListener::bind(listen).map_err(|e| format!("metrics_listen {listen}: {e}"))?;
     tracing::info!(listen, "serving /metrics and /health");
+    // Zero capacity: a connection goes to a thread waiting for one, or nowhere.
+    let (handoff, connections) = flume::bounded::<TcpStream>(0);
+    for i in 0..CONCURRENT_REQUESTS_MAX {
+        let (exporter, connections) = (exporter.clone(), connections.clone());
+        std::thread::Builder::new()
+            .name(format!("metrics-{i}"))
+            .spawn(move || {
+                for stream in connections.iter() {
+                    if let Err(e) = serve(stream, &exporter) {
+                        tracing::debug!(error = %e, "metrics request failed");
+                    }
+                }
+            })
+            .map_err(|e| format!("metrics thread: {e}"))?;
+    }
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &exporter) {
-                    tracing::debug!(error = %e, "metrics request failed");
+                if let Err(flume::TrySendError::Full(stream)) = handoff.try_send(stream) {
+                    refuse_busy(stream);
                 }
             }
         })
@@ -56,9 +77,24 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+/// The answer when `CONCURRENT_REQUESTS_MAX` requests are being served. The
+/// request is read first (briefly: this is the accepting thread), since
+/// closing a socket with unread bytes resets it, and the client could lose
+/// the answer.
+fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = read_request(&mut stream, Duration::from_millis(50));
+    let _ = answer(
+        &mut stream,
+        "503 Service Unavailable",
+        "text/plain",
+        "busy\n",
+    );
+}
+
+/// The request's head (up to 8 KiB), read for at most `timeout` per read.
+fn read_request(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(timeout))?;
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
@@ -68,6 +104,27 @@ fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
         }
         request.extend_from_slice(&buf[..n]);
     }
+    Ok(request)
+}
+
+/// Writes a whole response at once, and closes the sending side.
+fn answer(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
+fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let request = read_request(&mut stream, Duration::from_secs(2))?;
     let line = String::from_utf8_lossy(&request);
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let path = path.split('?').next().unwrap_or("");
@@ -90,12 +147,7 @@ fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
         ),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+    answer(&mut stream, status, content_type, &body)
 }
 
 /// Every shard's snapshot, merged and encoded; `None` before the shards run.
