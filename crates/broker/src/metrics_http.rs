@@ -40,7 +40,8 @@ pub struct Exporter {
 
 /// Requests served at once, each by a thread of its own (so a slow scrape,
 /// a busy shard or a client that sends nothing, does not hold up a health
-/// probe behind it); one more is answered 503 at once.
+/// probe behind it); beyond them the accepting thread answers `/health`
+/// itself and anything else 503 at once.
 const CONCURRENT_REQUESTS_MAX: usize = 4;
 
 /// Binds `listen`, accepts on a thread of its own and hands each connection
@@ -69,7 +70,7 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
         .spawn(move || {
             for stream in listener.incoming().flatten() {
                 if let Err(flume::TrySendError::Full(stream)) = handoff.try_send(stream) {
-                    refuse_busy(stream);
+                    answer_when_busy(stream, &exporter);
                 }
             }
         })
@@ -77,19 +78,39 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
     Ok(())
 }
 
-/// The answer when `CONCURRENT_REQUESTS_MAX` requests are being served. The
-/// request is read first (briefly: this is the accepting thread), since
-/// closing a socket with unread bytes resets it, and the client could lose
-/// the answer.
-fn refuse_busy(mut stream: TcpStream) {
+/// The answer when `CONCURRENT_REQUESTS_MAX` requests are being served:
+/// `/health` still (it only reads a flag), anything else 503 "busy". The
+/// request is read first, briefly (this is the accepting thread): closing a
+/// socket with unread bytes resets it, and the client could lose the answer.
+fn answer_when_busy(mut stream: TcpStream, exporter: &Exporter) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = read_request(&mut stream, Duration::from_millis(50));
-    let _ = answer(
-        &mut stream,
-        "503 Service Unavailable",
-        "text/plain",
-        "busy\n",
-    );
+    let request = read_request(&mut stream, Duration::from_millis(50)).unwrap_or_default();
+    let (status, content_type, body) = match path_of(&request) {
+        "/health" => health(exporter),
+        _ => ("503 Service Unavailable", "text/plain", "busy\n".into()),
+    };
+    let _ = answer(&mut stream, status, content_type, &body);
+}
+
+/// The path of a request's first line, without a query.
+fn path_of(request: &[u8]) -> &str {
+    let line = std::str::from_utf8(request).unwrap_or("");
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    path.split('?').next().unwrap_or("")
+}
+
+type Answer = (&'static str, &'static str, String);
+
+fn health(exporter: &Exporter) -> Answer {
+    if exporter.serving.load(Ordering::Acquire) {
+        ("200 OK", "text/plain", "serving\n".into())
+    } else {
+        (
+            "503 Service Unavailable",
+            "text/plain",
+            "starting or stopping\n".into(),
+        )
+    }
 }
 
 /// The request's head (up to 8 KiB), read for at most `timeout` per read.
@@ -125,10 +146,7 @@ fn answer(
 fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let request = read_request(&mut stream, Duration::from_secs(2))?;
-    let line = String::from_utf8_lossy(&request);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match path {
+    let (status, content_type, body) = match path_of(&request) {
         "/metrics" => match scrape(exporter) {
             Some(text) => ("200 OK", OPENMETRICS_CONTENT_TYPE, text),
             None => (
@@ -137,14 +155,7 @@ fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
                 "shards not serving\n".into(),
             ),
         },
-        "/health" if exporter.serving.load(Ordering::Acquire) => {
-            ("200 OK", "text/plain", "serving\n".into())
-        }
-        "/health" => (
-            "503 Service Unavailable",
-            "text/plain",
-            "starting or stopping\n".into(),
-        ),
+        "/health" => health(exporter),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     };
     answer(&mut stream, status, content_type, &body)
