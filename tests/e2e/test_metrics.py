@@ -177,6 +177,13 @@ def test_every_metric_of_the_grafana_dashboard_is_exported(broker):
     missing = sorted(n for n in names if n not in exported)
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
     assert len(names) >= 12
+    # The README's table names every family exported.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count"))
+                and "duration_seconds" in n else n for n in exported}
+    undocumented = sorted(f for f in families if f"`{f}`" not in readme)
+    assert not undocumented, f"exported but not in the README's table: {undocumented}"
+    assert len(families) >= 35, sorted(families)
 
 
 def test_error_answers_of_every_api_family_are_counted_and_logged_rate_limited(broker):
