@@ -58,8 +58,14 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
             .name(format!("metrics-{i}"))
             .spawn(move || {
                 for stream in connections.iter() {
-                    if let Err(e) = serve(stream, &exporter) {
-                        tracing::debug!(error = %e, "metrics request failed");
+                    // A panic (a bug) loses this request, not the thread.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serve(stream, &exporter)
+                    }));
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+                        Err(_) => tracing::error!("a metrics request panicked"),
                     }
                 }
             })
@@ -69,8 +75,12 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(flume::TrySendError::Full(stream)) = handoff.try_send(stream) {
-                    answer_when_busy(stream, &exporter);
+                match handoff.try_send(stream) {
+                    Ok(()) => {}
+                    Err(
+                        flume::TrySendError::Full(stream)
+                        | flume::TrySendError::Disconnected(stream),
+                    ) => answer_when_busy(stream, &exporter),
                 }
             }
         })
@@ -84,8 +94,8 @@ pub fn start(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
 /// socket with unread bytes resets it, and the client could lose the answer.
 fn answer_when_busy(mut stream: TcpStream, exporter: &Exporter) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let request = read_request(&mut stream, Duration::from_millis(50)).unwrap_or_default();
-    let (status, content_type, body) = match path_of(&request) {
+    let request = read_request(&mut stream, Duration::from_millis(50));
+    let (status, content_type, body) = match path_of(&request).as_str() {
         "/health" => health(exporter),
         _ => ("503 Service Unavailable", "text/plain", "busy\n".into()),
     };
@@ -93,10 +103,14 @@ fn answer_when_busy(mut stream: TcpStream, exporter: &Exporter) {
 }
 
 /// The path of a request's first line, without a query.
-fn path_of(request: &[u8]) -> &str {
-    let line = std::str::from_utf8(request).unwrap_or("");
+fn path_of(request: &[u8]) -> String {
+    let end = request
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(request.len());
+    let line = String::from_utf8_lossy(&request[..end]);
     let path = line.split_whitespace().nth(1).unwrap_or("");
-    path.split('?').next().unwrap_or("")
+    path.split('?').next().unwrap_or("").to_string()
 }
 
 type Answer = (&'static str, &'static str, String);
@@ -113,19 +127,23 @@ fn health(exporter: &Exporter) -> Answer {
     }
 }
 
-/// The request's head (up to 8 KiB), read for at most `timeout` per read.
-fn read_request(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<Vec<u8>> {
-    stream.set_read_timeout(Some(timeout))?;
+/// The request's head (up to 8 KiB), as much as arrives `within` this long
+/// in all (a client trickling bytes gets no more time than a silent one).
+fn read_request(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + within;
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             break;
         }
-        request.extend_from_slice(&buf[..n]);
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
     }
-    Ok(request)
+    request
 }
 
 /// Writes a whole response at once, and closes the sending side.
@@ -145,8 +163,8 @@ fn answer(
 
 fn serve(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let request = read_request(&mut stream, Duration::from_secs(2))?;
-    let (status, content_type, body) = match path_of(&request) {
+    let request = read_request(&mut stream, Duration::from_secs(2));
+    let (status, content_type, body) = match path_of(&request).as_str() {
         "/metrics" => match scrape(exporter) {
             Some(text) => ("200 OK", OPENMETRICS_CONTENT_TYPE, text),
             None => (
