@@ -580,26 +580,23 @@ impl Collector for Scrape {
             .iter()
             .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
             .collect();
-        let lag: Vec<_> = self
-            .snapshots
-            .iter()
-            .flat_map(|s| &s.committed)
-            .filter_map(|c| {
-                let hw = high_watermarks.get(&(c.topic.as_str(), c.partition))?;
-                let labels: Labels = vec![
-                    ("group", c.group.clone()),
-                    ("topic", c.topic.clone()),
-                    ("partition", c.partition.to_string()),
-                ];
-                Some((labels, ConstGauge::new((hw - c.offset).max(0))))
-            })
-            .collect();
+        let committed: Vec<_> = self.snapshots.iter().flat_map(|s| &s.committed).collect();
+        let committed_labels = |c: &sluice_shard::metrics::CommittedGauge| -> Labels {
+            vec![
+                ("group", c.group.clone()),
+                ("topic", c.topic.clone()),
+                ("partition", c.partition.to_string()),
+            ]
+        };
         family(
             e,
             "sluice_consumer_group_lag",
             "Records between a group's committed offset and the high watermark (partitions on this node)",
             None,
-            lag,
+            committed.iter().filter_map(|c| {
+                let hw = high_watermarks.get(&(c.topic.as_str(), c.partition))?;
+                Some((committed_labels(c), ConstGauge::new((hw - c.offset).max(0))))
+            }),
         )?;
         // Every committed offset of the groups this node coordinates: with
         // the high watermarks other nodes export, Prometheus computes the lag
@@ -609,14 +606,9 @@ impl Collector for Scrape {
             "sluice_consumer_group_committed_offset",
             "A group's committed offset of a partition (groups this node coordinates)",
             None,
-            self.snapshots.iter().flat_map(|s| &s.committed).map(|c| {
-                let labels: Labels = vec![
-                    ("group", c.group.clone()),
-                    ("topic", c.topic.clone()),
-                    ("partition", c.partition.to_string()),
-                ];
-                (labels, ConstGauge::new(c.offset))
-            }),
+            committed
+                .iter()
+                .map(|c| (committed_labels(c), ConstGauge::new(c.offset))),
         )?;
         Ok(())
     }

@@ -32,7 +32,6 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 0, 4),
 ];
 
-/// The advertised version range of an API, if Sluice answers it at all.
 /// The Kafka name of an API key ("Produce"), for metrics and log lines;
 /// the number itself for a key kafka-protocol does not know.
 pub fn api_name(key: i16) -> String {
@@ -41,6 +40,7 @@ pub fn api_name(key: i16) -> String {
         .unwrap_or_else(|_| key.to_string())
 }
 
+/// The advertised version range of an API, if Sluice answers it at all.
 pub fn supported_versions(api_key: i16) -> Option<(ApiKey, i16, i16)> {
     SUPPORTED_APIS
         .iter()

@@ -241,9 +241,9 @@ impl FetchSessions {
             self.close(session_id);
             return Context::Sessionless;
         }
-        // Only a session that grew is refused: others opened since this one
-        // may have taken the room (see `open`), and are not its doing.
-        if after > before && self.partitions > self.partitions_max {
+        // Openings never pass the bound (`make_room`, `open`): only this
+        // session's growth can.
+        if self.partitions > self.partitions_max {
             self.close(session_id);
             return Context::Refused(error_code::FETCH_SESSION_ID_NOT_FOUND);
         }

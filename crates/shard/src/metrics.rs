@@ -28,7 +28,7 @@ pub struct ShardCounters {
     topics: RefCell<HashMap<String, TopicTraffic>>,
     /// By (api key, api version).
     requests: RefCell<HashMap<(i16, i16), Histogram>>,
-    /// Partition-level error answers, by (api key, Kafka error code).
+    /// Error answers, by (api key, Kafka error code).
     errors: RefCell<HashMap<(i16, i16), u64>>,
     pub connections_open: Cell<u64>,
     pub connections_accepted: Cell<u64>,
@@ -46,10 +46,9 @@ impl ShardCounters {
             .observe(elapsed);
     }
 
+    /// An answer carrying `code` (not NONE: `Shard::error_answer` filters).
     pub fn error(&self, api_key: i16, code: i16) {
-        if code != 0 {
-            *self.errors.borrow_mut().entry((api_key, code)).or_default() += 1;
-        }
+        *self.errors.borrow_mut().entry((api_key, code)).or_default() += 1;
     }
 
     /// A batch stored for `topic`.

@@ -61,8 +61,8 @@ pub struct Shard {
     pub validation_scratch: RefCell<Vec<u8>>,
     /// Log lines about bad client input: at most one per interval.
     pub bad_input_log: LogLimiter,
-    /// Lines about error answers (a partition's or group's error code): at
-    /// most one per interval, with the count of those left out.
+    /// Lines about answers carrying an error code: at most one per
+    /// interval, with the count of those left out.
     pub error_answer_log: LogLimiter,
     /// Request bytes being read and response bytes waiting to be written on this core.
     pub memory: Rc<MemoryBudget>,
@@ -136,7 +136,8 @@ impl Shard {
     }
 
     /// Counts and logs (rate-limited) an answer carrying a Kafka error code
-    /// for `subject` (a topic-partition or a group).
+    /// for `subject` (a partition, topic, group, config resource, ...);
+    /// NONE is neither.
     pub fn error_answer(&self, api_key: i16, subject: std::fmt::Arguments, code: i16) {
         if code == error_code::NONE {
             return;

@@ -1036,9 +1036,6 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
             let chunk = self
                 .read_batches_from(&file, base, position, end, next, budget, first)
                 .await?;
-            if !chunk.records.is_empty() {
-                from_disk = Some((base, file.clone(), chunk.end_position, end));
-            }
             if chunk.records.is_empty() {
                 // Nothing at `next` in this segment although it is below the high
                 // watermark: a gap between segments (a lost tail of a sealed
@@ -1068,6 +1065,7 @@ impl<D: StorageDir + 'static> PartitionLog<D> {
                     _ => break,
                 }
             }
+            from_disk = Some((base, file.clone(), chunk.end_position, end));
             next = chunk.next_offset;
             records.push(chunk.records);
             // Continue into the next segment only if this one was used up.

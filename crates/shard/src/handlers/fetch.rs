@@ -194,7 +194,7 @@ pub async fn handle(
                 log_start_offset: outcome.log_start_offset,
             };
             shard.error_answer(
-                1,
+                frame.api_key,
                 format_args!("{}-{}", want.topic, want.partition),
                 error_code,
             );

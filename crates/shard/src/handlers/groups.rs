@@ -180,7 +180,7 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
         }
     };
     let body = if frame.api_version >= 4 {
-        let coordinators = request
+        let coordinators: Vec<CoordinatorEntry> = request
             .coordinator_keys
             .iter()
             .map(|key| {
@@ -201,7 +201,6 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: RequestFrame) -> Handler
                     .with_error_message(message.map(|m| str_bytes(&m)))
             })
             .collect();
-        let coordinators: Vec<CoordinatorEntry> = coordinators;
         for entry in &coordinators {
             shard.error_answer(
                 frame.api_key,

@@ -26,6 +26,7 @@ use std::rc::Rc;
 
 pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
     let request: ProduceRequest = decode_body(frame.body.clone(), frame.api_version)?;
+    let api_key = frame.api_key;
     let acks = request.acks;
     let timeout_ms = request.timeout_ms;
     let refuse = if !matches!(acks, -1..=1) {
@@ -97,7 +98,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
             let name = name.clone();
             calls.push(async move {
                 if let Some((code, message)) = refuse {
-                    shard.error_answer(0, format_args!("{name}-{index}"), code);
+                    shard.error_answer(api_key, format_args!("{name}-{index}"), code);
                     return ProduceOutcome {
                         error_code: code,
                         error_message: Some(message),
@@ -107,7 +108,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     };
                 }
                 let stored = records.clone();
-                match shard
+                let outcome = match shard
                     .call(
                         &name,
                         index,
@@ -119,33 +120,21 @@ pub async fn handle(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResult {
                     )
                     .await
                 {
-                    PartitionReply::Produce(outcome) => {
-                        if outcome.error_code == error_code::NONE {
-                            shard.counters.produced(&name, &stored);
-                        } else {
-                            shard.error_answer(
-                                0,
-                                format_args!("{name}-{index}"),
-                                outcome.error_code,
-                            );
-                        }
-                        outcome
-                    }
-                    _ => {
-                        shard.error_answer(
-                            0,
-                            format_args!("{name}-{index}"),
-                            error_code::KAFKA_STORAGE_ERROR,
-                        );
-                        ProduceOutcome {
-                            error_code: error_code::KAFKA_STORAGE_ERROR,
-                            base_offset: -1,
-                            log_append_time_ms: -1,
-                            log_start_offset: -1,
-                            error_message: None,
-                        }
-                    }
+                    PartitionReply::Produce(outcome) => outcome,
+                    _ => ProduceOutcome {
+                        error_code: error_code::KAFKA_STORAGE_ERROR,
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                        error_message: None,
+                    },
+                };
+                if outcome.error_code == error_code::NONE {
+                    shard.counters.produced(&name, &stored);
+                } else {
+                    shard.error_answer(api_key, format_args!("{name}-{index}"), outcome.error_code);
                 }
+                outcome
             });
         }
         shape.push((topic.name.clone(), partitions));
