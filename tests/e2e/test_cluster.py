@@ -22,8 +22,8 @@ from kafka_wire import fetch_v9_error, offset_for_leader_epoch_v2, read_response
 SESSION_TIMEOUT_MS = 2000
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def three_nodes(tmp_path):
+    """Three nodes, all controller voters, not started."""
     internal = {n: free_port() for n in (1, 2, 3)}
     controllers = ",".join(f"{n}@127.0.0.1:{p}" for n, p in internal.items())
     # A silent node is fenced after 2 s here (Kafka's default: 9 s).
@@ -31,9 +31,14 @@ def cluster(tmp_path):
     settings.write_text(f"broker_session_timeout_ms = {SESSION_TIMEOUT_MS}\n")
     # One core each, spread over the machine's CPUs ("C-C": a CPU list).
     cpus = os.cpu_count() or 1
-    nodes = {n: Broker(tmp_path / f"node-{n}", cores=f"{(n - 1) % cpus}-{(n - 1) % cpus}",
-                       extra_args=["--config", str(settings), "--node-id", str(n), "--controllers", controllers])
-             for n in (1, 2, 3)}
+    return {n: Broker(tmp_path / f"node-{n}", cores=f"{(n - 1) % cpus}-{(n - 1) % cpus}",
+                      extra_args=["--config", str(settings), "--node-id", str(n), "--controllers", controllers])
+            for n in (1, 2, 3)}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes = three_nodes(tmp_path)
     for node in nodes.values():
         node.launch()
     for node in nodes.values():
@@ -42,6 +47,42 @@ def cluster(tmp_path):
     for node in nodes.values():
         if node.proc is not None:
             node.stop(signal.SIGKILL)
+
+
+def test_the_offsets_topic_waits_for_every_voter_before_it_is_created(tmp_path):
+    """A group's first FindCoordinator creates __consumer_offsets. With two
+    of three voters up (a quorum: topics can be made), it must not be made
+    with two replicas for good: coordinators are not available until the
+    third node is up, and then every bucket has three replicas."""
+    nodes = three_nodes(tmp_path)
+    try:
+        for n in (1, 2):
+            nodes[n].launch()
+        for n in (1, 2):
+            nodes[n].wait_ready()
+        create_topic(nodes[1], "early", 1)  # the two nodes form a working cluster
+        consumer = Consumer({"bootstrap.servers": nodes[1].bootstrap, "group.id": "early-group",
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe(["early"])
+        deadline = time.time() + 4
+        while time.time() < deadline:
+            consumer.poll(0.2)
+        assert consumer.assignment() == [], "a coordinator before every voter was up"
+        assert "__consumer_offsets" not in admin(nodes[1]).list_topics(timeout=10).topics
+        nodes[3].start()
+        deadline = time.time() + 30
+        while not consumer.assignment():
+            assert time.time() < deadline, "no assignment once the third node is up"
+            consumer.poll(0.2)
+        consumer.close()
+        offsets = admin(nodes[1]).list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"]
+        assert len(offsets.partitions) == 16
+        assert all(sorted(p.replicas) == [1, 2, 3] for p in offsets.partitions.values()), \
+            {p.id: p.replicas for p in offsets.partitions.values()}
+    finally:
+        for node in nodes.values():
+            if node.proc is not None:
+                node.stop(signal.SIGKILL)
 
 
 def bucket_of(group):
@@ -311,6 +352,94 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     resumed.close()
     assert sorted(seen) == sorted((p, o) for p, o, _ in acked if o >= starts[p])
     nodes[victim].start()
+
+
+def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_rebalance(cluster):
+    """A group's metadata (members, generation, assignments) is stored in
+    its offsets bucket like its offsets: kill -9 the coordinator of a stable
+    group of two consumers, and the node that takes the bucket over knows
+    both members, so their heartbeats go on with the same generation and
+    assignments (no revoke, no assign, the same member ids in
+    DescribeGroups); restart it, it takes the bucket back, and again no
+    rebalance. Messages produced meanwhile are all consumed."""
+    nodes = cluster
+    create_topic(nodes[1], "steady", 4, replication_factor=3)
+    group = "steady-group"
+    everywhere = ",".join(n.bootstrap for n in nodes.values())
+    events = []  # (consumer, "assign" | "revoke" | "lost", partitions)
+    consumers = []
+    for name in ("a", "b"):
+        consumer = Consumer({"bootstrap.servers": everywhere, "group.id": group,
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "session.timeout.ms": 15000, "heartbeat.interval.ms": 300})
+
+        def on_assign(c, partitions, name=name):
+            events.append((name, "assign", sorted(p.partition for p in partitions)))
+
+        def on_revoke(c, partitions, name=name):
+            events.append((name, "revoke", sorted(p.partition for p in partitions)))
+
+        def on_lost(c, partitions, name=name):
+            events.append((name, "lost", sorted(p.partition for p in partitions)))
+
+        consumer.subscribe(["steady"], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        consumers.append(consumer)
+    seen = []
+
+    def poll_for(seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            for consumer in consumers:
+                msg = consumer.poll(0.05)
+                if msg is not None and msg.error() is None:
+                    seen.append((msg.partition(), msg.offset()))
+
+    def described(node):
+        """(state, member id → assigned partitions) as `node`'s AdminClient describes the group."""
+        client = admin(node)  # kept alive until the answer is in
+        answer = client.describe_consumer_groups([group])[group].result(timeout=10)
+        return answer.state.name, {m.member_id: sorted(tp.partition for tp in m.assignment.topic_partitions)
+                                   for m in answer.members}
+
+    # Both members stable, each with two partitions.
+    deadline = time.time() + 30
+    while not (len(consumers[0].assignment()) == 2 and len(consumers[1].assignment()) == 2):
+        assert time.time() < deadline, f"no stable assignment of 4 partitions to 2 members: {events}"
+        poll_for(0.5)
+    poll_for(1)
+    stable = described(nodes[1])
+    assert stable[0] == "STABLE" and len(stable[1]) == 2, stable
+    settled = len(events)
+    acked = produce(nodes[1], "steady", 200)
+
+    victim = coordinator_of(nodes[1], group)
+    survivors = [n for n in (1, 2, 3) if n != victim]
+    nodes[victim].stop(signal.SIGKILL)
+    deadline = time.time() + 20
+    while coordinator_of(nodes[survivors[0]], group) in (victim, -1):
+        assert time.time() < deadline, "no new coordinator for the group"
+        poll_for(0.2)
+    acked += produce(nodes[survivors[0]], "steady", 200, start=200)
+    poll_for(5)  # heartbeats to the new coordinator, and consumption
+    assert described(nodes[survivors[0]]) == stable, "the new coordinator knows the members and assignments"
+    assert events[settled:] == [], f"a rebalance after the coordinator's loss: {events[settled:]}"
+
+    nodes[victim].start()
+    deadline = time.time() + 30
+    while coordinator_of(nodes[survivors[0]], group) != victim:
+        assert time.time() < deadline, "the restarted node did not take its offsets bucket back"
+        poll_for(0.2)
+    acked += produce(nodes[survivors[0]], "steady", 200, start=400)
+    poll_for(5)
+    assert described(nodes[victim]) == stable
+    assert events[settled:] == [], f"a rebalance after the coordinator's return: {events[settled:]}"
+    deadline = time.time() + 20
+    while len(set(seen)) < len(acked):
+        assert time.time() < deadline, f"{len(set(seen))} of {len(acked)} records consumed"
+        poll_for(0.5)
+    assert sorted(set(seen)) == sorted((p, o) for p, o, _ in acked)
+    for consumer in consumers:
+        consumer.close()
 
 
 def partition_state(node, topic, partition=0):

@@ -132,6 +132,7 @@ fn run(config: Config) -> Result<(), String> {
     let metadata = Arc::new(MetadataStore::load(&data_dir)?);
     let cluster_id = cluster_id(&data_dir)?;
     let (advertised_host, advertised_port) = config.advertised()?;
+    let voters = config.voters()?;
     let settings = Arc::new(BrokerSettings {
         node_id: config.node_id,
         cluster_id,
@@ -168,9 +169,9 @@ fn run(config: Config) -> Result<(), String> {
         min_insync_replicas: config.min_insync_replicas,
         replica_lag_time_max_ms: config.replica_lag_time_max_ms,
         offsets_topic_replication_factor: config.offsets_topic_replication_factor,
+        controller_voters: voters.len(),
     });
     let shard_count = config.cpus.len();
-    let voters = config.voters()?;
     let (controller, internal_addr) = if voters.is_empty() {
         cluster_link::start_single_node_controller(&settings)?
     } else {

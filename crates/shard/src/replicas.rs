@@ -109,10 +109,8 @@ impl Shard {
             Transition::Unchanged => {}
             Transition::BecameLeader => {
                 let entry = entry.clone();
-                glommio::spawn_local(
-                    async move { coordinator.offsets.attach(bucket, entry).await },
-                )
-                .detach();
+                glommio::spawn_local(async move { coordinator.attach(bucket, entry).await })
+                    .detach();
             }
             Transition::BecameFollower { .. } | Transition::Leaderless => {
                 coordinator.detach(bucket)

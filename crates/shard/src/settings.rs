@@ -58,6 +58,9 @@ pub struct BrokerSettings {
     pub replica_lag_time_max_ms: u64,
     /// Replicas of `__consumer_offsets` (at most the live nodes when it is created).
     pub offsets_topic_replication_factor: i32,
+    /// Controller voters named by `--controllers` (0 for a node of its own):
+    /// a cluster is expected to have at least this many nodes.
+    pub controller_voters: usize,
 }
 
 impl BrokerSettings {
@@ -96,6 +99,7 @@ impl BrokerSettings {
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_replication_factor: 1,
+            controller_voters: 0,
         }
     }
 

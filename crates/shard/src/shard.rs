@@ -315,11 +315,19 @@ impl Shard {
         let live = cluster.live_nodes().len().max(1) as i32;
         // As Kafka: not with fewer replicas than asked while known nodes are
         // down (FindCoordinator answers COORDINATOR_NOT_AVAILABLE meanwhile);
-        // a cluster smaller than the setting gets one replica per node.
+        // a cluster smaller than the setting gets one replica per node. The
+        // cluster has at least its controller voters, registered or not: the
+        // first FindCoordinator of a cluster whose nodes are still starting
+        // must not make the topic with fewer replicas for good.
+        let known = cluster
+            .nodes
+            .len()
+            .max(self.settings.controller_voters)
+            .max(1);
         let wanted = self
             .settings
             .offsets_topic_replication_factor
-            .min(cluster.nodes.len().max(1) as i32);
+            .min(known as i32);
         if live < wanted {
             return;
         }

@@ -1,14 +1,19 @@
 //! The group coordinator of one shard: owns the groups whose id hashes here,
 //! drives their state machine, and parks JoinGroup/SyncGroup requests until
 //! their round completes (woken by `changed`, or by the round's deadline).
+//! A group's metadata is stored in its offsets bucket when a rebalance
+//! completes (before the members get their assignments) and when it
+//! empties, and taken over from there by the bucket's next leader.
 
 use super::offsets::{Committed, GroupOffsets, OffsetStore};
 use super::state::{code, Group, GroupState, Join, JoinRequest, JoinResult, Sync};
+use crate::shard::PartitionEntry;
 use bytes::Bytes;
 use sluice_storage::event::Event;
 use sluice_storage::now_ms;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Kafka's group.initial.rebalance.delay.ms is 3 s; a shorter wait still
@@ -131,8 +136,45 @@ impl Coordinator {
                 }
                 Sync::Error(error_code) => return (error_code, Bytes::new()),
                 Sync::Waiting => wait_until(&self.changed, now_ms() + 1000).await,
+                Sync::Store(stored) => {
+                    return self.store_assignment(group_id, member_id, stored).await
+                }
             }
         }
+    }
+
+    /// The leader's SyncGroup: the group with its assignment is written to
+    /// its offsets bucket (every in-sync replica), and only then is it
+    /// Stable and the members get their parts, as in Kafka; a failed write
+    /// sends the members into a new round.
+    async fn store_assignment(
+        &self,
+        group_id: &str,
+        leader: &str,
+        stored: super::state::StoredGroup,
+    ) -> (i16, Bytes) {
+        let generation = stored.generation;
+        let result = self.offsets.store_group(&stored).await;
+        let reply = {
+            let mut groups = self.groups.borrow_mut();
+            match (groups.get_mut(group_id), result) {
+                (None, _) => (code::NOT_COORDINATOR, Bytes::new()),
+                (Some(group), Ok(())) => {
+                    if group.assignment_stored(generation) {
+                        (code::NONE, group.members[leader].assignment.clone())
+                    } else {
+                        (code::REBALANCE_IN_PROGRESS, Bytes::new())
+                    }
+                }
+                (Some(group), Err(error)) => {
+                    tracing::warn!(group = group_id, generation, error = %code::name(error), "group assignment not stored: the members rebalance");
+                    group.store_failed(generation, now_ms(), INITIAL_REBALANCE_DELAY_MS);
+                    (error, Bytes::new())
+                }
+            }
+        };
+        self.changed.notify();
+        reply
     }
 
     pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
@@ -151,6 +193,27 @@ impl Coordinator {
         };
         self.changed.notify();
         result
+    }
+
+    /// Stores the group's record if its last member just left (before the
+    /// LeaveGroup answer: a member that closed cleanly is not brought back
+    /// by a coordinator taking the group over right after). A failure is
+    /// logged; the group's next change writes it again.
+    pub async fn store_if_emptied(&self, group_id: &str) {
+        let stored = self
+            .groups
+            .borrow_mut()
+            .get_mut(group_id)
+            .filter(|g| g.unstored && g.state == GroupState::Empty)
+            .map(|g| {
+                g.unstored = false;
+                g.to_stored()
+            });
+        if let Some(stored) = stored {
+            if let Err(error) = self.offsets.store_group(&stored).await {
+                tracing::warn!(group = group_id, error = %code::name(error), "emptied group not stored");
+            }
+        }
     }
 
     pub fn check_commit(
@@ -176,6 +239,31 @@ impl Coordinator {
         self.offsets.commit(group_id, commits).await
     }
 
+    /// This node leads the offsets bucket now: loads its offsets and takes
+    /// its groups over as they were last stored (members, generation,
+    /// assignments), every member's session starting now, so members of a
+    /// stable group go on heartbeating without a rebalance.
+    pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
+        self.offsets.attach(bucket, entry).await;
+        // The same step as the load's completion: no request of these groups
+        // was served in between.
+        let loaded = self.offsets.take_loaded_groups(bucket);
+        if loaded.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut groups = self.groups.borrow_mut();
+        let mut members = 0;
+        for stored in loaded {
+            members += stored.members.len();
+            let id = stored.id.clone();
+            groups
+                .entry(id)
+                .or_insert_with(|| Group::restore(stored, now));
+        }
+        tracing::info!(bucket, members, "groups of the offsets bucket taken over");
+    }
+
     /// This node no longer leads the offsets bucket: its groups (members,
     /// generations, offsets) are served by the new leader; members parked
     /// here are woken and will rediscover the coordinator.
@@ -191,8 +279,10 @@ impl Coordinator {
         self.offsets.fetch(group_id)
     }
 
-    /// Removes members whose session expired and wakes parked requests.
-    pub fn expire_sessions(&self) {
+    /// Removes members whose session expired and wakes parked requests;
+    /// forgets groups nobody is in and that hold no offsets; writes what
+    /// changed in the stored groups (in the background).
+    pub fn expire_sessions(self: &Rc<Self>) {
         let mut any = false;
         for group in self.groups.borrow_mut().values_mut() {
             if group.expire(now_ms(), INITIAL_REBALANCE_DELAY_MS) {
@@ -200,16 +290,52 @@ impl Coordinator {
                 any = true;
             }
         }
-        // Forget groups nobody is in and that hold no offsets.
         let offsets = &self.offsets;
+        let mut forgotten = Vec::new();
         self.groups.borrow_mut().retain(|id, g| {
-            !(g.members.is_empty()
+            let keep = !(g.members.is_empty()
                 && g.pending_member_ids.is_empty()
-                && offsets.fetch(id).is_empty())
+                && offsets.fetch(id).is_empty());
+            if !keep && offsets.has_stored_group(id) {
+                forgotten.push(id.clone());
+            }
+            keep
         });
+        let emptied: Vec<String> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| g.unstored)
+            .map(|g| g.id.clone())
+            .collect();
+        self.store_changes(emptied, forgotten);
         if any {
             self.changed.notify();
         }
+    }
+
+    /// In the background: the record of each emptied group (one that filled
+    /// again meanwhile is stored by its next rebalance), and a tombstone for
+    /// each forgotten one (unless it was re-created meanwhile).
+    fn store_changes(self: &Rc<Self>, emptied: Vec<String>, forgotten: Vec<String>) {
+        if emptied.is_empty() && forgotten.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            for id in forgotten {
+                if this.groups.borrow().contains_key(&id) || !this.offsets.has_stored_group(&id) {
+                    continue;
+                }
+                if let Err(error) = this.offsets.forget_group(&id).await {
+                    tracing::debug!(group = %id, error = %code::name(error), "tombstone of a forgotten group not written");
+                }
+            }
+            for id in emptied {
+                this.store_if_emptied(&id).await;
+            }
+        })
+        .detach();
     }
 
     /// Drops the committed offsets of empty groups idle longer than `retention_ms`.

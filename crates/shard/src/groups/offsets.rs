@@ -9,8 +9,20 @@
 //! the partition, and when it stops leading it forgets them. The partitions
 //! are compacted (`cleanup.policy=compact`): every record is keyed by
 //! (group, topic, partition), and deleting a group writes tombstones.
+//! Each group's metadata (members, generation, leader, protocol and the
+//! leader's assignment: Kafka's GroupMetadata record) is a record of the same
+//! partition, keyed by the group, written when a rebalance completes and when
+//! the group empties, so a new coordinator takes its groups over without a
+//! rebalance.
 //!
-//! Record value (big-endian): `kind u8 (1 commit, 2 delete group) | group u16+bytes |
+//! Group record value: `3 | group u16+bytes | generation i32 | protocol_type
+//! | protocol | leader (each i16 len, -1 null, + bytes) | members i32 |
+//! per member: id u16+bytes, instance id (i16, -1 null), client id u16+bytes,
+//! client host u16+bytes, session timeout i32, rebalance timeout i32,
+//! subscription i32+bytes, assignment i32+bytes | crc32 u32`; key `3 | group
+//! u16+bytes`.
+//!
+//! Offset record value (big-endian): `kind u8 (1 commit, 2 delete group) | group u16+bytes |
 //! topic u16+bytes | partition i32 | offset i64 | leader_epoch i32 |
 //! metadata i16 len (-1 null) + bytes | commit_ms i64 | crc32 u32` (crc32fast
 //! of everything before it). A record whose checksum fails is dropped on
@@ -23,6 +35,7 @@
 //! a snapshot left there is imported once when its bucket is first loaded:
 //! its offsets are written again as keyed records, then it is removed.
 
+use super::state::{StoredGroup, StoredMember};
 use crate::settings::BrokerSettings;
 use crate::shard::PartitionEntry;
 use sluice_protocol::api::error_code;
@@ -108,6 +121,7 @@ fn decode_snapshot(bytes: &[u8]) -> Option<(i64, Vec<CommitEntry>)> {
 }
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
+const KIND_GROUP: u8 = 3;
 
 pub fn bucket_of(group: &str) -> u32 {
     let hash = group.bytes().fold(0xcbf29ce484222325u64, |h, b| {
@@ -136,6 +150,11 @@ pub struct OffsetStore {
     /// Buckets being loaded (their groups get COORDINATOR_LOAD_IN_PROGRESS).
     loading: RefCell<HashSet<u32>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
+    /// Groups whose metadata record is in a bucket served here (not
+    /// tombstoned): forgetting one writes a tombstone.
+    stored_groups: RefCell<HashSet<String>>,
+    /// Group records read by a bucket's load, for the coordinator to take.
+    loaded_groups: RefCell<Vec<StoredGroup>>,
     /// Where older data dirs kept bucket snapshots.
     snapshot_dir: std::path::PathBuf,
     /// The shard's long-poll wake-up: followers fetching a bucket wait on it.
@@ -168,6 +187,97 @@ fn encode(kind: u8, group: &str, topic: &str, partition: i32, c: &Committed) -> 
     out
 }
 
+fn put_nstr(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(out, s),
+        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The compaction key of a group's metadata record.
+fn group_key(group: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + group.len());
+    out.push(KIND_GROUP);
+    put_str(&mut out, group);
+    out
+}
+
+fn encode_group(g: &StoredGroup) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + g.members.len() * 128);
+    out.push(KIND_GROUP);
+    put_str(&mut out, &g.id);
+    out.extend_from_slice(&g.generation.to_be_bytes());
+    put_nstr(&mut out, g.protocol_type.as_deref());
+    put_nstr(&mut out, g.protocol.as_deref());
+    put_nstr(&mut out, g.leader.as_deref());
+    out.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
+    for m in &g.members {
+        put_str(&mut out, &m.id);
+        put_nstr(&mut out, m.instance_id.as_deref());
+        put_str(&mut out, &m.client_id);
+        put_str(&mut out, &m.client_host);
+        out.extend_from_slice(&m.session_timeout_ms.to_be_bytes());
+        out.extend_from_slice(&m.rebalance_timeout_ms.to_be_bytes());
+        put_bytes(&mut out, &m.subscription);
+        put_bytes(&mut out, &m.assignment);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A value's payload if its trailing crc32 matches.
+fn checked(value: &[u8]) -> Option<&[u8]> {
+    let (payload, crc) = value.split_at(value.len().checked_sub(4)?);
+    (crc32fast::hash(payload) == u32::from_be_bytes(crc.try_into().ok()?)).then_some(payload)
+}
+
+fn decode_group(value: &[u8]) -> Option<StoredGroup> {
+    let mut r = Reader(checked(value)?);
+    if r.u8()? != KIND_GROUP {
+        return None;
+    }
+    let id = r.str()?;
+    let generation = r.i32()?;
+    let protocol_type = r.nstr()?;
+    let protocol = r.nstr()?;
+    let leader = r.nstr()?;
+    let count = r.i32()?;
+    let mut members = Vec::new();
+    for _ in 0..count {
+        members.push(StoredMember {
+            id: r.str()?,
+            instance_id: r.nstr()?,
+            client_id: r.str()?,
+            client_host: r.str()?,
+            session_timeout_ms: r.i32()?,
+            rebalance_timeout_ms: r.i32()?,
+            subscription: r.bytes()?,
+            assignment: r.bytes()?,
+        });
+    }
+    Some(StoredGroup {
+        id,
+        generation,
+        protocol_type,
+        protocol,
+        leader,
+        members,
+    })
+}
+
+/// What a record's key names.
+#[derive(Debug, PartialEq)]
+enum Key {
+    Offset(String, String, i32),
+    Group(String),
+}
+
 /// The compaction key of a committed offset.
 fn key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + group.len() + topic.len());
@@ -178,12 +288,13 @@ fn key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
     out
 }
 
-fn decode_key(key: &[u8]) -> Option<(String, String, i32)> {
+fn decode_key(key: &[u8]) -> Option<Key> {
     let mut r = Reader(key);
-    if r.u8()? != KIND_COMMIT {
-        return None;
+    match r.u8()? {
+        KIND_COMMIT => Some(Key::Offset(r.str()?, r.str()?, r.i32()?)),
+        KIND_GROUP => Some(Key::Group(r.str()?)),
+        _ => None,
     }
-    Some((r.str()?, r.str()?, r.i32()?))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -216,14 +327,22 @@ impl Reader<'_> {
         self.take(len)
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
+    /// A string written by `put_nstr`: `Some(None)` for null.
+    fn nstr(&mut self) -> Option<Option<String>> {
+        if self.0.get(..2)? == (-1i16).to_be_bytes() {
+            self.take(2);
+            return Some(None);
+        }
+        self.str().map(Some)
+    }
+    fn bytes(&mut self) -> Option<bytes::Bytes> {
+        let len = usize::try_from(self.i32()?).ok()?;
+        self.take(len).map(bytes::Bytes::copy_from_slice)
+    }
 }
 
 fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
-    let (payload, crc) = value.split_at(value.len().checked_sub(4)?);
-    if crc32fast::hash(payload) != u32::from_be_bytes(crc.try_into().ok()?) {
-        return None;
-    }
-    let mut r = Reader(payload);
+    let mut r = Reader(checked(value)?);
     let kind = r.u8()?;
     let group = r.str()?;
     let topic = r.str()?;
@@ -260,6 +379,8 @@ impl OffsetStore {
             buckets: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashSet::new()),
             offsets: RefCell::new(HashMap::new()),
+            stored_groups: RefCell::new(HashSet::new()),
+            loaded_groups: RefCell::new(Vec::new()),
             snapshot_dir: settings.data_dir.join("offsets"),
             data_arrived,
         }
@@ -332,6 +453,24 @@ impl OffsetStore {
         self.offsets
             .borrow_mut()
             .retain(|group, _| bucket_of(group) != bucket);
+        self.stored_groups
+            .borrow_mut()
+            .retain(|group| bucket_of(group) != bucket);
+        self.loaded_groups
+            .borrow_mut()
+            .retain(|g| bucket_of(&g.id) != bucket);
+    }
+
+    /// The group records `bucket`'s load read (the coordinator takes them
+    /// over in the same step the load completes in, before any request of
+    /// theirs is served).
+    pub fn take_loaded_groups(&self, bucket: u32) -> Vec<StoredGroup> {
+        let mut loaded = self.loaded_groups.borrow_mut();
+        let (taken, kept) = std::mem::take(&mut *loaded)
+            .into_iter()
+            .partition(|g| bucket_of(&g.id) == bucket);
+        *loaded = kept;
+        taken
     }
 
     async fn load(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<u64, String> {
@@ -353,6 +492,7 @@ impl OffsetStore {
             }
         }
         let mut replayed = 0u64;
+        let mut groups: HashMap<String, StoredGroup> = HashMap::new();
         loop {
             let read = log
                 .read(offset, 1 << 20)
@@ -369,23 +509,43 @@ impl OffsetStore {
                 for (key, value) in record_keys_values(batch) {
                     replayed += 1;
                     match value {
+                        Some(value) if value.first() == Some(&KIND_GROUP) => {
+                            match decode_group(value) {
+                                Some(group) => {
+                                    self.stored_groups.borrow_mut().insert(group.id.clone());
+                                    groups.insert(group.id.clone(), group);
+                                }
+                                None => {
+                                    tracing::warn!(
+                                        bucket,
+                                        "group record with a bad checksum dropped"
+                                    )
+                                }
+                            }
+                        }
                         Some(value) => match decode(value) {
                             Some(record) => self.apply(record),
                             None => {
                                 tracing::warn!(bucket, "offset record with a bad checksum dropped")
                             }
                         },
-                        None => {
-                            if let Some((group, topic, partition)) = key.and_then(decode_key) {
-                                self.remove(&group, &topic, partition);
+                        None => match key.and_then(decode_key) {
+                            Some(Key::Offset(group, topic, partition)) => {
+                                self.remove(&group, &topic, partition)
                             }
-                        }
+                            Some(Key::Group(group)) => {
+                                self.stored_groups.borrow_mut().remove(&group);
+                                groups.remove(&group);
+                            }
+                            None => {}
+                        },
                     }
                 }
                 at += header.total_bytes();
             }
             offset = read.next_offset;
         }
+        self.loaded_groups.borrow_mut().extend(groups.into_values());
         if legacy.is_some() {
             self.import_legacy(bucket, entry).await?;
             std::fs::remove_file(&snapshot_path)
@@ -490,21 +650,50 @@ impl OffsetStore {
         Ok(())
     }
 
-    /// Tombstones for every committed offset of the group.
+    /// Writes the group's metadata record on every in-sync replica of its
+    /// bucket (the error is the Kafka code to answer).
+    pub async fn store_group(&self, group: &StoredGroup) -> Result<(), i16> {
+        let entry = self.bucket_entry(&group.id)?;
+        let (key, value) = (group_key(&group.id), encode_group(group));
+        self.append(&entry, &[(key.as_slice(), Some(value.as_slice()))])
+            .await?;
+        self.stored_groups.borrow_mut().insert(group.id.clone());
+        Ok(())
+    }
+
+    /// Has the group a metadata record (not tombstoned)?
+    pub fn has_stored_group(&self, group: &str) -> bool {
+        self.stored_groups.borrow().contains(group)
+    }
+
+    /// A tombstone for the group's metadata record (a group forgotten).
+    pub async fn forget_group(&self, group: &str) -> Result<(), i16> {
+        let entry = self.bucket_entry(group)?;
+        let key = group_key(group);
+        self.append(&entry, &[(key.as_slice(), None)]).await?;
+        self.stored_groups.borrow_mut().remove(group);
+        Ok(())
+    }
+
+    /// Tombstones for every committed offset of the group and its metadata.
     pub async fn delete_group(&self, group: &str) -> Result<(), i16> {
         let entry = self.bucket_entry(group)?;
-        let keys: Vec<Vec<u8>> = self
+        let mut keys: Vec<Vec<u8>> = self
             .offsets
             .borrow()
             .get(group)
             .map(|o| o.keys().map(|(t, p)| key(group, t, *p)).collect())
             .unwrap_or_default();
+        if self.has_stored_group(group) {
+            keys.push(group_key(group));
+        }
         if !keys.is_empty() {
             let entries: Vec<(&[u8], Option<&[u8]>)> =
                 keys.iter().map(|k| (k.as_slice(), None)).collect();
             self.append(&entry, &entries).await?;
         }
         self.offsets.borrow_mut().remove(group);
+        self.stored_groups.borrow_mut().remove(group);
         Ok(())
     }
 
@@ -522,11 +711,30 @@ impl OffsetStore {
 
     /// Appends keyed records to an offsets partition this node leads and waits
     /// until every in-sync replica has them (the error is the Kafka code).
+    /// As in Kafka (acks=all on `__consumer_offsets`), fewer in-sync
+    /// replicas than min.insync.replicas refuse the write, before or after
+    /// it, with COORDINATOR_NOT_AVAILABLE (retriable).
     async fn append(
         &self,
         entry: &Rc<PartitionEntry>,
         records: &[(&[u8], Option<&[u8]>)],
     ) -> Result<(), i16> {
+        let min_insync = entry.config.get().min_insync_replicas.max(1) as usize;
+        let too_few = || {
+            let isr = entry.replica.isr.borrow().len();
+            (isr < min_insync).then(|| {
+                tracing::warn!(
+                    partition = entry.log.name(),
+                    isr,
+                    min_insync,
+                    "offsets or group metadata refused: too few in-sync replicas"
+                );
+                error_code::COORDINATOR_NOT_AVAILABLE
+            })
+        };
+        if let Some(code) = too_few() {
+            return Err(code);
+        }
         let batch = bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
         let epoch = entry.replica.leader_epoch.get();
         let outcome = entry.produce(batch).await;
@@ -543,7 +751,8 @@ impl OffsetStore {
             .map_err(|code| match code {
                 error_code::NOT_LEADER_OR_FOLLOWER => error_code::NOT_COORDINATOR,
                 _ => error_code::COORDINATOR_NOT_AVAILABLE,
-            })
+            })?;
+        too_few().map_or(Ok(()), Err)
     }
 
     /// Groups whose newest commit is older than `retention_ms` (for expiry of empty groups).
@@ -567,6 +776,18 @@ impl OffsetStore {
 mod tests {
     use super::*;
     use sluice_protocol::record_batch::{build_batch, record_values};
+
+    /// The bucket's partition of `__consumer_offsets` in `settings.data_dir`.
+    async fn open_bucket(settings: &BrokerSettings, bucket: u32) -> Rc<PartitionEntry> {
+        let path = settings.partition_dir(OFFSETS_TOPIC, bucket as i32);
+        let config = crate::topic_config::effective(settings, &BTreeMap::new());
+        let storage = crate::storage_dir::open_dir(&path).unwrap();
+        Rc::new(
+            crate::partition::Partition::open(storage, config, "o".into(), path, 0)
+                .await
+                .unwrap(),
+        )
+    }
 
     #[test]
     fn snapshots_round_trip_and_damage_is_detected() {
@@ -624,7 +845,11 @@ mod tests {
         let k = key("group-a", "orders", 5);
         assert_eq!(
             decode_key(&k),
-            Some(("group-a".to_string(), "orders".to_string(), 5))
+            Some(Key::Offset("group-a".to_string(), "orders".to_string(), 5))
+        );
+        assert_eq!(
+            decode_key(&group_key("group-a")),
+            Some(Key::Group("group-a".to_string()))
         );
         let batch = build_keyed_batch(1, &[(&k, None), (&k, Some(b"v"))]);
         let records = record_keys_values(&batch);
@@ -644,22 +869,7 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let settings = BrokerSettings::for_tests(dir.path().to_path_buf());
                 let bucket = bucket_of("legacy");
-                let path = settings.partition_dir(OFFSETS_TOPIC, bucket as i32);
-                let config = crate::topic_config::effective(&settings, &BTreeMap::new());
-                let open = || async {
-                    let storage = crate::storage_dir::open_dir(&path).unwrap();
-                    Rc::new(
-                        crate::partition::Partition::open(
-                            storage,
-                            config,
-                            "o".into(),
-                            path.clone(),
-                            0,
-                        )
-                        .await
-                        .unwrap(),
-                    )
-                };
+                let open = || open_bucket(&settings, bucket);
                 let committed = |offset: i64| Committed {
                     offset,
                     leader_epoch: 0,
@@ -723,6 +933,115 @@ mod tests {
                 let third = OffsetStore::new(&settings, Rc::default());
                 third.attach(bucket, open().await).await;
                 assert!(third.fetch("legacy").is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn stored_group(id: &str, generation: i32) -> StoredGroup {
+        StoredGroup {
+            id: id.into(),
+            generation,
+            protocol_type: Some("consumer".into()),
+            protocol: Some("range".into()),
+            leader: Some("m-1".into()),
+            members: vec![
+                StoredMember {
+                    id: "m-1".into(),
+                    instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    session_timeout_ms: 10_000,
+                    rebalance_timeout_ms: 30_000,
+                    subscription: bytes::Bytes::from_static(b"sub"),
+                    assignment: bytes::Bytes::from_static(b"A"),
+                },
+                StoredMember {
+                    id: "m-2".into(),
+                    instance_id: Some("static-2".into()),
+                    client_id: "".into(),
+                    client_host: "/10.0.0.2".into(),
+                    session_timeout_ms: 45_000,
+                    rebalance_timeout_ms: 300_000,
+                    subscription: bytes::Bytes::new(),
+                    assignment: bytes::Bytes::from_static(b""),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn group_records_round_trip_and_damage_is_refused() {
+        let group = stored_group("g", 7);
+        let value = encode_group(&group);
+        assert_eq!(decode_group(&value), Some(group.clone()));
+        let empty = StoredGroup {
+            protocol: None,
+            leader: None,
+            members: Vec::new(),
+            ..group
+        };
+        assert_eq!(decode_group(&encode_group(&empty)), Some(empty));
+        for at in [0, 5, value.len() / 2, value.len() - 1] {
+            let mut bad = value.clone();
+            bad[at] ^= 1;
+            assert_eq!(decode_group(&bad), None, "flip at {at} accepted");
+        }
+        assert_eq!(decode_group(&value[..value.len() - 1]), None);
+    }
+
+    /// Group records are read back by the next leader's load (the newest per
+    /// group), a tombstone removes one, and a deleted group's record goes too.
+    #[test]
+    fn group_records_are_loaded_by_the_next_leader() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let settings = BrokerSettings::for_tests(dir.path().to_path_buf());
+                // Three groups of one bucket.
+                let kept = "kept";
+                let bucket = bucket_of(kept);
+                let same: Vec<String> = (0..)
+                    .map(|i| format!("g{i}"))
+                    .filter(|g| bucket_of(g) == bucket)
+                    .take(2)
+                    .collect();
+                let (forgotten, deleted) = (same[0].as_str(), same[1].as_str());
+                let open = || open_bucket(&settings, bucket);
+                let entry = open().await;
+                let store = OffsetStore::new(&settings, Rc::default());
+                store.attach(bucket, entry.clone()).await;
+                assert!(store.take_loaded_groups(bucket).is_empty());
+                for (group, generation) in [(kept, 1), (kept, 2), (forgotten, 1), (deleted, 4)] {
+                    store
+                        .store_group(&stored_group(group, generation))
+                        .await
+                        .unwrap();
+                }
+                let committed = Committed {
+                    offset: 5,
+                    leader_epoch: 0,
+                    metadata: None,
+                    commit_ms: 1,
+                };
+                store
+                    .commit(deleted, vec![("t".into(), 0, committed)])
+                    .await
+                    .unwrap();
+                store.forget_group(forgotten).await.unwrap();
+                store.delete_group(deleted).await.unwrap();
+                assert!(store.has_stored_group(kept) && !store.has_stored_group(deleted));
+                entry.log.close().await.unwrap();
+                let next = OffsetStore::new(&settings, Rc::default());
+                next.attach(bucket, open().await).await;
+                assert_eq!(next.take_loaded_groups(bucket), vec![stored_group(kept, 2)]);
+                assert!(next.take_loaded_groups(bucket).is_empty(), "taken once");
+                assert!(next.has_stored_group(kept));
+                assert!(!next.has_stored_group(forgotten) && !next.has_stored_group(deleted));
+                assert!(next.fetch(deleted).is_empty());
+                next.detach(bucket);
+                assert!(!next.has_stored_group(kept));
             })
             .unwrap()
             .join()

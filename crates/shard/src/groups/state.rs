@@ -91,6 +91,35 @@ pub enum Sync {
     Error(i16),
     Waiting,
     Done(Bytes),
+    /// The leader's assignment: store the group (this record) in
+    /// `__consumer_offsets`, then `assignment_stored` or `store_failed`.
+    Store(StoredGroup),
+}
+
+/// A group as it is kept in `__consumer_offsets` (Kafka's GroupMetadata
+/// record): what a new coordinator needs to take the group over without a
+/// rebalance (members, generation, leader, protocol, assignments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredGroup {
+    pub id: String,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: Vec<StoredMember>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +139,11 @@ pub struct Group {
     pub join_gate_ms: u64,
     /// Bumped each time a join round completes.
     pub join_rounds: u64,
+    /// The leader's assignment is being stored (CompletingRebalance until
+    /// it is durable, as in Kafka).
+    storing: bool,
+    /// Became Empty and not stored since (written in the background).
+    pub unstored: bool,
 }
 
 fn new_member_id(client_id: &str) -> String {
@@ -130,6 +164,74 @@ impl Group {
             join_deadline_ms: 0,
             join_gate_ms: 0,
             join_rounds: 0,
+            storing: false,
+            unstored: false,
+        }
+    }
+
+    /// The group as a new coordinator loads it: Stable with its stored
+    /// members and their assignments (or Empty), every session starting now.
+    pub fn restore(stored: StoredGroup, now_ms: u64) -> Group {
+        let mut group = Group::new(&stored.id);
+        group.generation = stored.generation;
+        group.protocol_type = stored.protocol_type;
+        group.state = if stored.members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        let protocol = stored.protocol.clone().unwrap_or_default();
+        for m in stored.members {
+            group.members.insert(
+                m.id.clone(),
+                Member {
+                    id: m.id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: vec![(protocol.clone(), m.subscription)],
+                    assignment: m.assignment,
+                    last_seen_ms: now_ms,
+                    joined: false,
+                },
+            );
+        }
+        if group.state == GroupState::Stable {
+            group.protocol = stored.protocol;
+            group.leader = stored.leader;
+        }
+        group
+    }
+
+    /// What `restore` takes back.
+    pub fn to_stored(&self) -> StoredGroup {
+        StoredGroup {
+            id: self.id.clone(),
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .values()
+                .map(|m| StoredMember {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == self.protocol.as_ref())
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -151,6 +253,7 @@ impl Group {
             now_ms
         };
         self.state = GroupState::PreparingRebalance;
+        self.storing = false;
         self.join_deadline_ms = now_ms + rebalance_timeout.max(initial_delay_ms);
         for member in self.members.values_mut() {
             member.joined = false;
@@ -296,6 +399,7 @@ impl Group {
             self.state = GroupState::Empty;
             self.protocol = None;
             self.leader = None;
+            self.unstored = true;
             return true;
         }
         // The first protocol of the leader's list that every member supports.
@@ -383,20 +487,46 @@ impl Group {
         match self.state {
             GroupState::PreparingRebalance => Sync::Error(code::REBALANCE_IN_PROGRESS),
             GroupState::CompletingRebalance => {
-                if self.leader.as_deref() == Some(member_id) {
+                if self.leader.as_deref() == Some(member_id) && !self.storing {
                     for (member, assignment) in assignments {
                         if let Some(m) = self.members.get_mut(&member) {
                             m.assignment = assignment;
                         }
                     }
-                    self.state = GroupState::Stable;
-                    Sync::Done(self.members[member_id].assignment.clone())
+                    self.storing = true;
+                    Sync::Store(self.to_stored())
                 } else {
                     Sync::Waiting
                 }
             }
             GroupState::Stable => Sync::Done(self.members[member_id].assignment.clone()),
             GroupState::Empty | GroupState::Dead => Sync::Error(code::UNKNOWN_MEMBER_ID),
+        }
+    }
+
+    /// The leader's assignment of `generation` is durable: the group is
+    /// Stable and every member gets its part. False if the group moved on
+    /// meanwhile (a member left or joined: a new round).
+    pub fn assignment_stored(&mut self, generation: i32) -> bool {
+        if !(self.storing
+            && self.generation == generation
+            && self.state == GroupState::CompletingRebalance)
+        {
+            return false;
+        }
+        self.storing = false;
+        self.state = GroupState::Stable;
+        true
+    }
+
+    /// Storing the assignment of `generation` failed: as in Kafka, the
+    /// assignment is dropped and the members rebalance.
+    pub fn store_failed(&mut self, generation: i32, now_ms: u64, initial_delay_ms: u64) {
+        if self.storing
+            && self.generation == generation
+            && self.state == GroupState::CompletingRebalance
+        {
+            self.start_rebalance(now_ms, initial_delay_ms);
         }
     }
 
@@ -439,6 +569,8 @@ impl Group {
     fn after_removal(&mut self, now_ms: u64, initial_delay_ms: u64) {
         if self.members.is_empty() {
             self.state = GroupState::Empty;
+            self.storing = false;
+            self.unstored = true;
             self.generation += 1;
             self.leader = None;
             self.protocol = None;
@@ -519,6 +651,103 @@ mod tests {
         member_id
     }
 
+    /// Two members joined, the round completed: (leader, follower).
+    fn two_members_joined(group: &mut Group, now: u64) -> (String, String) {
+        let a = join_new(group, &["range"], now);
+        let b = join_new(group, &["range"], now);
+        assert!(group.try_complete_join(now));
+        let leader = group.leader.clone().unwrap();
+        let follower = if leader == a { b } else { a };
+        (leader, follower)
+    }
+
+    /// The leader's SyncGroup, its assignment stored at once.
+    fn sync_leader(group: &mut Group, leader: &str, assignments: Vec<(String, Bytes)>) {
+        let generation = group.generation;
+        assert!(matches!(
+            group.sync(leader, generation, assignments, 0),
+            Sync::Store(_)
+        ));
+        assert!(group.assignment_stored(generation));
+    }
+
+    #[test]
+    fn a_restored_group_goes_on_without_a_rebalance() {
+        let mut g = Group::new("g");
+        let a = join_new(&mut g, &["range", "roundrobin"], 0);
+        let b = join_new(&mut g, &["range"], 0);
+        g.try_complete_join(1);
+        let leader = g.leader.clone().unwrap();
+        let assignments = vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (b.clone(), Bytes::from_static(b"B")),
+        ];
+        let Sync::Store(stored) = g.sync(&leader, 1, assignments, 2) else {
+            panic!()
+        };
+        // Another coordinator loads the record.
+        let mut taken = Group::restore(stored.clone(), 1_000_000);
+        assert_eq!(taken.state, GroupState::Stable);
+        assert_eq!(taken.to_stored(), stored);
+        assert_eq!(taken.heartbeat(&a, 1, 1_000_001), code::NONE);
+        assert_eq!(
+            taken.sync(&b, 1, vec![], 1_000_001),
+            Sync::Done(Bytes::from_static(b"B"))
+        );
+        assert_eq!(taken.check_commit(&a, 1), Ok(()));
+        // Sessions start at the load: nobody expires for their session timeout.
+        assert!(!taken.expire(1_000_000 + 9_000, 0));
+        // A member joining later must share the chosen protocol.
+        assert_eq!(
+            taken.join(join_request("", &["roundrobin"]), 1_000_002, 0),
+            Join::Error(code::INCONSISTENT_GROUP_PROTOCOL)
+        );
+        let Join::MemberIdRequired(c) = taken.join(join_request("", &["range"]), 1_000_002, 0)
+        else {
+            panic!()
+        };
+        taken.join(join_request(&c, &["range"]), 1_000_002, 0);
+        assert_eq!(taken.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            taken.heartbeat(&a, 1, 1_000_003),
+            code::REBALANCE_IN_PROGRESS
+        );
+        // An empty record restores an empty group at its generation.
+        let empty = Group::restore(
+            StoredGroup {
+                members: Vec::new(),
+                ..stored
+            },
+            0,
+        );
+        assert_eq!((empty.state, empty.generation), (GroupState::Empty, 1));
+    }
+
+    #[test]
+    fn a_failed_store_rebalances_and_a_late_one_changes_nothing() {
+        let mut g = Group::new("g");
+        let (leader, follower) = two_members_joined(&mut g, 1);
+        assert!(matches!(g.sync(&leader, 1, vec![], 2), Sync::Store(_)));
+        g.store_failed(1, 3, 0);
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            g.sync(&follower, 1, vec![], 3),
+            Sync::Error(code::REBALANCE_IN_PROGRESS)
+        );
+        assert!(!g.assignment_stored(1));
+        // A member leaves while the assignment is being stored: a new round.
+        for member in [&leader, &follower] {
+            g.join(join_request(member, &["range"]), 4, 0);
+        }
+        assert!(g.try_complete_join(4));
+        let leader = g.leader.clone().unwrap();
+        let follower = g.members.keys().find(|m| **m != leader).unwrap().clone();
+        assert!(matches!(g.sync(&leader, 2, vec![], 5), Sync::Store(_)));
+        assert_eq!(g.leave(&follower, None, 6, 0), code::NONE);
+        assert!(!g.assignment_stored(2), "the stored round was superseded");
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+    }
+
     #[test]
     fn two_members_join_sync_and_become_stable() {
         let mut g = Group::new("g");
@@ -539,7 +768,14 @@ mod tests {
             (a.clone(), Bytes::from_static(b"A")),
             (b.clone(), Bytes::from_static(b"B")),
         ];
-        assert!(matches!(g.sync(&leader, 1, assignments, 2), Sync::Done(_)));
+        let Sync::Store(stored) = g.sync(&leader, 1, assignments, 2) else {
+            panic!("the leader's assignment is stored first")
+        };
+        assert_eq!((stored.generation, stored.members.len()), (1, 2));
+        // Not Stable until it is durable: a retried leader SyncGroup waits.
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        assert_eq!(g.sync(&leader, 1, vec![], 2), Sync::Waiting);
+        assert!(g.assignment_stored(1));
         assert_eq!(g.state, GroupState::Stable);
         assert_eq!(
             g.sync(&a, 1, vec![], 3),
@@ -553,11 +789,8 @@ mod tests {
     #[test]
     fn a_leaving_member_triggers_a_rebalance_and_stale_commits_are_fenced() {
         let mut g = Group::new("g");
-        let a = join_new(&mut g, &["range"], 0);
-        let b = join_new(&mut g, &["range"], 0);
-        g.try_complete_join(0);
-        let leader = g.leader.clone().unwrap();
-        g.sync(&leader, 1, vec![], 0);
+        let (a, b) = two_members_joined(&mut g, 0);
+        sync_leader(&mut g, &a, vec![]);
         assert_eq!(g.leave(&b, None, 10, 0), code::NONE);
         assert_eq!(g.state, GroupState::PreparingRebalance);
         assert_eq!(g.heartbeat(&a, 1, 11), code::REBALANCE_IN_PROGRESS);
@@ -569,7 +802,7 @@ mod tests {
         assert_eq!(g.generation, 2);
         // Completing (waiting for SyncGroup): refused until the member has synced.
         assert_eq!(g.check_commit(&a, 2), Err(code::REBALANCE_IN_PROGRESS));
-        g.sync(&a, 2, vec![(a.clone(), Bytes::from_static(b"A"))], 13);
+        sync_leader(&mut g, &a, vec![(a.clone(), Bytes::from_static(b"A"))]);
         assert_eq!(g.check_commit(&a, 1), Err(code::ILLEGAL_GENERATION));
         assert_eq!(g.check_commit(&a, 2), Ok(()));
         assert_eq!(g.check_commit("", -1), Err(code::UNKNOWN_MEMBER_ID));
@@ -580,10 +813,11 @@ mod tests {
         let mut g = Group::new("g");
         let a = join_new(&mut g, &["range"], 0);
         g.try_complete_join(0);
-        g.sync(&a, 1, vec![], 0);
+        sync_leader(&mut g, &a, vec![]);
         assert!(!g.expire(5_000, 0));
         assert!(g.expire(10_001, 0));
         assert_eq!(g.state, GroupState::Empty);
+        assert!(g.unstored, "an emptied group is stored in the background");
         assert!(g.members.is_empty());
         assert_eq!(g.check_commit("", -1), Ok(()));
     }
@@ -610,7 +844,7 @@ mod tests {
         let b = join_new(&mut g, &["range"], 0);
         g.try_complete_join(0);
         let leader = g.leader.clone().unwrap();
-        g.sync(&leader, 1, vec![], 0);
+        sync_leader(&mut g, &leader, vec![]);
         // A third member joins: a and b must rejoin; only a does.
         let c = join_new(&mut g, &["range"], 100);
         g.join(join_request(&a, &["range"]), 100, 0);

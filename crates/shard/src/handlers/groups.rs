@@ -360,6 +360,7 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
     if frame.api_version < 3 {
         let error = coordinator.leave(&group, &request.member_id, None);
         shard.error_answer(frame.api_key, format_args!("group {group}"), error);
+        coordinator.store_if_emptied(&group).await;
         return respond(
             &frame,
             &LeaveGroupResponse::default().with_error_code(error),
@@ -381,6 +382,7 @@ pub async fn leave_group(shard: &Rc<Shard>, frame: RequestFrame) -> HandlerResul
                 .with_error_code(error)
         })
         .collect();
+    coordinator.store_if_emptied(&group).await;
     respond(
         &frame,
         &LeaveGroupResponse::default()
