@@ -250,3 +250,48 @@ def test_commits_in_the_revoke_callback_hand_over_without_duplicates_or_gaps(bro
     assert {name for name in seen.values()} == {"a", "b"}, "b took over some partitions"
     a.close()
     b.close()
+
+
+def test_a_group_whose_record_is_too_large_to_keep_still_settles(broker):
+    """A group's metadata record (members, subscriptions, assignments) goes
+    to __consumer_offsets before SyncGroup answers. One larger than the
+    topic's max.message.bytes (lowered here to 1000 bytes; at the default, a
+    group of many members with large subscriptions) is not kept: the group
+    still becomes stable and consumes, where Kafka fails every round with
+    UNKNOWN_SERVER_ERROR, and the broker says why."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    topic = "t" * 200  # each member's subscription and assignment carry it
+    create(broker, topic, 2)
+    probe = consumer(broker, "probe")
+    deadline = time.time() + 30
+    while True:  # the first FindCoordinator creates __consumer_offsets
+        try:
+            probe.committed([TopicPartition(topic, 0)], timeout=5)
+            break
+        except Exception:
+            assert time.time() < deadline, "no group coordinator"
+            time.sleep(0.2)
+    probe.close()
+    client = AdminClient({"bootstrap.servers": broker.bootstrap})
+    resource = ConfigResource("topic", "__consumer_offsets", incremental_configs=[
+        ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
+    client.incremental_alter_configs([resource])[resource].result(timeout=30)
+    members = [consumer(broker, "large") for _ in range(2)]
+    for member in members:
+        member.subscribe([topic])
+    assigned = wait_for_assignment(members, 2)
+    assert all(assigned), assigned
+    assert "larger than max.message.bytes of __consumer_offsets" in broker.log_path.read_text(errors="replace")
+    produce(broker, topic, 10, 2)
+    seen = []
+    deadline = time.time() + 30
+    while len(seen) < 10:
+        assert time.time() < deadline, f"{len(seen)} of 10 records consumed"
+        for member in members:
+            msg = member.poll(0.2)
+            if msg is not None and msg.error() is None:
+                seen.append(int(msg.value()))
+    assert sorted(seen) == list(range(10))
+    for member in members:
+        member.close()

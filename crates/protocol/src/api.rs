@@ -71,6 +71,8 @@ pub mod error_code {
     pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const INVALID_FETCH_SIZE: i16 = 4;
+    pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;

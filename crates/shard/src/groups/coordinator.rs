@@ -28,6 +28,29 @@ pub struct Coordinator {
     pub offsets: OffsetStore,
 }
 
+/// Sends a group whose assignment was being stored into a new round when
+/// the storing request is dropped before it applied the outcome.
+struct StoreGuard<'a> {
+    coordinator: &'a Coordinator,
+    group_id: &'a str,
+    generation: i32,
+    armed: bool,
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(mut groups) = self.coordinator.groups.try_borrow_mut() {
+            if let Some(group) = groups.get_mut(self.group_id) {
+                group.store_failed(self.generation, now_ms(), INITIAL_REBALANCE_DELAY_MS);
+            }
+        }
+        self.coordinator.changed.notify();
+    }
+}
+
 pub struct GroupSummary {
     pub group_id: String,
     pub protocol_type: String,
@@ -89,7 +112,7 @@ impl Coordinator {
             let deadline = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(group) = groups.get_mut(group_id) else {
-                    return failed(code::UNKNOWN_MEMBER_ID, member_id);
+                    return failed(self.gone(group_id), member_id);
                 };
                 if group.join_rounds > round {
                     return group.join_result(&member_id);
@@ -120,7 +143,7 @@ impl Coordinator {
             let outcome = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(group) = groups.get_mut(group_id) else {
-                    return (code::UNKNOWN_MEMBER_ID, Bytes::new());
+                    return (self.gone(group_id), Bytes::new());
                 };
                 group.sync(
                     member_id,
@@ -143,10 +166,24 @@ impl Coordinator {
         }
     }
 
+    /// The code for a parked request whose group is gone: the bucket led
+    /// elsewhere now (NOT_COORDINATOR: the member keeps its id and finds the
+    /// group's new coordinator, which took it over), else UNKNOWN_MEMBER_ID.
+    fn gone(&self, group_id: &str) -> i16 {
+        match self.offsets.serves(group_id) {
+            code::NONE => code::UNKNOWN_MEMBER_ID,
+            elsewhere => elsewhere,
+        }
+    }
+
     /// The leader's SyncGroup: the group with its assignment is written to
     /// its offsets bucket (every in-sync replica), and only then is it
     /// Stable and the members get their parts, as in Kafka; a failed write
-    /// sends the members into a new round.
+    /// sends the members into a new round. A record too large for the
+    /// topic (a very large group) is not kept: the group's old record is
+    /// tombstoned and the group goes on (a coordinator change makes its
+    /// members join again, as before group records), where Kafka would
+    /// fail every round with UNKNOWN_SERVER_ERROR.
     async fn store_assignment(
         &self,
         group_id: &str,
@@ -154,11 +191,30 @@ impl Coordinator {
         stored: super::state::StoredGroup,
     ) -> (i16, Bytes) {
         let generation = stored.generation;
-        let result = self.offsets.store_group(&stored).await;
+        // If this request is dropped mid-write (its connection went away),
+        // the group must not wait in CompletingRebalance for an outcome
+        // nobody applies: it rebalances.
+        let mut guard = StoreGuard {
+            coordinator: self,
+            group_id,
+            generation,
+            armed: true,
+        };
+        let mut result = self.offsets.store_group(&stored).await;
+        if result == Err(code::MESSAGE_TOO_LARGE) {
+            tracing::error!(
+                group = group_id,
+                generation,
+                members = stored.members.len(),
+                "group record larger than max.message.bytes of __consumer_offsets: not kept; a coordinator change will make its members join again"
+            );
+            result = self.offsets.forget_group(group_id).await;
+        }
+        guard.armed = false;
         let reply = {
             let mut groups = self.groups.borrow_mut();
             match (groups.get_mut(group_id), result) {
-                (None, _) => (code::NOT_COORDINATOR, Bytes::new()),
+                (None, _) => (self.gone(group_id), Bytes::new()),
                 (Some(group), Ok(())) => {
                     if group.assignment_stored(generation) {
                         (code::NONE, group.members[leader].assignment.clone())
@@ -167,9 +223,10 @@ impl Coordinator {
                     }
                 }
                 (Some(group), Err(error)) => {
-                    tracing::warn!(group = group_id, generation, error = %code::name(error), "group assignment not stored: the members rebalance");
+                    let answer = super::offsets::group_error(error);
+                    tracing::warn!(group = group_id, generation, error = %code::name(error), answer = %code::name(answer), "group assignment not stored: the members rebalance");
                     group.store_failed(generation, now_ms(), INITIAL_REBALANCE_DELAY_MS);
-                    (error, Bytes::new())
+                    (answer, Bytes::new())
                 }
             }
         };
@@ -197,21 +254,22 @@ impl Coordinator {
 
     /// Stores the group's record if its last member just left (before the
     /// LeaveGroup answer: a member that closed cleanly is not brought back
-    /// by a coordinator taking the group over right after). A failure is
-    /// logged; the group's next change writes it again.
+    /// by a coordinator taking the group over right after). A failed write
+    /// is tried again by the next session check while the group is Empty.
     pub async fn store_if_emptied(&self, group_id: &str) {
-        let stored = self
-            .groups
-            .borrow_mut()
-            .get_mut(group_id)
-            .filter(|g| g.unstored && g.state == GroupState::Empty)
-            .map(|g| {
-                g.unstored = false;
-                g.to_stored()
-            });
-        if let Some(stored) = stored {
-            if let Err(error) = self.offsets.store_group(&stored).await {
-                tracing::warn!(group = group_id, error = %code::name(error), "emptied group not stored");
+        let stored = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(group_id) else {
+                return;
+            };
+            if !std::mem::take(&mut group.unstored) || group.state != GroupState::Empty {
+                return;
+            }
+            group.to_stored()
+        };
+        if self.offsets.store_group(&stored).await.is_err() {
+            if let Some(group) = self.groups.borrow_mut().get_mut(group_id) {
+                group.unstored = group.state == GroupState::Empty;
             }
         }
     }
@@ -244,13 +302,11 @@ impl Coordinator {
     /// assignments), every member's session starting now, so members of a
     /// stable group go on heartbeating without a rebalance.
     pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
-        self.offsets.attach(bucket, entry).await;
-        // The same step as the load's completion: no request of these groups
-        // was served in between.
-        let loaded = self.offsets.take_loaded_groups(bucket);
-        if loaded.is_empty() {
+        // Taken over in the same step the load completes in: no request of
+        // these groups was served in between.
+        let Some(loaded) = self.offsets.attach(bucket, entry).await else {
             return;
-        }
+        };
         let now = now_ms();
         let mut groups = self.groups.borrow_mut();
         let mut members = 0;
@@ -261,7 +317,9 @@ impl Coordinator {
                 .entry(id)
                 .or_insert_with(|| Group::restore(stored, now));
         }
-        tracing::info!(bucket, members, "groups of the offsets bucket taken over");
+        if members > 0 {
+            tracing::info!(bucket, members, "groups of the offsets bucket taken over");
+        }
     }
 
     /// This node no longer leads the offsets bucket: its groups (members,
@@ -301,13 +359,14 @@ impl Coordinator {
             }
             keep
         });
-        let emptied: Vec<String> = self
-            .groups
-            .borrow()
-            .values()
-            .filter(|g| g.unstored)
-            .map(|g| g.id.clone())
-            .collect();
+        let mut emptied = Vec::new();
+        for group in self.groups.borrow_mut().values_mut() {
+            // Filled again before it was written: its next round stores it.
+            group.unstored &= group.state == GroupState::Empty;
+            if group.unstored {
+                emptied.push(group.id.clone());
+            }
+        }
         self.store_changes(emptied, forgotten);
         if any {
             self.changed.notify();

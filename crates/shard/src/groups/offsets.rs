@@ -7,7 +7,7 @@
 //! leader and answered once every in-sync replica has it (as acks=all); when
 //! a node becomes a bucket's leader it loads the bucket's offsets by reading
 //! the partition, and when it stops leading it forgets them. The partitions
-//! are compacted (`cleanup.policy=compact`): every record is keyed by
+//! are compacted (`cleanup.policy=compact`): an offset record is keyed by
 //! (group, topic, partition), and deleting a group writes tombstones.
 //! Each group's metadata (members, generation, leader, protocol and the
 //! leader's assignment: Kafka's GroupMetadata record) is a record of the same
@@ -36,11 +36,12 @@
 //! its offsets are written again as keyed records, then it is removed.
 
 use super::state::{StoredGroup, StoredMember};
+use crate::log_limit::LogLimiter;
 use crate::settings::BrokerSettings;
 use crate::shard::PartitionEntry;
 use sluice_protocol::api::error_code;
 use sluice_protocol::record_batch::{build_keyed_batch, record_keys_values, BatchHeader};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
@@ -153,8 +154,11 @@ pub struct OffsetStore {
     /// Groups whose metadata record is in a bucket served here (not
     /// tombstoned): forgetting one writes a tombstone.
     stored_groups: RefCell<HashSet<String>>,
-    /// Group records read by a bucket's load, for the coordinator to take.
-    loaded_groups: RefCell<Vec<StoredGroup>>,
+    /// The latest attach of each bucket being loaded (its token).
+    attaching: RefCell<HashMap<u32, u64>>,
+    next_attach: Cell<u64>,
+    /// One "too few in-sync replicas" line a second.
+    refusals: LogLimiter,
     /// Where older data dirs kept bucket snapshots.
     snapshot_dir: std::path::PathBuf,
     /// The shard's long-poll wake-up: followers fetching a bucket wait on it.
@@ -370,6 +374,94 @@ fn decode(value: &[u8]) -> Option<(u8, String, String, i32, Committed)> {
     ))
 }
 
+/// What a bucket's load read: its groups' offsets and metadata records.
+#[derive(Default)]
+struct LoadedBucket {
+    offsets: HashMap<String, GroupOffsets>,
+    groups: HashMap<String, StoredGroup>,
+    records: u64,
+}
+
+impl LoadedBucket {
+    /// One record of the partition, in log order (`None` value: a tombstone).
+    fn replay(&mut self, bucket: u32, key: Option<&[u8]>, value: Option<&[u8]>) {
+        match value {
+            Some(value) if value.first() == Some(&KIND_GROUP) => match decode_group(value) {
+                Some(group) => {
+                    self.groups.insert(group.id.clone(), group);
+                }
+                None => tracing::warn!(bucket, "group record with a bad checksum dropped"),
+            },
+            Some(value) => match decode(value) {
+                Some(record) => apply(&mut self.offsets, record),
+                None => tracing::warn!(bucket, "offset record with a bad checksum dropped"),
+            },
+            None => match key.and_then(decode_key) {
+                Some(Key::Offset(group, topic, partition)) => {
+                    if let Some(group_offsets) = self.offsets.get_mut(&group) {
+                        group_offsets.remove(&(topic, partition));
+                        if group_offsets.is_empty() {
+                            self.offsets.remove(&group);
+                        }
+                    }
+                }
+                Some(Key::Group(group)) => {
+                    self.groups.remove(&group);
+                }
+                None => {}
+            },
+        }
+    }
+}
+
+/// A failed write of offsets as Kafka's coordinator answers an OffsetCommit
+/// (GroupMetadataManager.storeOffsets); coordinator codes pass as they are.
+pub fn commit_error(code: i16) -> i16 {
+    match code {
+        error_code::UNKNOWN_TOPIC_OR_PARTITION
+        | error_code::NOT_ENOUGH_REPLICAS
+        | error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND => error_code::COORDINATOR_NOT_AVAILABLE,
+        error_code::NOT_LEADER_OR_FOLLOWER | error_code::KAFKA_STORAGE_ERROR => {
+            error_code::NOT_COORDINATOR
+        }
+        error_code::MESSAGE_TOO_LARGE
+        | error_code::RECORD_LIST_TOO_LARGE
+        | error_code::INVALID_FETCH_SIZE => error_code::INVALID_COMMIT_OFFSET_SIZE,
+        other => other,
+    }
+}
+
+/// A failed write of a group's record as Kafka's coordinator answers the
+/// leader's SyncGroup (GroupMetadataManager.storeGroup).
+pub fn group_error(code: i16) -> i16 {
+    match code {
+        error_code::REQUEST_TIMED_OUT => error_code::REBALANCE_IN_PROGRESS,
+        error_code::MESSAGE_TOO_LARGE
+        | error_code::RECORD_LIST_TOO_LARGE
+        | error_code::INVALID_FETCH_SIZE => error_code::UNKNOWN_SERVER_ERROR,
+        other => commit_error(other),
+    }
+}
+
+/// An offset record applied to a map of groups' offsets.
+fn apply(
+    offsets: &mut HashMap<String, GroupOffsets>,
+    (kind, group, topic, partition, committed): (u8, String, String, i32, Committed),
+) {
+    match kind {
+        KIND_COMMIT => {
+            offsets
+                .entry(group)
+                .or_default()
+                .insert((topic, partition), committed);
+        }
+        KIND_DELETE_GROUP => {
+            offsets.remove(&group);
+        }
+        _ => {}
+    }
+}
+
 impl OffsetStore {
     pub fn new(
         settings: &BrokerSettings,
@@ -380,7 +472,9 @@ impl OffsetStore {
             loading: RefCell::new(HashSet::new()),
             offsets: RefCell::new(HashMap::new()),
             stored_groups: RefCell::new(HashSet::new()),
-            loaded_groups: RefCell::new(Vec::new()),
+            attaching: RefCell::new(HashMap::new()),
+            next_attach: Cell::new(0),
+            refusals: LogLimiter::new(Duration::from_secs(1)),
             snapshot_dir: settings.data_dir.join("offsets"),
             data_arrived,
         }
@@ -403,46 +497,69 @@ impl OffsetStore {
         }
     }
 
-    /// This node became the leader of `bucket`: loads its offsets from the
-    /// partition (and imports an older data dir's snapshot once). Retried
-    /// while it still leads at the same epoch; served only if it still does.
-    pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
+    /// This node became the leader of `bucket`: loads its offsets and group
+    /// records from the partition (and imports an older data dir's snapshot
+    /// once), retried while it still leads at the same epoch; served only if
+    /// it still does, and only by the latest attach of the bucket (a later
+    /// attach or a detach supersedes this one: it then changes nothing).
+    /// The group records, for the coordinator to take over in this same
+    /// step, or `None` if the bucket is not served by this attach.
+    pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) -> Option<Vec<StoredGroup>> {
         let epoch = entry.replica.leader_epoch.get();
         let leads = || entry.replica.is_leader() && entry.replica.leader_epoch.get() == epoch;
+        let token = self.next_attach.get() + 1;
+        self.next_attach.set(token);
+        self.attaching.borrow_mut().insert(bucket, token);
         self.loading.borrow_mut().insert(bucket);
+        let current = || self.attaching.borrow().get(&bucket) == Some(&token);
         let started = std::time::Instant::now();
-        loop {
-            self.forget(bucket);
+        let loaded = loop {
             let result = self.load(bucket, &entry).await;
+            if !current() {
+                return None;
+            }
             if !leads() {
-                // Led elsewhere meanwhile (unless a later attach has it now).
-                if !self.buckets.borrow().contains_key(&bucket) {
-                    self.forget(bucket);
-                }
-                break;
+                break None;
             }
             match result {
-                Ok(records) => {
-                    self.buckets.borrow_mut().insert(bucket, entry.clone());
-                    tracing::info!(
-                        bucket,
-                        records,
-                        ms = started.elapsed().as_millis() as u64,
-                        "offsets bucket loaded: coordinating its groups"
-                    );
-                    break;
-                }
+                Ok(loaded) => break Some(loaded),
                 Err(e) => {
                     tracing::error!(bucket, error = %e, "loading an offsets bucket failed: retrying");
                     glommio::timer::sleep(Duration::from_millis(500)).await;
+                    if !current() {
+                        return None;
+                    }
                 }
             }
-        }
+        };
+        // The current attach ends the load, served or not.
+        self.attaching.borrow_mut().remove(&bucket);
         self.loading.borrow_mut().remove(&bucket);
+        self.forget(bucket);
+        let Some(loaded) = loaded else {
+            self.buckets.borrow_mut().remove(&bucket);
+            return None;
+        };
+        tracing::info!(
+            bucket,
+            records = loaded.records,
+            groups = loaded.groups.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "offsets bucket loaded: coordinating its groups"
+        );
+        self.offsets.borrow_mut().extend(loaded.offsets);
+        self.stored_groups
+            .borrow_mut()
+            .extend(loaded.groups.keys().cloned());
+        self.buckets.borrow_mut().insert(bucket, entry);
+        Some(loaded.groups.into_values().collect())
     }
 
-    /// This node no longer leads `bucket`: its groups are served elsewhere.
+    /// This node no longer leads `bucket`: its groups are served elsewhere
+    /// (a load still running is superseded).
     pub fn detach(&self, bucket: u32) {
+        self.attaching.borrow_mut().remove(&bucket);
+        self.loading.borrow_mut().remove(&bucket);
         if self.buckets.borrow_mut().remove(&bucket).is_some() {
             tracing::info!(bucket, "offsets bucket led elsewhere now");
         }
@@ -456,25 +573,12 @@ impl OffsetStore {
         self.stored_groups
             .borrow_mut()
             .retain(|group| bucket_of(group) != bucket);
-        self.loaded_groups
-            .borrow_mut()
-            .retain(|g| bucket_of(&g.id) != bucket);
     }
 
-    /// The group records `bucket`'s load read (the coordinator takes them
-    /// over in the same step the load completes in, before any request of
-    /// theirs is served).
-    pub fn take_loaded_groups(&self, bucket: u32) -> Vec<StoredGroup> {
-        let mut loaded = self.loaded_groups.borrow_mut();
-        let (taken, kept) = std::mem::take(&mut *loaded)
-            .into_iter()
-            .partition(|g| bucket_of(&g.id) == bucket);
-        *loaded = kept;
-        taken
-    }
-
-    async fn load(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<u64, String> {
+    /// Reads the whole bucket into maps of its own (installed by `attach`).
+    async fn load(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<LoadedBucket, String> {
         let log = &entry.log;
+        let mut loaded = LoadedBucket::default();
         let mut offset = log.log_start_offset();
         let snapshot_path = self.snapshot_path(bucket);
         let legacy = std::fs::read(&snapshot_path).ok();
@@ -482,7 +586,10 @@ impl OffsetStore {
             match decode_snapshot(bytes) {
                 Some((next_log_offset, entries)) => {
                     for (group, topic, partition, committed) in entries {
-                        self.apply((KIND_COMMIT, group, topic, partition, committed));
+                        apply(
+                            &mut loaded.offsets,
+                            (KIND_COMMIT, group, topic, partition, committed),
+                        );
                     }
                     offset = offset.max(next_log_offset).min(log.high_watermark());
                 }
@@ -491,8 +598,6 @@ impl OffsetStore {
                 }
             }
         }
-        let mut replayed = 0u64;
-        let mut groups: HashMap<String, StoredGroup> = HashMap::new();
         loop {
             let read = log
                 .read(offset, 1 << 20)
@@ -507,47 +612,15 @@ impl OffsetStore {
                 let header = BatchHeader::parse(&records[at..]).map_err(|e| e.to_string())?;
                 let batch = &records[at..at + header.total_bytes()];
                 for (key, value) in record_keys_values(batch) {
-                    replayed += 1;
-                    match value {
-                        Some(value) if value.first() == Some(&KIND_GROUP) => {
-                            match decode_group(value) {
-                                Some(group) => {
-                                    self.stored_groups.borrow_mut().insert(group.id.clone());
-                                    groups.insert(group.id.clone(), group);
-                                }
-                                None => {
-                                    tracing::warn!(
-                                        bucket,
-                                        "group record with a bad checksum dropped"
-                                    )
-                                }
-                            }
-                        }
-                        Some(value) => match decode(value) {
-                            Some(record) => self.apply(record),
-                            None => {
-                                tracing::warn!(bucket, "offset record with a bad checksum dropped")
-                            }
-                        },
-                        None => match key.and_then(decode_key) {
-                            Some(Key::Offset(group, topic, partition)) => {
-                                self.remove(&group, &topic, partition)
-                            }
-                            Some(Key::Group(group)) => {
-                                self.stored_groups.borrow_mut().remove(&group);
-                                groups.remove(&group);
-                            }
-                            None => {}
-                        },
-                    }
+                    loaded.records += 1;
+                    loaded.replay(bucket, key, value);
                 }
                 at += header.total_bytes();
             }
             offset = read.next_offset;
         }
-        self.loaded_groups.borrow_mut().extend(groups.into_values());
         if legacy.is_some() {
-            self.import_legacy(bucket, entry).await?;
+            self.import_legacy(&loaded.offsets, entry).await?;
             std::fs::remove_file(&snapshot_path)
                 .map_err(|e| format!("{}: {e}", snapshot_path.display()))?;
             tracing::info!(
@@ -555,17 +628,18 @@ impl OffsetStore {
                 "offset snapshot of an older data dir imported into the offsets partition"
             );
         }
-        Ok(replayed)
+        Ok(loaded)
     }
 
-    /// Writes the bucket's offsets as keyed records (an older data dir's
+    /// Writes a bucket's offsets as keyed records (an older data dir's
     /// unkeyed records and snapshot are superseded by them).
-    async fn import_legacy(&self, bucket: u32, entry: &Rc<PartitionEntry>) -> Result<(), String> {
-        let records: Vec<(Vec<u8>, Vec<u8>)> = self
-            .offsets
-            .borrow()
+    async fn import_legacy(
+        &self,
+        offsets: &HashMap<String, GroupOffsets>,
+        entry: &Rc<PartitionEntry>,
+    ) -> Result<(), String> {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = offsets
             .iter()
-            .filter(|(group, _)| bucket_of(group) == bucket)
             .flat_map(|(group, offsets)| {
                 offsets.iter().map(move |((topic, partition), c)| {
                     (
@@ -585,35 +659,6 @@ impl OffsetStore {
                 .map_err(|code| format!("writing imported offsets: {}", error_code::name(code)))?;
         }
         Ok(())
-    }
-
-    fn apply(
-        &self,
-        (kind, group, topic, partition, committed): (u8, String, String, i32, Committed),
-    ) {
-        let mut offsets = self.offsets.borrow_mut();
-        match kind {
-            KIND_COMMIT => {
-                offsets
-                    .entry(group)
-                    .or_default()
-                    .insert((topic, partition), committed);
-            }
-            KIND_DELETE_GROUP => {
-                offsets.remove(&group);
-            }
-            _ => {}
-        }
-    }
-
-    fn remove(&self, group: &str, topic: &str, partition: i32) {
-        let mut offsets = self.offsets.borrow_mut();
-        if let Some(group_offsets) = offsets.get_mut(group) {
-            group_offsets.remove(&(topic.to_string(), partition));
-            if group_offsets.is_empty() {
-                offsets.remove(group);
-            }
-        }
     }
 
     /// The bucket partition of `group`, if this shard serves it.
@@ -643,15 +688,21 @@ impl OffsetStore {
             .iter()
             .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
             .collect();
-        self.append(&entry, &entries).await?;
+        self.append(&entry, &entries).await.map_err(commit_error)?;
+        let mut offsets = self.offsets.borrow_mut();
         for (topic, partition, committed) in commits {
-            self.apply((KIND_COMMIT, group.to_string(), topic, partition, committed));
+            apply(
+                &mut offsets,
+                (KIND_COMMIT, group.to_string(), topic, partition, committed),
+            );
         }
         Ok(())
     }
 
     /// Writes the group's metadata record on every in-sync replica of its
-    /// bucket (the error is the Kafka code to answer).
+    /// bucket. The error is the write's own (MESSAGE_TOO_LARGE,
+    /// NOT_ENOUGH_REPLICAS, ...; `group_error` turns it into the answer), or
+    /// the coordinator code if the bucket is not served here.
     pub async fn store_group(&self, group: &StoredGroup) -> Result<(), i16> {
         let entry = self.bucket_entry(&group.id)?;
         let (key, value) = (group_key(&group.id), encode_group(group));
@@ -666,13 +717,18 @@ impl OffsetStore {
         self.stored_groups.borrow().contains(group)
     }
 
-    /// A tombstone for the group's metadata record (a group forgotten).
+    /// A tombstone for the group's metadata record (a group forgotten). It
+    /// counts as gone from the step the tombstone is staged in, so a record
+    /// stored after it (a group made again meanwhile) counts again.
     pub async fn forget_group(&self, group: &str) -> Result<(), i16> {
         let entry = self.bucket_entry(group)?;
         let key = group_key(group);
-        self.append(&entry, &[(key.as_slice(), None)]).await?;
         self.stored_groups.borrow_mut().remove(group);
-        Ok(())
+        let written = self.append(&entry, &[(key.as_slice(), None)]).await;
+        if written.is_err() {
+            self.stored_groups.borrow_mut().insert(group.to_string());
+        }
+        written.map_err(commit_error)
     }
 
     /// Tombstones for every committed offset of the group and its metadata.
@@ -690,7 +746,7 @@ impl OffsetStore {
         if !keys.is_empty() {
             let entries: Vec<(&[u8], Option<&[u8]>)> =
                 keys.iter().map(|k| (k.as_slice(), None)).collect();
-            self.append(&entry, &entries).await?;
+            self.append(&entry, &entries).await.map_err(commit_error)?;
         }
         self.offsets.borrow_mut().remove(group);
         self.stored_groups.borrow_mut().remove(group);
@@ -710,49 +766,52 @@ impl OffsetStore {
     }
 
     /// Appends keyed records to an offsets partition this node leads and waits
-    /// until every in-sync replica has them (the error is the Kafka code).
-    /// As in Kafka (acks=all on `__consumer_offsets`), fewer in-sync
-    /// replicas than min.insync.replicas refuse the write, before or after
-    /// it, with COORDINATOR_NOT_AVAILABLE (retriable).
+    /// until every in-sync replica has them. As in Kafka (acks=all on
+    /// `__consumer_offsets`), fewer in-sync replicas than min.insync.replicas
+    /// refuse the write before it (NOT_ENOUGH_REPLICAS) or after it
+    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND). The error is the write's own
+    /// code; `commit_error` and `group_error` turn it into the answer.
     async fn append(
         &self,
         entry: &Rc<PartitionEntry>,
         records: &[(&[u8], Option<&[u8]>)],
     ) -> Result<(), i16> {
         let min_insync = entry.config.get().min_insync_replicas.max(1) as usize;
-        let too_few = || {
-            let isr = entry.replica.isr.borrow().len();
-            (isr < min_insync).then(|| {
+        let too_few = || entry.replica.isr.borrow().len() < min_insync;
+        let result = async {
+            if too_few() {
+                return Err(error_code::NOT_ENOUGH_REPLICAS);
+            }
+            let batch =
+                bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
+            let epoch = entry.replica.leader_epoch.get();
+            let outcome = entry.produce(batch).await;
+            if outcome.error_code != error_code::NONE {
+                return Err(outcome.error_code);
+            }
+            // Followers long-polling this bucket fetch it now.
+            self.data_arrived.notify();
+            let target = outcome.base_offset + records.len() as i64;
+            entry.wait_replicated(target, epoch, COMMIT_TIMEOUT).await?;
+            if too_few() {
+                return Err(error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(code) = result {
+            if let Some(left_out) = self.refusals.allow() {
                 tracing::warn!(
                     partition = entry.log.name(),
-                    isr,
+                    error = %error_code::name(code),
+                    isr = entry.replica.isr.borrow().len(),
                     min_insync,
-                    "offsets or group metadata refused: too few in-sync replicas"
+                    left_out,
+                    "offsets or group metadata not written"
                 );
-                error_code::COORDINATOR_NOT_AVAILABLE
-            })
-        };
-        if let Some(code) = too_few() {
-            return Err(code);
+            }
         }
-        let batch = bytes::Bytes::from(build_keyed_batch(sluice_storage::now_ms() as i64, records));
-        let epoch = entry.replica.leader_epoch.get();
-        let outcome = entry.produce(batch).await;
-        if outcome.error_code != error_code::NONE {
-            tracing::warn!(partition = entry.log.name(), error = %error_code::name(outcome.error_code), "offset commit not written");
-            return Err(error_code::COORDINATOR_NOT_AVAILABLE);
-        }
-        // Followers long-polling this bucket fetch it now.
-        self.data_arrived.notify();
-        let target = outcome.base_offset + records.len() as i64;
-        entry
-            .wait_replicated(target, epoch, COMMIT_TIMEOUT)
-            .await
-            .map_err(|code| match code {
-                error_code::NOT_LEADER_OR_FOLLOWER => error_code::NOT_COORDINATOR,
-                _ => error_code::COORDINATOR_NOT_AVAILABLE,
-            })?;
-        too_few().map_or(Ok(()), Err)
+        result
     }
 
     /// Groups whose newest commit is older than `retention_ms` (for expiry of empty groups).
@@ -1011,8 +1070,7 @@ mod tests {
                 let open = || open_bucket(&settings, bucket);
                 let entry = open().await;
                 let store = OffsetStore::new(&settings, Rc::default());
-                store.attach(bucket, entry.clone()).await;
-                assert!(store.take_loaded_groups(bucket).is_empty());
+                assert_eq!(store.attach(bucket, entry.clone()).await, Some(vec![]));
                 for (group, generation) in [(kept, 1), (kept, 2), (forgotten, 1), (deleted, 4)] {
                     store
                         .store_group(&stored_group(group, generation))
@@ -1025,23 +1083,36 @@ mod tests {
                     metadata: None,
                     commit_ms: 1,
                 };
-                store
-                    .commit(deleted, vec![("t".into(), 0, committed)])
-                    .await
-                    .unwrap();
+                let commit = vec![("t".to_string(), 0, committed)];
+                store.commit(deleted, commit.clone()).await.unwrap();
+                store.commit(kept, commit).await.unwrap();
                 store.forget_group(forgotten).await.unwrap();
                 store.delete_group(deleted).await.unwrap();
                 assert!(store.has_stored_group(kept) && !store.has_stored_group(deleted));
                 entry.log.close().await.unwrap();
-                let next = OffsetStore::new(&settings, Rc::default());
-                next.attach(bucket, open().await).await;
-                assert_eq!(next.take_loaded_groups(bucket), vec![stored_group(kept, 2)]);
-                assert!(next.take_loaded_groups(bucket).is_empty(), "taken once");
+                let next = Rc::new(OffsetStore::new(&settings, Rc::default()));
+                let entry = open().await;
+                // A load superseded (a detach, then another attach, while it
+                // runs) changes nothing, served or not.
+                let superseded = glommio::spawn_local({
+                    let (next, entry) = (next.clone(), entry.clone());
+                    async move { next.attach(bucket, entry).await }
+                });
+                futures_lite::future::yield_now().await;
+                assert_eq!(next.serves(kept), error_code::COORDINATOR_LOAD_IN_PROGRESS);
+                next.detach(bucket);
+                assert_eq!(next.serves(kept), error_code::NOT_COORDINATOR);
+                let loaded = next.attach(bucket, entry.clone()).await;
+                assert_eq!(superseded.await, None);
+                assert_eq!(loaded, Some(vec![stored_group(kept, 2)]));
+                assert_eq!(next.serves(kept), error_code::NONE);
+                assert_eq!(next.fetch(kept).len(), 1, "the offsets are all there");
                 assert!(next.has_stored_group(kept));
                 assert!(!next.has_stored_group(forgotten) && !next.has_stored_group(deleted));
                 assert!(next.fetch(deleted).is_empty());
                 next.detach(bucket);
                 assert!(!next.has_stored_group(kept));
+                assert_eq!(next.serves(kept), error_code::NOT_COORDINATOR);
             })
             .unwrap()
             .join()
