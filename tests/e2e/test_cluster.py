@@ -354,14 +354,16 @@ def test_committed_offsets_survive_the_loss_of_their_coordinator(cluster):
     nodes[victim].start()
 
 
-def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_rebalance(cluster):
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
+def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_rebalance(cluster, membership):
     """A group's metadata (members, generation, assignments) is stored in
     its offsets bucket like its offsets: kill -9 the coordinator of a stable
     group of two consumers, and the node that takes the bucket over knows
     both members, so their heartbeats go on with the same generation and
     assignments (no revoke, no assign, the same member ids in
     DescribeGroups); restart it, it takes the bucket back, and again no
-    rebalance. Messages produced meanwhile are all consumed."""
+    rebalance. Messages produced meanwhile are all consumed. Static members
+    (group.instance.id) keep their place the same way."""
     nodes = cluster
     create_topic(nodes[1], "steady", 4, replication_factor=3)
     group = "steady-group"
@@ -369,9 +371,12 @@ def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_reba
     events = []  # (consumer, "assign" | "revoke" | "lost", partitions)
     consumers = []
     for name in ("a", "b"):
-        consumer = Consumer({"bootstrap.servers": everywhere, "group.id": group,
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                             "session.timeout.ms": 15000, "heartbeat.interval.ms": 300})
+        config = {"bootstrap.servers": everywhere, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 15000, "heartbeat.interval.ms": 300}
+        if membership == "static":
+            config["group.instance.id"] = f"instance-{name}"
+        consumer = Consumer(config)
 
         def on_assign(c, partitions, name=name):
             events.append((name, "assign", sorted(p.partition for p in partitions)))
@@ -398,7 +403,8 @@ def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_reba
         """(state, member id → assigned partitions) as `node`'s AdminClient describes the group."""
         client = admin(node)  # kept alive until the answer is in
         answer = client.describe_consumer_groups([group])[group].result(timeout=10)
-        return answer.state.name, {m.member_id: sorted(tp.partition for tp in m.assignment.topic_partitions)
+        return answer.state.name, {(m.member_id, m.group_instance_id):
+                                   sorted(tp.partition for tp in m.assignment.topic_partitions)
                                    for m in answer.members}
 
     # Both members stable, each with two partitions.
@@ -409,6 +415,8 @@ def test_a_stable_group_survives_its_coordinators_loss_and_return_without_a_reba
     poll_for(1)
     stable = described(nodes[1])
     assert stable[0] == "STABLE" and len(stable[1]) == 2, stable
+    instances = {"instance-a", "instance-b"} if membership == "static" else {None}
+    assert {instance for _, instance in stable[1]} == instances, stable
     settled = len(events)
     acked = produce(nodes[1], "steady", 200)
 
