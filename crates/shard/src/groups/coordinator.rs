@@ -28,6 +28,16 @@ pub struct Coordinator {
     pub offsets: OffsetStore,
 }
 
+/// A SyncGroup's answer while its group's bucket loads: Kafka's coordinator
+/// answers REBALANCE_IN_PROGRESS (the Java client takes
+/// COORDINATOR_LOAD_IN_PROGRESS on SyncGroup as a fatal error).
+pub fn loading_as_rebalance(code: i16) -> i16 {
+    match code {
+        code::COORDINATOR_LOAD_IN_PROGRESS => code::REBALANCE_IN_PROGRESS,
+        other => other,
+    }
+}
+
 /// Sends a group whose assignment was being stored into a new round when
 /// the storing request is dropped before it applied the outcome.
 struct StoreGuard<'a> {
@@ -143,7 +153,7 @@ impl Coordinator {
             let outcome = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(group) = groups.get_mut(group_id) else {
-                    return (self.gone(group_id), Bytes::new());
+                    return (self.gone_sync(group_id), Bytes::new());
                 };
                 group.sync(
                     member_id,
@@ -174,6 +184,11 @@ impl Coordinator {
             code::NONE => code::UNKNOWN_MEMBER_ID,
             elsewhere => elsewhere,
         }
+    }
+
+    /// `gone` for a SyncGroup: a bucket loading again is REBALANCE_IN_PROGRESS.
+    fn gone_sync(&self, group_id: &str) -> i16 {
+        loading_as_rebalance(self.gone(group_id))
     }
 
     /// The leader's SyncGroup: the group with its assignment is written to
@@ -208,13 +223,16 @@ impl Coordinator {
                 members = stored.members.len(),
                 "group record larger than max.message.bytes of __consumer_offsets: not kept; a coordinator change will make its members join again"
             );
-            result = self.offsets.forget_group(group_id).await;
+            result = match self.offsets.has_stored_group(group_id) {
+                true => self.offsets.forget_group(group_id).await,
+                false => Ok(()),
+            };
         }
         guard.armed = false;
         let reply = {
             let mut groups = self.groups.borrow_mut();
             match (groups.get_mut(group_id), result) {
-                (None, _) => (self.gone(group_id), Bytes::new()),
+                (None, _) => (self.gone_sync(group_id), Bytes::new()),
                 (Some(group), Ok(())) => {
                     if group.assignment_stored(generation) {
                         (code::NONE, group.members[leader].assignment.clone())
@@ -302,6 +320,11 @@ impl Coordinator {
     /// assignments), every member's session starting now, so members of a
     /// stable group go on heartbeating without a rebalance.
     pub async fn attach(&self, bucket: u32, entry: Rc<PartitionEntry>) {
+        // Led here again without a detach in between (leadership went
+        // elsewhere and back within one metadata update): the groups as held
+        // here may be older than the partition's records, and must not expire
+        // while it loads. The stored ones are taken over below.
+        self.forget_groups(bucket);
         // Taken over in the same step the load completes in: no request of
         // these groups was served in between.
         let Some(loaded) = self.offsets.attach(bucket, entry).await else {
@@ -327,6 +350,11 @@ impl Coordinator {
     /// here are woken and will rediscover the coordinator.
     pub fn detach(&self, bucket: u32) {
         self.offsets.detach(bucket);
+        self.forget_groups(bucket);
+    }
+
+    /// Drops the groups of `bucket` held here and wakes their parked requests.
+    fn forget_groups(&self, bucket: u32) {
         self.groups
             .borrow_mut()
             .retain(|id, _| super::offsets::bucket_of(id) != bucket);
@@ -349,16 +377,21 @@ impl Coordinator {
             }
         }
         let offsets = &self.offsets;
-        let mut forgotten = Vec::new();
         self.groups.borrow_mut().retain(|id, g| {
-            let keep = !(g.members.is_empty()
+            !(g.members.is_empty()
                 && g.pending_member_ids.is_empty()
-                && offsets.fetch(id).is_empty());
-            if !keep && offsets.has_stored_group(id) {
-                forgotten.push(id.clone());
-            }
-            keep
+                && offsets.fetch(id).is_empty())
         });
+        // Records of groups no longer held here (forgotten just now, or a
+        // tombstone that failed before): tombstoned, retried every check.
+        let forgotten: Vec<String> = {
+            let groups = self.groups.borrow();
+            offsets
+                .stored_groups()
+                .into_iter()
+                .filter(|id| !groups.contains_key(id))
+                .collect()
+        };
         let mut emptied = Vec::new();
         for group in self.groups.borrow_mut().values_mut() {
             // Filled again before it was written: its next round stores it.

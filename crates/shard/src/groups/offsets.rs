@@ -621,8 +621,13 @@ impl OffsetStore {
         }
         if legacy.is_some() {
             self.import_legacy(&loaded.offsets, entry).await?;
-            std::fs::remove_file(&snapshot_path)
-                .map_err(|e| format!("{}: {e}", snapshot_path.display()))?;
+            match std::fs::remove_file(&snapshot_path) {
+                // Removed by a superseded load of the same bucket: done too.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", snapshot_path.display()))
+                }
+                _ => {}
+            }
             tracing::info!(
                 bucket,
                 "offset snapshot of an older data dir imported into the offsets partition"
@@ -706,10 +711,17 @@ impl OffsetStore {
     pub async fn store_group(&self, group: &StoredGroup) -> Result<(), i16> {
         let entry = self.bucket_entry(&group.id)?;
         let (key, value) = (group_key(&group.id), encode_group(group));
-        self.append(&entry, &[(key.as_slice(), Some(value.as_slice()))])
-            .await?;
+        // Counted from the step it is staged in, failed or not: a record
+        // whose write failed late may still be in the log, and forgetting the
+        // group must then write a tombstone.
         self.stored_groups.borrow_mut().insert(group.id.clone());
-        Ok(())
+        self.append(&entry, &[(key.as_slice(), Some(value.as_slice()))])
+            .await
+    }
+
+    /// The groups with a metadata record in the buckets served here.
+    pub fn stored_groups(&self) -> Vec<String> {
+        self.stored_groups.borrow().iter().cloned().collect()
     }
 
     /// Has the group a metadata record (not tombstoned)?
@@ -728,7 +740,7 @@ impl OffsetStore {
         if written.is_err() {
             self.stored_groups.borrow_mut().insert(group.to_string());
         }
-        written.map_err(commit_error)
+        written
     }
 
     /// Tombstones for every committed offset of the group and its metadata.
@@ -740,16 +752,21 @@ impl OffsetStore {
             .get(group)
             .map(|o| o.keys().map(|(t, p)| key(group, t, *p)).collect())
             .unwrap_or_default();
-        if self.has_stored_group(group) {
+        let stored = self.stored_groups.borrow_mut().remove(group);
+        if stored {
             keys.push(group_key(group));
         }
         if !keys.is_empty() {
             let entries: Vec<(&[u8], Option<&[u8]>)> =
                 keys.iter().map(|k| (k.as_slice(), None)).collect();
-            self.append(&entry, &entries).await.map_err(commit_error)?;
+            if let Err(code) = self.append(&entry, &entries).await {
+                if stored {
+                    self.stored_groups.borrow_mut().insert(group.to_string());
+                }
+                return Err(commit_error(code));
+            }
         }
         self.offsets.borrow_mut().remove(group);
-        self.stored_groups.borrow_mut().remove(group);
         Ok(())
     }
 

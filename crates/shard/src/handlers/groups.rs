@@ -97,14 +97,30 @@ fn group_of(frame: &RequestFrame) -> Result<Option<String>, String> {
 
 /// On the coordinator shard: the code to refuse a group request with while
 /// the group's offsets bucket is loading here (COORDINATOR_LOAD_IN_PROGRESS)
-/// or is no longer led here (NOT_COORDINATOR); `None` to serve it.
+/// or is no longer led here (NOT_COORDINATOR); `None` to serve it. While it
+/// loads, SyncGroup gets REBALANCE_IN_PROGRESS and Heartbeat NONE, as
+/// Kafka's coordinator answers them (the Java client takes
+/// COORDINATOR_LOAD_IN_PROGRESS on SyncGroup as a fatal error).
 pub fn refusal(shard: &Shard, frame: &RequestFrame) -> Result<Option<i16>, String> {
     let Some(group) = group_of(frame)? else {
         return Ok(None);
     };
-    let code = shard.coordinator()?.offsets.serves(&group);
+    let code = match shard.coordinator()?.offsets.serves(&group) {
+        error_code::NONE => return Ok(None),
+        code => while_loading(frame.api_key, code),
+    };
     shard.error_answer(frame.api_key, format_args!("group {group}"), code);
-    Ok((code != error_code::NONE).then_some(code))
+    Ok(Some(code))
+}
+
+/// A group request's answer to `code`, COORDINATOR_LOAD_IN_PROGRESS taken
+/// as Kafka's coordinator takes it for that API.
+fn while_loading(api_key: i16, code: i16) -> i16 {
+    match (ApiKey::try_from(api_key), code) {
+        (Ok(ApiKey::SyncGroup), _) => crate::groups::coordinator::loading_as_rebalance(code),
+        (Ok(ApiKey::Heartbeat), error_code::COORDINATOR_LOAD_IN_PROGRESS) => error_code::NONE,
+        _ => code,
+    }
 }
 
 /// The answer to a group request that reached a node that does not
