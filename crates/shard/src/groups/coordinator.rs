@@ -223,10 +223,7 @@ impl Coordinator {
                 members = stored.members.len(),
                 "group record larger than max.message.bytes of __consumer_offsets: not kept; a coordinator change will make its members join again"
             );
-            result = match self.offsets.has_stored_group(group_id) {
-                true => self.offsets.forget_group(group_id).await,
-                false => Ok(()),
-            };
+            result = self.offsets.forget_group(group_id).await;
         }
         guard.armed = false;
         let reply = {
@@ -377,10 +374,17 @@ impl Coordinator {
             }
         }
         let offsets = &self.offsets;
+        let mut emptied = Vec::new();
         self.groups.borrow_mut().retain(|id, g| {
-            !(g.members.is_empty()
+            let keep = !(g.members.is_empty()
                 && g.pending_member_ids.is_empty()
-                && offsets.fetch(id).is_empty())
+                && offsets.fetch(id).is_empty());
+            // Filled again before it was written: its next round stores it.
+            g.unstored &= g.state == GroupState::Empty;
+            if keep && g.unstored {
+                emptied.push(id.clone());
+            }
+            keep
         });
         // Records of groups no longer held here (forgotten just now, or a
         // tombstone that failed before): tombstoned, retried every check.
@@ -392,14 +396,6 @@ impl Coordinator {
                 .filter(|id| !groups.contains_key(id))
                 .collect()
         };
-        let mut emptied = Vec::new();
-        for group in self.groups.borrow_mut().values_mut() {
-            // Filled again before it was written: its next round stores it.
-            group.unstored &= group.state == GroupState::Empty;
-            if group.unstored {
-                emptied.push(group.id.clone());
-            }
-        }
         self.store_changes(emptied, forgotten);
         if any {
             self.changed.notify();
@@ -416,7 +412,8 @@ impl Coordinator {
         let this = self.clone();
         glommio::spawn_local(async move {
             for id in forgotten {
-                if this.groups.borrow().contains_key(&id) || !this.offsets.has_stored_group(&id) {
+                // Made again meanwhile: its own record stands.
+                if this.groups.borrow().contains_key(&id) {
                     continue;
                 }
                 if let Err(error) = this.offsets.forget_group(&id).await {
@@ -486,27 +483,20 @@ impl Coordinator {
                 members: Vec::new(),
             });
         };
-        let protocol = group.protocol.clone().unwrap_or_default();
         Some(GroupDescription {
             state: group.state.name().to_string(),
             protocol_type: group.protocol_type.clone().unwrap_or_default(),
-            protocol: protocol.clone(),
+            protocol: group.protocol.clone().unwrap_or_default(),
             members: group
                 .members
                 .values()
                 .map(|m| {
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
                     (
                         m.id.clone(),
                         m.instance_id.clone(),
                         m.client_id.clone(),
                         m.client_host.clone(),
-                        metadata,
+                        m.metadata_for(group.protocol.as_deref()),
                         m.assignment.clone(),
                     )
                 })

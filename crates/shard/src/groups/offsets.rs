@@ -157,7 +157,7 @@ pub struct OffsetStore {
     /// The latest attach of each bucket being loaded (its token).
     attaching: RefCell<HashMap<u32, u64>>,
     next_attach: Cell<u64>,
-    /// One "too few in-sync replicas" line a second.
+    /// One "not written" line a second (a refused or failed write).
     refusals: LogLimiter,
     /// Where older data dirs kept bucket snapshots.
     snapshot_dir: std::path::PathBuf,
@@ -729,45 +729,53 @@ impl OffsetStore {
         self.stored_groups.borrow().contains(group)
     }
 
-    /// A tombstone for the group's metadata record (a group forgotten). It
-    /// counts as gone from the step the tombstone is staged in, so a record
-    /// stored after it (a group made again meanwhile) counts again.
+    /// A tombstone for the group's metadata record, if it has one (a group
+    /// forgotten). The error is the write's own.
     pub async fn forget_group(&self, group: &str) -> Result<(), i16> {
         let entry = self.bucket_entry(group)?;
-        let key = group_key(group);
-        self.stored_groups.borrow_mut().remove(group);
-        let written = self.append(&entry, &[(key.as_slice(), None)]).await;
-        if written.is_err() {
-            self.stored_groups.borrow_mut().insert(group.to_string());
-        }
-        written
+        self.tombstones(&entry, group, Vec::new()).await
     }
 
     /// Tombstones for every committed offset of the group and its metadata.
     pub async fn delete_group(&self, group: &str) -> Result<(), i16> {
         let entry = self.bucket_entry(group)?;
-        let mut keys: Vec<Vec<u8>> = self
+        let keys: Vec<Vec<u8>> = self
             .offsets
             .borrow()
             .get(group)
             .map(|o| o.keys().map(|(t, p)| key(group, t, *p)).collect())
             .unwrap_or_default();
+        self.tombstones(&entry, group, keys)
+            .await
+            .map_err(commit_error)?;
+        self.offsets.borrow_mut().remove(group);
+        Ok(())
+    }
+
+    /// Writes tombstones for `keys` and for the group's metadata record if
+    /// it has one. The record counts as gone from the step the tombstones
+    /// are staged in (a record stored after them, a group made again
+    /// meanwhile, counts again), and again as there if they fail.
+    async fn tombstones(
+        &self,
+        entry: &Rc<PartitionEntry>,
+        group: &str,
+        mut keys: Vec<Vec<u8>>,
+    ) -> Result<(), i16> {
         let stored = self.stored_groups.borrow_mut().remove(group);
         if stored {
             keys.push(group_key(group));
         }
-        if !keys.is_empty() {
-            let entries: Vec<(&[u8], Option<&[u8]>)> =
-                keys.iter().map(|k| (k.as_slice(), None)).collect();
-            if let Err(code) = self.append(&entry, &entries).await {
-                if stored {
-                    self.stored_groups.borrow_mut().insert(group.to_string());
-                }
-                return Err(commit_error(code));
-            }
+        if keys.is_empty() {
+            return Ok(());
         }
-        self.offsets.borrow_mut().remove(group);
-        Ok(())
+        let entries: Vec<(&[u8], Option<&[u8]>)> =
+            keys.iter().map(|k| (k.as_slice(), None)).collect();
+        let written = self.append(entry, &entries).await;
+        if written.is_err() && stored {
+            self.stored_groups.borrow_mut().insert(group.to_string());
+        }
+        written
     }
 
     pub fn fetch(&self, group: &str) -> GroupOffsets {

@@ -48,6 +48,17 @@ pub struct Member {
     pub joined: bool,
 }
 
+impl Member {
+    /// The member's metadata for `protocol` (empty if it named no such one).
+    pub fn metadata_for(&self, protocol: Option<&str>) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| Some(name.as_str()) == protocol)
+            .map(|(_, metadata)| metadata.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
     pub member_id: String,
@@ -223,12 +234,7 @@ impl Group {
                     client_host: m.client_host.clone(),
                     session_timeout_ms: m.session_timeout_ms,
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
-                    subscription: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| Some(n) == self.protocol.as_ref())
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default(),
+                    subscription: m.metadata_for(self.protocol.as_deref()),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -440,12 +446,7 @@ impl Group {
             self.members
                 .values()
                 .map(|m| {
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| Some(n) == protocol.as_ref())
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default();
+                    let metadata = m.metadata_for(protocol.as_deref());
                     (m.id.clone(), m.instance_id.clone(), metadata)
                 })
                 .collect()
